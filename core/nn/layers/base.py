@@ -1,0 +1,166 @@
+"""The layer contract and the registry that turns spec dicts into layers.
+
+A layer is a small object with `build`, `forward` and `backward` (deep-learning-from-scratch
+style). `params` and `grads` map the same names to arrays; optimizers update `params` in place,
+so a layer must never rebind them after `build`. `buffers` hold state that is saved with the
+weights but not trained (batch-norm running statistics)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..activations import ACTIVATIONS, get_activation
+from ..initializers import INITIALIZERS
+from ..spec import Field, SpecError, _join, check_object, object_schema
+
+
+class ShapeError(ValueError):
+    """The layer cannot take the shape the previous layer produces."""
+
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register(cls):
+    LAYERS[cls.type_name] = cls
+    return cls
+
+
+class Layer:
+    type_name: ClassVar[str] = ""
+    fields: ClassVar[dict[str, Field]] = {}
+    doc: ClassVar[str] = ""
+    # names of params that L1/L2 penalties apply to (kernels, not biases)
+    regularized: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: dict[str, Any], name: str):
+        self.config = config
+        self.name = name
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.input_shape: tuple[int, ...] = ()
+        self.output_shape: tuple[int, ...] = ()
+        self.l1 = float(config.get("l1") or 0.0)
+        self.l2 = float(config.get("l2") or 0.0)
+
+    # -- to implement -------------------------------------------------------------------
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator, dtype) -> tuple[int, ...]:
+        """Allocate params for `input_shape` (one sample, no batch axis); return the output shape."""
+        raise NotImplementedError
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        """Given dL/dy, fill self.grads and return dL/dx."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_extra(cls, checked: dict, path: str, errors: list) -> dict:
+        """Cross-field checks beyond single-field bounds; override where a layer needs them."""
+        return checked
+
+    # -- helpers ------------------------------------------------------------------------
+    def sublayers(self) -> list[Layer]:
+        return []
+
+    def add_param(self, key: str, value: np.ndarray) -> None:
+        self.params[key] = value
+        self.grads[key] = np.zeros_like(value)
+
+    def init_param(self, key: str, initializer: str, shape, fan_in, fan_out, rng, dtype) -> None:
+        self.add_param(key, INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type_name,
+                "output_shape": list(self.output_shape),
+                "params": int(sum(p.size for p in self.params.values()))}
+
+
+class ActivatedLayer(Layer):
+    """A layer followed by an activation. The network may hoist the activation of its last
+    layer into the loss (softmax + cross-entropy fused), which is why it is swappable."""
+
+    def set_activation(self, name: str) -> None:
+        self.activation_name = name
+        self.activation = get_activation(name)
+
+    def __init__(self, config, name):
+        super().__init__(config, name)
+        self.set_activation(config.get("activation") or "linear")
+
+    def activate(self, z: np.ndarray) -> np.ndarray:
+        self._z = z
+        self._a = self.activation.forward(z)
+        return self._a
+
+    def activation_backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.activation.backward(self._z, self._a, dy)
+
+
+ACTIVATION_FIELD = Field("choice", default="linear", choices=tuple(ACTIVATIONS))
+INITIALIZER_CHOICES = tuple(INITIALIZERS)
+REGULARIZER_FIELDS = {
+    "l1": Field("float", default=0.0, minimum=0, description="L1 penalty on the kernel"),
+    "l2": Field("float", default=0.0, minimum=0, description="L2 penalty on the kernel"),
+}
+COMMON_FIELDS = {
+    "type": Field("str"),
+    "name": Field("str", default=None, nullable=True, description="defaults to TYPE_INDEX"),
+}
+
+
+def check_layer_spec(spec: Any, path: str, errors: list) -> dict[str, Any] | None:
+    """Validate one layer spec against its class's fields; returns the spec with defaults."""
+    if not isinstance(spec, dict):
+        errors.append({"path": path, "message": "must be an object"})
+        return None
+    kind = spec.get("type")
+    if not isinstance(kind, str) or kind not in LAYERS:
+        errors.append({"path": _join(path, "type"),
+                       "message": f"unknown layer type {kind!r}; one of {', '.join(sorted(LAYERS))}"})
+        return None
+    cls = LAYERS[kind]
+    checked = check_object(spec, {**COMMON_FIELDS, **cls.fields}, path, errors)
+    return cls.check_extra(checked, path, errors)
+
+
+def make_layers(specs: list[dict], path: str, input_shape: tuple[int, ...], rng, dtype,
+                used_names: set[str]) -> tuple[list[Layer], tuple[int, ...]]:
+    """Build checked layer specs in order, naming each and checking that shapes chain."""
+    layers: list[Layer] = []
+    shape = tuple(input_shape)
+    counts: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        p = _join(path, i)
+        cls = LAYERS[spec["type"]]
+        name = spec.get("name")
+        if not name:
+            n = counts.get(cls.type_name, 0)
+            while f"{cls.type_name}_{n}" in used_names:
+                n += 1
+            name = f"{cls.type_name}_{n}"
+            counts[cls.type_name] = n + 1
+        elif name in used_names or "/" in name:
+            raise SpecError([{"path": _join(p, "name"),
+                              "message": f"layer name {name!r} is used twice or contains '/'"}])
+        used_names.add(name)
+        layer = cls(spec, name)
+        layer.path = p
+        try:
+            layer.input_shape = shape
+            shape = tuple(layer.build(shape, rng, dtype))
+            layer.output_shape = shape
+        except ShapeError as exc:
+            raise SpecError([{"path": p, "message": f"layer {name!r} ({cls.type_name}): {exc}"}]) from None
+        layers.append(layer)
+    return layers, shape
+
+
+def layer_json_schemas() -> dict[str, dict]:
+    return {t: object_schema({**COMMON_FIELDS, **cls.fields},
+                             description=cls.doc or (cls.__doc__ or "").strip().split("\n")[0])
+            for t, cls in sorted(LAYERS.items())}

@@ -1,0 +1,213 @@
+"""A feed-forward stack of layers with a loss: forward, backward, and weights by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .activations import get_activation
+from .layers import LAYERS
+from .layers.base import ActivatedLayer, Layer, check_layer_spec, make_layers
+from .losses import LOSSES, get_loss
+from .spec import Field, SpecError, check_object
+
+DTYPES = ("float32", "float64")
+
+MODEL_FIELDS = {
+    "input_shape": Field("int_list", description="shape of one sample, without the batch axis"),
+    "layers": Field("list", min_items=1),
+    "loss": Field("choice", choices=tuple(LOSSES)),
+    "dtype": Field("choice", default="float32", choices=DTYPES,
+                   description="float32 (fast, default) or float64"),
+}
+
+
+def check_model_spec(spec: Any) -> dict[str, Any]:
+    """Field-level validation of the `model` document; raises SpecError naming every bad path."""
+    errors: list[dict[str, str]] = []
+    checked = check_object(spec, MODEL_FIELDS, "model", errors)
+    if isinstance(checked.get("layers"), list):
+        checked["layers"] = [check_layer_spec(s, f"model.layers[{i}]", errors)
+                             for i, s in enumerate(checked["layers"])]
+    if errors:
+        raise SpecError(errors)
+    return checked
+
+
+def walk(layers: list[Layer]) -> Iterator[Layer]:
+    """Every layer, composite blocks before their inner layers."""
+    for layer in layers:
+        yield layer
+        yield from walk(layer.sublayers())
+
+
+class Network:
+    """Build with `Network.from_spec(model_spec, seed=0)`. Weight names are 'LAYER/PARAM'."""
+
+    def __init__(self, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None):
+        spec = check_model_spec(spec)
+        self.spec = spec
+        self.dtype = np.dtype(dtype or spec["dtype"])
+        if self.dtype.name not in DTYPES:
+            raise SpecError([{"path": "dtype", "message": "must be float32 or float64"}])
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.input_shape = tuple(spec["input_shape"])
+        self.loss = get_loss(spec["loss"])
+        self.layers, self.output_shape = make_layers(spec["layers"], "model.layers", self.input_shape,
+                                                     self.rng, self.dtype, set())
+        last = self.layers[-1]
+        out_act = last.activation_name if isinstance(last, ActivatedLayer) else "linear"
+        if self.loss.requires_activation and out_act not in self.loss.requires_activation:
+            raise SpecError([{"path": f"model.layers[{len(self.layers) - 1}].activation",
+                              "message": f"loss {spec['loss']} needs a {self.loss.requires_activation[0]} "
+                                         f"output layer, got {out_act}"}])
+        # The output activation is applied by the loss (fused gradients) or at inference.
+        self.output_activation = get_activation(out_act)
+        if isinstance(last, ActivatedLayer):
+            last.set_activation("linear")
+        self.frozen: set[str] = set()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None) -> Network:
+        return cls(spec, seed=seed, dtype=dtype)
+
+    # -- passes ---------------------------------------------------------------------------
+    def _set_stochastic(self, on: bool) -> None:
+        for layer in walk(self.layers):
+            if hasattr(layer, "stochastic"):
+                layer.stochastic = on
+
+    def logits(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dz: np.ndarray) -> None:
+        for layer in reversed(self.layers):
+            dz = layer.backward(dz)
+
+    def as_input(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=self.dtype)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"inputs must have shape (n, {', '.join(map(str, self.input_shape))}), got {x.shape}")
+        return x
+
+    def forward(self, x, batch_size: int = 1024) -> np.ndarray:
+        """Inference: running statistics, no dropout, the output activation applied."""
+        x = self.as_input(x)
+        outs = [self.output_activation.forward(self.logits(x[i:i + batch_size], training=False))
+                for i in range(0, max(len(x), 1), batch_size)]
+        return np.concatenate(outs) if outs else outs
+
+    predict = forward
+
+    def train_step_gradients(self, x: np.ndarray, y: np.ndarray, sample_weight=None) -> float:
+        """One forward + backward pass in training mode; gradients land in each layer's grads."""
+        z = self.logits(x, training=True)
+        loss, dz, self.last_output = self.loss(self.output_activation, z, y, sample_weight)
+        self.backward(dz)
+        return loss + self._add_penalties()
+
+    def _add_penalties(self) -> float:
+        """L1/L2 penalties on kernels: added to the loss and to the gradients already computed."""
+        extra = 0.0
+        for layer in walk(self.layers):
+            if not (layer.l1 or layer.l2):
+                continue
+            for key in layer.regularized:
+                w, g = layer.params[key], layer.grads[key]
+                if layer.l2:
+                    extra += layer.l2 * float(np.sum(w * w))
+                    g += (2 * layer.l2) * w
+                if layer.l1:
+                    extra += layer.l1 * float(np.sum(np.abs(w)))
+                    g += layer.l1 * np.sign(w)
+        return extra
+
+    def loss_and_gradients(self, x, y, sample_weight=None) -> tuple[float, dict[str, np.ndarray]]:
+        """Training-mode loss (dropout off, so deterministic) and dL/dw for every weight."""
+        x = self.as_input(x)
+        y = self.loss.prepare_targets(y, self.output_shape, self.dtype)
+        self._set_stochastic(False)
+        try:
+            loss = self.train_step_gradients(x, y, sample_weight)
+        finally:
+            self._set_stochastic(True)
+        grads = {k: g.copy() for k, g in self.gradients().items()}
+        for k, w in self.buffers().items():
+            grads[k] = np.zeros_like(w)
+        return loss, grads
+
+    # -- weights ----------------------------------------------------------------------------
+    def _named(self, attr: str, layers=None, prefix="") -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for layer in self.layers if layers is None else layers:
+            name = f"{prefix}{layer.name}"
+            for k, v in getattr(layer, attr).items():
+                out[f"{name}/{k}"] = v
+            out.update(self._named(attr, layer.sublayers(), f"{name}/"))
+        return out
+
+    def params(self) -> dict[str, np.ndarray]:
+        """Live trainable arrays (update in place)."""
+        return self._named("params")
+
+    def gradients(self) -> dict[str, np.ndarray]:
+        return self._named("grads")
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        return self._named("buffers")
+
+    def trainable(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.params().items() if k.split("/")[0] not in self.frozen}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """Copies of every array that defines the model: trainable params and buffers."""
+        return {k: v.copy() for k, v in {**self.params(), **self.buffers()}.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray], strict: bool = True) -> None:
+        current = {**self.params(), **self.buffers()}
+        missing = sorted(set(current) - set(weights))
+        unknown = sorted(set(weights) - set(current))
+        if strict and (missing or unknown):
+            raise ValueError(f"weights do not match the network: missing {missing}, unexpected {unknown}")
+        for k, v in weights.items():
+            if k not in current:
+                continue
+            v = np.asarray(v)
+            if v.shape != current[k].shape:
+                raise ValueError(f"weight {k} has shape {v.shape}, the network needs {current[k].shape}")
+            np.copyto(current[k], v, casting="same_kind")
+
+    def freeze(self, layer_names) -> None:
+        names = {layer.name for layer in self.layers}
+        unknown = sorted(set(layer_names) - names)
+        if unknown:
+            raise ValueError(f"cannot freeze unknown layers {unknown}; layers are {sorted(names)}")
+        self.frozen = set(layer_names)
+
+    def layer_norms(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
+        """L2 norm per top-level layer over the given arrays (weights or gradients)."""
+        sums: dict[str, float] = {}
+        for k, v in arrays.items():
+            top = k.split("/")[0]
+            sums[top] = sums.get(top, 0.0) + float(np.vdot(v, v))
+        return {k: float(np.sqrt(s)) for k, s in sums.items()}
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [layer.describe() for layer in self.layers]
+
+    @property
+    def parameter_count(self) -> int:
+        return int(sum(v.size for v in self.params().values()))
+
+    @property
+    def classification(self) -> bool:
+        return self.loss.classification
+
+
+def layer_types() -> list[str]:
+    return sorted(LAYERS)

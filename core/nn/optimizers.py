@@ -1,0 +1,131 @@
+"""Optimizers, looked up by name. Each updates the parameter arrays in place; its state
+(moments, step count) round-trips through `state_dict` so training can resume exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .spec import Field
+
+
+class Optimizer:
+    name = ""
+    fields: dict[str, Field] = {}
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.t = 0
+        self.slots: dict[str, dict[str, np.ndarray]] = {}
+
+    def slot(self, kind: str, key: str, like: np.ndarray) -> np.ndarray:
+        s = self.slots.setdefault(kind, {})
+        if key not in s:
+            s[key] = np.zeros_like(like)
+        return s[key]
+
+    def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
+        self.t += 1
+        for key, p in params.items():
+            self.update(key, p, grads[key], p.dtype.type(lr))
+
+    def update(self, key: str, p: np.ndarray, g: np.ndarray, lr) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able scalars, arrays by name)."""
+        arrays = {f"{kind}:{key}": a for kind, s in self.slots.items() for key, a in s.items()}
+        return {"t": self.t}, arrays
+
+    def load_state_dict(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.t = int(meta["t"])
+        self.slots = {}
+        for name, a in arrays.items():
+            kind, key = name.split(":", 1)
+            self.slots.setdefault(kind, {})[key] = np.array(a)
+
+
+LR = Field("float", minimum=0, exclusive_minimum=True, default=0.01)
+
+
+class SGD(Optimizer):
+    name = "sgd"
+    fields = {"learning_rate": LR,
+              "momentum": Field("float", default=0.0, minimum=0, maximum=1),
+              "nesterov": Field("bool", default=False)}
+
+    def update(self, key, p, g, lr):
+        mu = self.config["momentum"]
+        if not mu:
+            p -= lr * g
+            return
+        v = self.slot("velocity", key, p)
+        v *= p.dtype.type(mu)
+        v -= lr * g
+        if self.config["nesterov"]:
+            # look-ahead form (Sutskever et al.): p += mu*v - lr*g with the updated v
+            p += p.dtype.type(mu) * v - lr * g
+        else:
+            p += v
+
+
+class Adam(Optimizer):
+    name = "adam"
+    fields = {"learning_rate": Field("float", minimum=0, exclusive_minimum=True, default=0.001),
+              "beta1": Field("float", default=0.9, minimum=0, maximum=0.999999),
+              "beta2": Field("float", default=0.999, minimum=0, maximum=0.999999),
+              "epsilon": Field("float", default=1e-8, minimum=0, exclusive_minimum=True)}
+    decoupled_weight_decay = False
+
+    def step(self, params, grads, lr):
+        self.t += 1
+        b1, b2 = self.config["beta1"], self.config["beta2"]
+        # bias corrections folded into the step size (Kingma & Ba, section 2)
+        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        for key, p in params.items():
+            g = grads[key]
+            dt = p.dtype.type
+            if self.decoupled_weight_decay and self.config["weight_decay"]:
+                p *= dt(1 - lr * self.config["weight_decay"])
+            m = self.slot("m", key, p)
+            v = self.slot("v", key, p)
+            m *= dt(b1)
+            m += dt(1 - b1) * g
+            v *= dt(b2)
+            v += dt(1 - b2) * (g * g)
+            p -= dt(step) * m / (np.sqrt(v) + dt(self.config["epsilon"]))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter)."""
+
+    name = "adamw"
+    fields = {**Adam.fields, "weight_decay": Field("float", default=0.01, minimum=0)}
+    decoupled_weight_decay = True
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+    fields = {"learning_rate": Field("float", minimum=0, exclusive_minimum=True, default=0.001),
+              "rho": Field("float", default=0.9, minimum=0, maximum=0.999999),
+              "epsilon": Field("float", default=1e-7, minimum=0, exclusive_minimum=True)}
+
+    def update(self, key, p, g, lr):
+        dt = p.dtype.type
+        s = self.slot("sq", key, p)
+        s *= dt(self.config["rho"])
+        s += dt(1 - self.config["rho"]) * (g * g)
+        p -= lr * g / (np.sqrt(s) + dt(self.config["epsilon"]))
+
+
+class Adagrad(Optimizer):
+    name = "adagrad"
+    fields = {"learning_rate": Field("float", minimum=0, exclusive_minimum=True, default=0.01),
+              "epsilon": Field("float", default=1e-7, minimum=0, exclusive_minimum=True)}
+
+    def update(self, key, p, g, lr):
+        s = self.slot("sum_sq", key, p)
+        s += g * g
+        p -= lr * g / (np.sqrt(s) + p.dtype.type(self.config["epsilon"]))
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}

@@ -1,0 +1,354 @@
+"""The training loop: shuffled mini-batches, per-epoch metrics and diagnostics, early stopping,
+a target metric, a divergence guard, a cooperative stop hook, and exact checkpoint/resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .network import Network, walk
+from .optimizers import OPTIMIZERS
+from .schedules import SCHEDULES
+from .spec import Field, SpecError, check_object, object_schema
+
+LOSS_LIKE = ("loss", "val_loss", "mae", "val_mae")
+
+EARLY_STOPPING_FIELDS = {
+    "monitor": Field("str", default="val_loss", description="a metric name, e.g. val_loss or val_accuracy"),
+    "patience": Field("int", minimum=0, default=10),
+    "min_delta": Field("float", minimum=0, default=0.0),
+    "restore_best_weights": Field("bool", default=True),
+}
+TARGET_FIELDS = {
+    "metric": Field("str", default="accuracy"),
+    "value": Field("float"),
+}
+TRAINING_FIELDS = {
+    "optimizer": Field("object", default={"type": "sgd"}),
+    "epochs": Field("int", minimum=1, default=10),
+    "batch_size": Field("int", minimum=1, default=32),
+    "seed": Field("int", minimum=0, default=0),
+    "shuffle": Field("bool", default=True),
+    "validation_split": Field("float", minimum=0, maximum=0.9, default=0.0),
+    "lr_schedule": Field("object", default=None, nullable=True),
+    "clip_norm": Field("float", minimum=0, exclusive_minimum=True, default=None, nullable=True,
+                       description="clip the global gradient norm to this value"),
+    "clip_value": Field("float", minimum=0, exclusive_minimum=True, default=None, nullable=True,
+                        description="clip each gradient element to [-v, v]"),
+    "early_stopping": Field("object", default=None, nullable=True),
+    "target": Field("object", default=None, nullable=True,
+                    description="stop once a metric reaches a value, e.g. {metric: val_accuracy, value: 0.95}"),
+}
+
+
+def _check_typed(obj, registry, path, errors) -> dict | None:
+    if not isinstance(obj, dict):
+        errors.append({"path": path, "message": "must be an object"})
+        return None
+    kind = obj.get("type")
+    if kind not in registry:
+        errors.append({"path": f"{path}.type", "message": f"must be one of {', '.join(sorted(registry))}"})
+        return None
+    checked = check_object(obj, {"type": Field("str"), **registry[kind].fields}, path, errors)
+    return checked
+
+
+def check_training_spec(spec: Any) -> dict[str, Any]:
+    """Validate the `training` document with defaults applied; raises SpecError naming paths."""
+    errors: list[dict[str, str]] = []
+    out = check_object({} if spec is None else spec, TRAINING_FIELDS, "training", errors)
+    if out.get("optimizer") is not None:
+        out["optimizer"] = _check_typed(out["optimizer"], OPTIMIZERS, "training.optimizer", errors)
+    if out.get("lr_schedule") is not None:
+        out["lr_schedule"] = _check_typed(out["lr_schedule"], SCHEDULES, "training.lr_schedule", errors)
+    if out.get("early_stopping") is not None:
+        out["early_stopping"] = check_object(out["early_stopping"], EARLY_STOPPING_FIELDS,
+                                             "training.early_stopping", errors)
+    if out.get("target") is not None:
+        out["target"] = check_object(out["target"], TARGET_FIELDS, "training.target", errors)
+    if errors:
+        raise SpecError(errors)
+    return out
+
+
+def training_json_schema() -> dict:
+    def typed(registry):
+        return {"oneOf": [object_schema({"type": Field("choice", choices=(n,)), **c.fields},
+                                        required=["type"]) for n, c in sorted(registry.items())]}
+    return object_schema(TRAINING_FIELDS, extra={
+        "optimizer": typed(OPTIMIZERS),
+        "lr_schedule": {"anyOf": [typed(SCHEDULES), {"type": "null"}]},
+        "early_stopping": {"anyOf": [object_schema(EARLY_STOPPING_FIELDS), {"type": "null"}]},
+        "target": {"anyOf": [object_schema(TARGET_FIELDS), {"type": "null"}]},
+    })
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became non-finite."""
+
+    def __init__(self, epoch: int, what: str):
+        self.epoch = epoch
+        super().__init__(f"{what} became non-finite (NaN or inf) at epoch {epoch}; "
+                         "try a lower learning rate or gradient clipping")
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = "completed"  # completed, early_stopping, target_reached, cancelled
+    best_epoch: int | None = None
+
+
+def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator, classification: bool):
+    """Indices (train, validation); classes keep their proportions in both parts."""
+    n = len(y)
+    if fraction <= 0:
+        return np.arange(n), np.arange(0)
+    labels = None
+    if classification and y.ndim == 1:
+        labels = y
+    elif classification and y.ndim == 2:
+        labels = y[:, 0] if y.shape[1] == 1 else y.argmax(axis=1)
+    if labels is None:  # regression or sequence targets: a plain random split
+        perm = rng.permutation(n)
+        k = max(1, int(round(n * fraction)))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    val = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        val.append(idx[:int(round(len(idx) * fraction))])
+    val_idx = np.sort(np.concatenate(val)) if val else np.arange(0)
+    mask = np.ones(n, bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx
+
+
+class _RegressionStats:
+    """Accumulates MAE and R² over batches without keeping the predictions."""
+
+    def __init__(self):
+        self.n = 0
+        self.abs = self.sse = self.sy = self.syy = 0.0
+
+    def add(self, pred, y):
+        d = pred - y
+        self.n += len(y)
+        self.abs += float(np.abs(d).sum())
+        self.sse = self.sse + (d * d).reshape(len(y), -1).sum(axis=0).astype(np.float64)
+        yy = y.reshape(len(y), -1).astype(np.float64)
+        self.sy = self.sy + yy.sum(axis=0)
+        self.syy = self.syy + (yy * yy).sum(axis=0)
+
+    def result(self, outputs: int) -> dict[str, float]:
+        sst = self.syy - self.sy**2 / self.n
+        r2 = np.where(sst > 0, 1 - self.sse / np.where(sst > 0, sst, 1), 0.0)
+        return {"mae": self.abs / (self.n * outputs), "r2": float(np.mean(r2))}
+
+
+class Trainer:
+    """Owns everything that changes during training, so that `state()` after any epoch and
+    `load_state()` give back exactly the same run."""
+
+    def __init__(self, net: Network, training: dict[str, Any]):
+        self.net = net
+        self.cfg = check_training_spec(training)
+        opt = self.cfg["optimizer"]
+        self.optimizer = OPTIMIZERS[opt["type"]](opt)
+        self.base_lr = opt["learning_rate"]
+        sched = self.cfg["lr_schedule"] or {"type": "constant"}
+        self.schedule = SCHEDULES[sched["type"]](sched, self.base_lr, self.cfg["epochs"])
+        self.rng = np.random.default_rng(self.cfg["seed"])
+        self.epoch = 0  # epochs finished
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.best_weights: dict[str, np.ndarray] | None = None
+        self.wait = 0
+        for layer in walk(net.layers):
+            if hasattr(layer, "stochastic"):
+                layer.rng = self.rng
+
+    # -- data -------------------------------------------------------------------------------
+    def _prepare(self, x, y, sample_weight, validation_data):
+        net = self.net
+        x = net.as_input(x)
+        y = net.loss.prepare_targets(y, net.output_shape, net.dtype)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} samples of features but {len(y)} targets")
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=net.dtype).reshape(-1)
+            if len(sample_weight) != len(x):
+                raise ValueError("sample_weight must have one value per sample")
+        if validation_data is not None:
+            xv = net.as_input(validation_data[0])
+            yv = net.loss.prepare_targets(validation_data[1], net.output_shape, net.dtype)
+            return x, y, sample_weight, xv, yv
+        split_rng = np.random.default_rng([self.cfg["seed"], 1])  # independent of training draws
+        tr, va = stratified_split(y, self.cfg["validation_split"], split_rng, net.classification)
+        if len(va) == 0:
+            return x, y, sample_weight, None, None
+        sw = None if sample_weight is None else sample_weight[tr]
+        return x[tr], y[tr], sw, x[va], y[va]
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, x, y, sample_weight=None, validation_data=None,
+            on_epoch: Callable[[dict[str, Any], Trainer], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> FitResult:
+        x, y, sw, xv, yv = self._prepare(x, y, sample_weight, validation_data)
+        n, bs = len(x), self.cfg["batch_size"]
+        if n == 0:
+            raise ValueError("no training samples")
+        net, cfg = self.net, self.cfg
+        result = FitResult(history=self.history)
+        trainable_layers = [layer.name for layer in net.layers if layer.name not in net.frozen]
+        while self.epoch < cfg["epochs"]:
+            started = time.perf_counter()
+            epoch = self.epoch + 1
+            lr = self.schedule.lr(self.epoch)
+            order = self.rng.permutation(n) if cfg["shuffle"] else np.arange(n)
+            loss_sum, correct, seen = 0.0, 0.0, 0
+            reg = None if net.classification else _RegressionStats()
+            grad_sq: dict[str, float] = dict.fromkeys(trainable_layers, 0.0)
+            batches = 0
+            params = net.trainable()
+            grads = {k: g for k, g in net.gradients().items() if k in params}
+            for start in range(0, n, bs):
+                if should_stop is not None and should_stop():
+                    result.stop_reason = "cancelled"
+                    return result
+                idx = order[start:start + bs]
+                xb, yb = x[idx], y[idx]
+                loss = net.train_step_gradients(xb, yb, None if sw is None else sw[idx])
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(epoch, "the loss")
+                m = len(idx)
+                loss_sum += loss * m
+                seen += m
+                if net.classification:
+                    correct += net.loss.accuracy(net.last_output, yb) * m
+                else:
+                    reg.add(net.last_output, yb)
+                gnorms = net.layer_norms(grads)
+                for k, v in gnorms.items():
+                    grad_sq[k] = grad_sq.get(k, 0.0) + v
+                self._clip(grads)
+                self.optimizer.step(params, grads, lr)
+                batches += 1
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / seen, "lr": lr}
+            if net.classification:
+                record["accuracy"] = correct / seen
+            else:
+                record.update(reg.result(int(np.prod(net.output_shape))))
+            if xv is not None:
+                record.update(self.evaluate(xv, yv, prefix="val_"))
+            weights = net.params()
+            if not all(np.isfinite(v).all() for v in weights.values()):
+                raise TrainingDiverged(epoch, "the weights")
+            record["grad_norms"] = {k: v / batches for k, v in grad_sq.items()}
+            record["weight_norms"] = net.layer_norms(weights)
+            record["duration"] = time.perf_counter() - started
+            self.schedule.observe(record)
+            self.epoch = epoch
+            self.history.append(record)
+            stop = self._early_stopping(record) or self._target_reached(record)
+            if stop == "early_stopping" and cfg["early_stopping"]["restore_best_weights"] and self.best_weights:
+                net.set_weights(self.best_weights)
+            if on_epoch is not None:
+                on_epoch(record, self)
+            if stop:
+                result.stop_reason = stop
+                break
+        result.best_epoch = self.best_epoch
+        return result
+
+    def _clip(self, grads):
+        if self.cfg["clip_value"]:
+            v = self.cfg["clip_value"]
+            for g in grads.values():
+                np.clip(g, -v, v, out=g)
+        if self.cfg["clip_norm"]:
+            total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+            if total > self.cfg["clip_norm"]:
+                scale = self.cfg["clip_norm"] / (total + 1e-12)
+                for g in grads.values():
+                    g *= g.dtype.type(scale)
+
+    def evaluate(self, x, y, prefix="") -> dict[str, float]:
+        """Loss and metrics in inference mode (running statistics, no dropout)."""
+        net = self.net
+        z = net.logits(x, training=False)
+        loss, _, a = net.loss(net.output_activation, z, y)
+        out = {f"{prefix}loss": loss}
+        if net.classification:
+            out[f"{prefix}accuracy"] = net.loss.accuracy(a, y)
+        else:
+            reg = _RegressionStats()
+            reg.add(a, y)
+            out.update({f"{prefix}{k}": v for k, v in reg.result(int(np.prod(net.output_shape))).items()})
+        return out
+
+    def _early_stopping(self, record) -> str | None:
+        es = self.cfg["early_stopping"]
+        if not es:
+            return None
+        monitor = es["monitor"]
+        if monitor not in record:
+            raise SpecError([{"path": "training.early_stopping.monitor",
+                              "message": f"{monitor} is not recorded; available: "
+                                         f"{', '.join(k for k in record if isinstance(record[k], float))}"}])
+        value = record[monitor]
+        sign = 1 if monitor in LOSS_LIKE else -1  # minimise losses, maximise the rest
+        if self.best is None or sign * value < sign * self.best - es["min_delta"]:
+            self.best, self.best_epoch, self.wait = value, record["epoch"], 0
+            if es["restore_best_weights"]:
+                self.best_weights = self.net.get_weights()
+            return None
+        self.wait += 1
+        return "early_stopping" if self.wait > es["patience"] else None
+
+    def _target_reached(self, record) -> str | None:
+        target = self.cfg["target"]
+        if not target:
+            return None
+        value = record.get(target["metric"])
+        if value is None:
+            raise SpecError([{"path": "training.target.metric",
+                              "message": f"{target['metric']} is not recorded for this run"}])
+        reached = value <= target["value"] if target["metric"] in LOSS_LIKE else value >= target["value"]
+        return "target_reached" if reached else None
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything needed to continue exactly: (JSON-able meta, arrays by name)."""
+        opt_meta, opt_arrays = self.optimizer.state_dict()
+        arrays = {f"weights:{k}": v for k, v in self.net.get_weights().items()}
+        arrays.update({f"optimizer:{k}": v for k, v in opt_arrays.items()})
+        if self.best_weights is not None:
+            arrays.update({f"best:{k}": v for k, v in self.best_weights.items()})
+        meta = {"epoch": self.epoch, "rng": self.rng.bit_generator.state, "optimizer": opt_meta,
+                "schedule": self.schedule.state_dict(), "best": self.best, "best_epoch": self.best_epoch,
+                "wait": self.wait, "history": self.history}
+        return meta, arrays
+
+    def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        def part(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        self.net.set_weights(part("weights:"))
+        self.optimizer.load_state_dict(meta["optimizer"], part("optimizer:"))
+        self.rng.bit_generator.state = meta["rng"]
+        self.schedule.load_state_dict(meta["schedule"])
+        self.epoch, self.best, self.best_epoch, self.wait = (
+            meta["epoch"], meta["best"], meta["best_epoch"], meta["wait"])
+        self.best_weights = part("best:") or None
+        self.history[:] = meta.get("history", [])
+
+
+def train(net: Network, x, y, training: dict[str, Any] | None = None, **kwargs) -> FitResult:
+    """Convenience: `train(net, X, y, {"epochs": 20, ...}, on_epoch=...)`."""
+    return Trainer(net, training or {}).fit(x, y, **kwargs)
