@@ -40,7 +40,6 @@ def numerical_gradients(net: Network, x, y, sample_weight=None, eps: float = 1e-
 def input_gradient_check(net: Network, x, y, eps: float = 1e-6) -> float:
     """Relative error of dL/dx (through the whole network) against central differences."""
     x = np.array(x, dtype=np.float64)
-    z = net.logits(x, training=True)
     net._set_stochastic(False)
     try:
         yy = net.loss.prepare_targets(y, net.output_shape, net.dtype)
