@@ -1,0 +1,108 @@
+"""The `backprop` command: the same invocations that `make run`, docker-compose and the
+end-to-end tests use, so there is one way to start each process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .config import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(url: str | None = None):
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    if url:
+        cfg.attributes["url"] = url
+    return cfg
+
+
+def serve_command(settings) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
+            "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", "4",
+            "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+            "app:create_app()"]
+
+
+def worker_command(settings) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "--loglevel", "INFO", "--concurrency", str(settings.worker_concurrency),
+            "--queues", "training", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+
+@click.group()
+def main() -> None:
+    """backprop: train neural networks by backpropagation over HTTP."""
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the database migrations (alembic upgrade head)."""
+    from alembic import command
+
+    settings = load_settings()
+    command.upgrade(alembic_config(settings.database_url), "head")
+    click.echo(f"database at head: {settings.public()['database_url']}")
+
+
+@main.command()
+def serve() -> None:
+    """Run the API under gunicorn."""
+    settings = load_settings()
+    os.execv(sys.executable, serve_command(settings))
+
+
+@main.command()
+def worker() -> None:
+    """Run a Celery worker that trains queued jobs."""
+    settings = load_settings()
+    os.execv(sys.executable, worker_command(settings))
+
+
+@main.command()
+def run() -> None:
+    """Migrate, then run the API and a worker together until Ctrl-C."""
+    from alembic import command
+
+    settings = load_settings()
+    command.upgrade(alembic_config(settings.database_url), "head")
+    procs = [subprocess.Popen(serve_command(settings)), subprocess.Popen(worker_command(settings))]
+    click.echo(f"backprop API on http://{settings.host}:{settings.port} "
+               f"(data in {settings.data_dir}); Ctrl-C stops it")
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+    code = max((p.returncode or 0) for p in procs) if not stopping else 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Settings from BACKPROP_* environment variables, with embedded defaults that need no server:
+a SQLite file and Celery's filesystem transport under the data directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"BACKPROP_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "var")).absolute())
+    database_url: str = ""
+    broker_url: str = ""
+    host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: int(_env("PORT", "8000")))
+    web_workers: int = field(default_factory=lambda: int(_env("WEB_WORKERS", "2")))
+    worker_concurrency: int = field(default_factory=lambda: int(_env("WORKER_CONCURRENCY", str(os.cpu_count() or 1))))
+    blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
+    max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
+    broker_poll_seconds: float = field(default_factory=lambda: float(_env("BROKER_POLL_SECONDS", "0.05")))
+
+    def __post_init__(self):
+        # derived defaults depend on data_dir, so they are filled here
+        if not self.database_url:
+            object.__setattr__(self, "database_url",
+                               _env("DATABASE_URL", f"sqlite:///{self.data_dir / 'backprop.db'}"))
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", _env("BROKER_URL", "filesystem://"))
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    def public(self) -> dict:
+        """The settings minus anything secret, for logs and the health endpoint."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = _redact(str(v)) if "url" in f.name else (str(v) if isinstance(v, Path) else v)
+        return out
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def load_settings(**overrides) -> Settings:
+    return Settings(**overrides)

@@ -1,0 +1,117 @@
+"""The database schema: datasets, jobs, their per-epoch history and their learned weights.
+Arrays are stored as raw bytes with dtype and shape beside them (never pickled, never JSON)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    feature_shape: Mapped[list[int]] = mapped_column(JSON)  # one sample, no batch axis
+    feature_dtype: Mapped[str] = mapped_column(String(16))
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    target_shape: Mapped[list[int]] = mapped_column(JSON)  # one sample's target
+    target_dtype: Mapped[str] = mapped_column(String(16))
+    targets: Mapped[bytes] = mapped_column(LargeBinary)
+    feature_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    class_labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # original labels, by index
+    checksum: Mapped[str] = mapped_column(String(64))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    model_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    total_epochs: Mapped[int] = mapped_column(Integer)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the latest epoch's
+    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    dataset: Mapped[Dataset] = relationship()
+
+
+class EpochRecord(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("job_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON)  # val_loss, accuracy, lr, ...
+    grad_norms: Mapped[dict[str, float]] = mapped_column(JSON)
+    weight_norms: Mapped[dict[str, float]] = mapped_column(JSON)
+    duration: Mapped[float] = mapped_column(Float)
+
+
+class WeightArray(Base):
+    __tablename__ = "weights"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(16))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,47 @@
+"""The Celery application both sides share: the API only sends task names and job ids
+through it, the worker registers the tasks. The broker carries ids, never data."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .config import Settings
+
+TRAIN_JOB_TASK = "backprop.train_job"
+QUEUE = "training"
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("backprop", broker=settings.broker_url)
+    conf: dict = {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "result_backend": None,
+        # A job is acknowledged only after it ran, and a worker takes one job at a time, so a
+        # crash leaves the message to be delivered again.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": QUEUE,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+    }
+    if settings.embedded_broker:
+        folder = str(settings.broker_dir)
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": folder, "data_folder_out": folder,
+            "polling_interval": settings.broker_poll_seconds,
+        }
+    else:
+        # longer than any job may run, so Redis does not hand a running job to a second worker
+        conf["broker_transport_options"] = {"visibility_timeout": 24 * 3600}
+    celery.conf.update(conf)
+    return celery
+
+
+def enqueue_training(celery: Celery, job_id: str) -> None:
+    celery.send_task(TRAIN_JOB_TASK, args=[job_id], queue=QUEUE)

@@ -1,0 +1,83 @@
+"""Reading and writing what the API and the workers share: datasets, weights, epochs.
+Functions take the session first and never commit: the caller owns the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from .db import Dataset, EpochRecord, Job, WeightArray
+
+# only plain numeric dtypes ever go into or come out of the database
+ARRAY_DTYPES = {"float32", "float64", "int64", "int32", "uint8", "bool"}
+
+
+def pack(a: np.ndarray) -> tuple[str, list[int], bytes]:
+    a = np.ascontiguousarray(a)
+    if a.dtype.name not in ARRAY_DTYPES:
+        raise ValueError(f"refusing to store an array of dtype {a.dtype}")
+    return a.dtype.name, list(a.shape), a.tobytes()
+
+
+def unpack(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
+    if dtype not in ARRAY_DTYPES:
+        raise ValueError(f"refusing to load an array of dtype {dtype}")
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def create_dataset(session: Session, features: np.ndarray, targets: np.ndarray,
+                   feature_names: list[str] | None = None,
+                   class_labels: list[Any] | None = None) -> Dataset:
+    fdt, fshape, fbytes = pack(features)
+    tdt, tshape, tbytes = pack(targets)
+    digest = hashlib.sha256()
+    for part in (fdt, str(fshape), tdt, str(tshape)):
+        digest.update(part.encode())
+    digest.update(fbytes)
+    digest.update(tbytes)
+    ds = Dataset(n_samples=fshape[0], feature_shape=fshape[1:], feature_dtype=fdt, features=fbytes,
+                 target_shape=tshape[1:], target_dtype=tdt, targets=tbytes,
+                 feature_names=feature_names, class_labels=class_labels, checksum=digest.hexdigest())
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def dataset_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    x = unpack(ds.feature_dtype, [ds.n_samples, *ds.feature_shape], ds.features)
+    y = unpack(ds.target_dtype, [ds.n_samples, *ds.target_shape], ds.targets)
+    return x, y
+
+
+def save_weights(session: Session, job_id: str, arrays: dict[str, np.ndarray]) -> None:
+    """Replace the job's stored weights with `arrays`."""
+    session.execute(delete(WeightArray).where(WeightArray.job_id == job_id))
+    for name, a in arrays.items():
+        dtype, shape, data = pack(a)
+        session.add(WeightArray(job_id=job_id, name=name, dtype=dtype, shape=shape, data=data))
+
+
+def load_weights(session: Session, job_id: str) -> dict[str, np.ndarray]:
+    rows = session.scalars(select(WeightArray).where(WeightArray.job_id == job_id)
+                           .order_by(WeightArray.name))
+    return {r.name: unpack(r.dtype, r.shape, r.data) for r in rows}
+
+
+PER_LAYER_KEYS = ("grad_norms", "weight_norms")
+
+
+def add_epoch(session: Session, job: Job, record: dict[str, Any]) -> EpochRecord:
+    """One finished epoch: its history row, and the job's progress and latest metrics."""
+    metrics = {k: v for k, v in record.items()
+               if k not in ("epoch", "loss", "duration", *PER_LAYER_KEYS)}
+    row = EpochRecord(job_id=job.id, epoch=record["epoch"], loss=record["loss"], metrics=metrics,
+                      grad_norms=record.get("grad_norms", {}), weight_norms=record.get("weight_norms", {}),
+                      duration=record["duration"])
+    session.add(row)
+    job.epochs_done = record["epoch"]
+    job.metrics = {"loss": record["loss"], **metrics}
+    return row

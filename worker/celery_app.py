@@ -1,0 +1,34 @@
+"""The worker's Celery app: `celery -A worker.celery_app worker`. Each pool process gets its own
+database connections and a BLAS thread budget (pool size x BLAS threads <= cores)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_process_init
+
+from core.config import load_settings
+from core.db import make_engine, make_sessionmaker
+from core.queue import make_celery
+
+settings = load_settings()
+celery = make_celery(settings)
+engine = make_engine(settings.database_url)
+sessions = make_sessionmaker(engine)
+log = logging.getLogger("backprop.worker")
+
+
+def limit_blas_threads(n: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs):
+    # connections inherited from the parent must not be shared across processes
+    engine.dispose(close=False)
+    limit_blas_threads(settings.blas_threads)
+
+
+from . import tasks  # noqa: E402,F401  (registers the tasks on `celery`)
