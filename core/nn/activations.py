@@ -108,7 +108,7 @@ class Gelu(Activation):
     """The tanh approximation (Hendrycks & Gimpel), as in GPT-2 and PyTorch's approximate='tanh'."""
 
     name = "gelu"
-    c = np.sqrt(2.0 / np.pi)
+    c = float(np.sqrt(2.0 / np.pi))  # a Python float: a NumPy float64 would upcast float32 arrays
 
     def forward(self, z):
         return 0.5 * z * (1 + np.tanh(self.c * (z + 0.044715 * z**3)))
