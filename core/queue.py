@@ -34,6 +34,7 @@ def make_celery(settings: Settings) -> Celery:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
         conf["broker_transport_options"] = {
             "data_folder_in": folder, "data_folder_out": folder,
+            "control_folder": str(settings.broker_dir / "control"),
             "polling_interval": settings.broker_poll_seconds,
         }
     else:

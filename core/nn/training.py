@@ -200,6 +200,12 @@ class Trainer:
     def fit(self, x, y, sample_weight=None, validation_data=None,
             on_epoch: Callable[[dict[str, Any], Trainer], None] | None = None,
             should_stop: Callable[[], bool] | None = None) -> FitResult:
+        # Overflow on the way to divergence is expected; the guard below turns it into a
+        # TrainingDiverged naming the epoch instead of a stream of RuntimeWarnings.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._fit(x, y, sample_weight, validation_data, on_epoch, should_stop)
+
+    def _fit(self, x, y, sample_weight, validation_data, on_epoch, should_stop) -> FitResult:
         x, y, sw, xv, yv = self._prepare(x, y, sample_weight, validation_data)
         n, bs = len(x), self.cfg["batch_size"]
         if n == 0:

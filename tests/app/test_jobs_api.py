@@ -1,0 +1,229 @@
+"""The jobs API against a real SQLite database and the real filesystem broker; a job is
+trained by calling the worker's own run_job, as the Celery task does."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from core.db import Dataset, Job
+from tests.data import iris, iris_job
+from worker.training import run_job
+
+PROBLEM = "application/problem+json"
+
+
+def queued_messages(settings) -> int:
+    return sum(1 for p in settings.broker_dir.iterdir() if p.suffix == ".msg") if settings.broker_dir.exists() else 0
+
+
+HUGE = 123456.789  # written into the raw body as 1e400, which JSON parsers read as infinity
+
+
+def submit(client, body):
+    raw = json.dumps(body).replace(str(HUGE), "1e400")
+    return client.post("/v1/jobs", data=raw, content_type="application/json")
+
+
+def trained_job(client, sessions, body=None) -> str:
+    resp = submit(client, body or iris_job())
+    assert resp.status_code == 202, resp.get_json()
+    job_id = resp.get_json()["id"]
+    run_job(sessions, job_id)
+    return job_id
+
+
+def test_submit_commits_the_job_then_enqueues_its_id(client, migrated, sessions):
+    resp = submit(client, iris_job())
+    assert resp.status_code == 202
+    body = resp.get_json()
+    assert body["status"] == "queued"
+    assert resp.headers["Location"] == f"/v1/jobs/{body['id']}"
+    assert body["progress"] == {"epoch": 0, "total_epochs": 60}
+    assert body["links"]["predict"] == f"/v1/jobs/{body['id']}/predict"
+    assert queued_messages(migrated) == 1
+    message = next(migrated.broker_dir.glob("*.msg")).read_text()
+    assert body["id"] in message and "features" not in message  # the broker carries only the id
+    with sessions() as s:
+        assert s.get(Job, body["id"]).status == "queued"
+
+
+def test_job_lifecycle_epochs_weights_predict(client, sessions):
+    job_id = trained_job(client, sessions)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded"
+    assert job["progress"] == {"epoch": 60, "total_epochs": 60}
+    assert job["started_at"] and job["finished_at"] and job["created_at"].endswith("+00:00")
+    assert job["metrics"]["accuracy"] > 0.9 and job["error"] is None
+
+    epochs = client.get(f"/v1/jobs/{job_id}/epochs").get_json()["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, 61))
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert set(epochs[0]) >= {"loss", "accuracy", "duration", "grad_norms", "weight_norms"}
+    assert set(epochs[0]["grad_norms"]) == {"dense_0", "dense_1"}
+
+    weights = client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]
+    by_name = {w["name"]: w for w in weights}
+    assert by_name["dense_0/kernel"]["shape"] == [4, 16]
+    assert by_name["dense_1/bias"]["dtype"] == "float32"
+    npz = client.get(f"/v1/jobs/{job_id}/weights?format=npz")
+    assert npz.status_code == 200
+    with np.load(io.BytesIO(npz.data), allow_pickle=False) as arrays:
+        np.testing.assert_allclose(arrays["dense_0/kernel"], np.array(by_name["dense_0/kernel"]["values"]))
+
+    x, y = iris()
+    pred = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x.tolist()}).get_json()
+    assert np.mean(np.array(pred["predictions"]) == y) > 0.9
+    assert np.allclose(np.sum(pred["probabilities"], axis=1), 1, atol=1e-5)
+    same = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": x[:5].tolist()}).get_json()
+    assert same["predictions"] == pred["predictions"][:5]
+
+
+def test_string_labels_come_back_as_labels(client, sessions):
+    body = iris_job(epochs=40)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    body["dataset"]["targets"] = names[np.array(body["dataset"]["targets"])].tolist()
+    job_id = trained_job(client, sessions, body)
+    x, y = iris()
+    pred = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x.tolist()}).get_json()
+    assert set(pred["predictions"]) <= set(names)
+    assert np.mean(np.array(pred["predictions"]) == names[y]) > 0.9
+
+
+def test_regression_job_predicts_values(client, sessions):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(200, 2))
+    y = (x[:, 0] * 2 - x[:, 1]).round(4)
+    body = {"model": {"input_shape": [2], "layers": [{"type": "dense", "units": 1}], "loss": "mse"},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 0.1}, "epochs": 50},
+            "dataset": {"features": x.round(4).tolist(), "targets": y.tolist()}}
+    job_id = trained_job(client, sessions, body)
+    out = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[0.5, 0.5], [1.0, -1.0]]}).get_json()
+    np.testing.assert_allclose(out["predictions"], [0.5, 3.0], atol=0.05)
+    assert "probabilities" not in out
+
+
+def test_predict_and_weights_wait_for_success(client):
+    job_id = submit(client, iris_job()).get_json()["id"]
+    for resp in (client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[0, 0, 0, 0]]}),
+                 client.get(f"/v1/jobs/{job_id}/weights")):
+        assert resp.status_code == 409
+        assert resp.mimetype == PROBLEM
+        assert resp.get_json()["code"] == "job_not_finished"
+
+
+def test_predict_rejects_wrong_shapes(client, sessions):
+    job_id = trained_job(client, sessions, iris_job(epochs=2))
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[1, 2, 3]]})
+    assert resp.status_code == 422
+    assert "expected" in resp.get_json()["detail"] and resp.get_json()["errors"][0]["path"] == "inputs"
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={})
+    assert resp.status_code == 422
+
+
+def _with(path: str, value):
+    body = iris_job()
+    target = body
+    keys = path.split(".")
+    for k in keys[:-1]:
+        target = target[int(k)] if k.isdigit() else target[k]
+    last = keys[-1]
+    if value is _DELETE:
+        del target[last]
+    elif last.isdigit():
+        target[int(last)] = value
+    else:
+        target[last] = value
+    return body
+
+
+_DELETE = object()
+
+BAD_INPUTS = [
+    ("missing layers", lambda: _with("model.layers", _DELETE), "model.layers", "required"),
+    ("unknown layer type", lambda: _with("model.layers.0.type", "dense3d"), "model.layers[0].type",
+     "unknown layer type"),
+    ("unknown activation", lambda: _with("model.layers.0.activation", "swish2"), "model.layers[0].activation",
+     "must be one of"),
+    ("zero units", lambda: _with("model.layers.0.units", 0), "model.layers[0].units", ">= 1"),
+    ("unknown loss", lambda: _with("model.loss", "hinge"), "model.loss", "must be one of"),
+    ("softmax needed", lambda: _with("model.layers.1.activation", "relu"), "model.layers[1].activation",
+     "softmax"),
+    ("bad optimizer", lambda: _with("training.optimizer", {"type": "lbfgs"}), "training.optimizer.type",
+     "must be one of"),
+    ("negative epochs", lambda: _with("training.epochs", -1), "training.epochs", ">= 1"),
+    ("typo in training", lambda: _with("training.epoch", 3), "training.epoch", "unknown field"),
+    ("unknown top-level", lambda: _with("status", "succeeded"), "status", "unknown field"),
+    ("lengths differ", lambda: _with("dataset.targets", [0, 1, 2]), "dataset.targets", "has 3 values"),
+    ("ragged rows", lambda: _with("dataset.features.3", [1.0, 2.0]), "dataset.features[3]", "ragged"),
+    ("non-numeric", lambda: _with("dataset.features.2", [1.0, "x", 2.0, 3.0]), "dataset.features[2][1]",
+     "must be a number"),
+    ("huge number", lambda: _with("dataset.features.1", [HUGE, 0, 0, 0]), "dataset.features[1][0]", "finite"),
+    ("wrong width", lambda: _with("dataset.features", [[1, 2, 3]] * 150), "dataset.features", "shape [4]"),
+    ("label out of range", lambda: _with("dataset.targets", [5] * 150), "dataset.targets", "0..2"),
+    ("empty features", lambda: _with("dataset.features", []), "dataset.features", "non-empty"),
+    ("missing dataset", lambda: _with("dataset", _DELETE), "dataset", "required"),
+]
+
+
+@pytest.mark.parametrize("case, make, path, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_422_naming_the_field(client, migrated, sessions, case, make, path, message):
+    resp = submit(client, make())
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.mimetype == PROBLEM
+    body = resp.get_json()
+    assert body["code"] == "validation_error" and body["status"] == 422
+    assert any(e["path"] == path and message in e["message"] for e in body["errors"]), body["errors"]
+    assert path in body["detail"]
+    assert queued_messages(migrated) == 0  # nothing enqueued for a rejected job
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
+def test_malformed_json_and_wrong_media_type(client):
+    resp = client.post("/v1/jobs", data="{not json", content_type="application/json")
+    assert resp.status_code == 400 and resp.get_json()["code"] == "invalid_json"
+    resp = client.post("/v1/jobs", data='{"a": NaN}', content_type="application/json")
+    assert resp.status_code == 400
+    resp = client.post("/v1/jobs", data="features=1", content_type="text/plain")
+    assert resp.status_code == 415 and resp.mimetype == PROBLEM
+    deep = "[" * 10000 + "]" * 10000
+    resp = client.post("/v1/jobs", data=deep, content_type="application/json")
+    assert resp.status_code in (400, 422) and resp.mimetype == PROBLEM
+
+
+def test_unknown_routes_and_methods_speak_problem_json(client):
+    resp = client.get("/v1/nothing")
+    assert resp.status_code == 404 and resp.mimetype == PROBLEM and resp.get_json()["code"] == "not_found"
+    resp = client.delete("/v1/jobs")
+    assert resp.status_code == 405 and resp.mimetype == PROBLEM and "POST" in resp.headers["Allow"]
+    resp = client.get("/v1/jobs/doesnotexist")
+    assert resp.status_code == 404 and resp.get_json()["code"] == "job_not_found"
+    for sub in ("epochs", "weights"):
+        assert client.get(f"/v1/jobs/doesnotexist/{sub}").status_code == 404
+    assert client.post("/v1/jobs/doesnotexist/predict", json={"inputs": [[1]]}).status_code == 404
+
+
+def test_weights_format_is_checked(client, sessions):
+    job_id = trained_job(client, sessions, iris_job(epochs=1))
+    resp = client.get(f"/v1/jobs/{job_id}/weights?format=pickle")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "format"
+
+
+def test_health(client):
+    assert client.get("/livez").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_spec_is_stored_with_defaults_applied(client):
+    body = copy.deepcopy(iris_job())
+    job = submit(client, body).get_json()
+    assert job["model"]["layers"][0]["kernel_initializer"] == "glorot_uniform"
+    assert job["training"]["shuffle"] is True
