@@ -32,8 +32,8 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(JSON-able scalars, arrays by name)."""
-        arrays = {f"{kind}:{key}": a for kind, s in self.slots.items() for key, a in s.items()}
+        """(JSON-able scalars, arrays by name); copies, since later steps update slots in place."""
+        arrays = {f"{kind}:{key}": a.copy() for kind, s in self.slots.items() for key, a in s.items()}
         return {"t": self.t}, arrays
 
     def load_state_dict(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -7,6 +7,18 @@ import math
 
 from .spec import Field
 
+# Metrics that improve by going down; every other one (accuracy, r2) improves by going up.
+LOWER_IS_BETTER = ("loss", "val_loss", "mae", "val_mae")
+
+
+def improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
+    """Whether `value` beats `best` by more than min_delta in the metric's direction."""
+    if best is None:
+        return True
+    if metric in LOWER_IS_BETTER:
+        return value < best - min_delta
+    return value > best + min_delta
+
 
 class Schedule:
     name = ""
@@ -75,16 +87,17 @@ class ReduceOnPlateau(Schedule):
 
     def __init__(self, config, base_lr, epochs):
         super().__init__(config, base_lr, epochs)
-        self.current, self.best, self.wait = base_lr, math.inf, 0
+        self.current, self.best, self.wait = base_lr, None, 0
 
     def lr(self, epoch):
         return self.current
 
     def observe(self, metrics):
-        value = metrics.get(self.config["monitor"])
-        if value is None:
-            value = metrics["loss"]
-        if value < self.best - self.config["min_delta"]:
+        monitor = self.config["monitor"]
+        if monitor not in metrics:  # val_X without validation data: watch the training X
+            monitor = monitor.removeprefix("val_")
+        value = metrics[monitor]
+        if improved(monitor, value, self.best, self.config["min_delta"]):
             self.best, self.wait = value, 0
             return
         self.wait += 1
@@ -93,13 +106,10 @@ class ReduceOnPlateau(Schedule):
             self.wait = 0
 
     def state_dict(self):
-        return {"current": self.current, "best": self.best if math.isfinite(self.best) else None,
-                "wait": self.wait}
+        return {"current": self.current, "best": self.best, "wait": self.wait}
 
     def load_state_dict(self, state):
-        self.current = state["current"]
-        self.best = math.inf if state["best"] is None else state["best"]
-        self.wait = state["wait"]
+        self.current, self.best, self.wait = state["current"], state["best"], state["wait"]
 
 
 SCHEDULES: dict[str, type[Schedule]] = {
