@@ -1,0 +1,111 @@
+"""Starts the real processes the way `make run` and docker-compose do (`backprop migrate`,
+`backprop serve` = gunicorn, `backprop worker` = celery) and talks to them over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BACKPROP = str(Path(sys.executable).with_name("backprop"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "BACKPROP_DATA_DIR": str(tmp / "data"), "BACKPROP_PORT": str(self.port),
+                    "BACKPROP_WEB_WORKERS": "1", "BACKPROP_WORKER_CONCURRENCY": "1", **(env or {})}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def run(self, *args: str) -> None:
+        subprocess.run([BACKPROP, *args], env=self.env, check=True, timeout=120,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([BACKPROP, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def up(self, workers: int = 1) -> Stack:
+        self.run("migrate")
+        self.start("api", "serve")
+        for i in range(workers):
+            self.start(f"worker{i}", "worker")
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited early:\n{self.logs()}")
+            try:
+                status, _ = self.request("GET", "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"API not ready after {timeout}s\n{self.logs()}")
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def down(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted(self.tmp.glob("*.log")):
+            out.append(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}")
+        return "\n".join(out)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw, status = resp.read(), resp.status
+        except urllib.error.HTTPError as err:
+            raw, status = err.read(), err.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw
+
+    def wait_for_job(self, job_id: str, timeout: float = 120, until=("succeeded", "failed", "cancelled")) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, job = self.request("GET", f"/v1/jobs/{job_id}")
+            if job["status"] in until:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {job['status']}\n{self.logs()}")
