@@ -3,6 +3,7 @@ a target metric, a divergence guard, a cooperative stop hook, and exact checkpoi
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -13,10 +14,8 @@ import numpy as np
 
 from .network import Network, walk
 from .optimizers import OPTIMIZERS
-from .schedules import SCHEDULES
+from .schedules import LOWER_IS_BETTER, SCHEDULES, improved
 from .spec import Field, SpecError, check_object, object_schema
-
-LOSS_LIKE = ("loss", "val_loss", "mae", "val_mae")
 
 EARLY_STOPPING_FIELDS = {
     "monitor": Field("str", default="val_loss", description="a metric name, e.g. val_loss or val_accuracy"),
@@ -51,7 +50,7 @@ def _check_typed(obj, registry, path, errors) -> dict | None:
         errors.append({"path": path, "message": "must be an object"})
         return None
     kind = obj.get("type")
-    if kind not in registry:
+    if not isinstance(kind, str) or kind not in registry:
         errors.append({"path": f"{path}.type", "message": f"must be one of {', '.join(sorted(registry))}"})
         return None
     checked = check_object(obj, {"type": Field("str"), **registry[kind].fields}, path, errors)
@@ -211,8 +210,10 @@ class Trainer:
         if n == 0:
             raise ValueError("no training samples")
         net, cfg = self.net, self.cfg
+        self._check_metric_names(validation=xv is not None)
         result = FitResult(history=self.history)
-        trainable_layers = [layer.name for layer in net.layers if layer.name not in net.frozen]
+        # layers with trainable weights, in order; gradient norms are reported for these
+        trainable_layers = list(dict.fromkeys(k.split("/")[0] for k in net.trainable()))
         while self.epoch < cfg["epochs"]:
             started = time.perf_counter()
             epoch = self.epoch + 1
@@ -220,13 +221,13 @@ class Trainer:
             order = self.rng.permutation(n) if cfg["shuffle"] else np.arange(n)
             loss_sum, correct, seen = 0.0, 0.0, 0
             reg = None if net.classification else _RegressionStats()
-            grad_sq: dict[str, float] = dict.fromkeys(trainable_layers, 0.0)
+            grad_sum: dict[str, float] = dict.fromkeys(trainable_layers, 0.0)
             batches = 0
             params = net.trainable()
             grads = {k: g for k, g in net.gradients().items() if k in params}
             for start in range(0, n, bs):
                 if should_stop is not None and should_stop():
-                    result.stop_reason = "cancelled"
+                    result.stop_reason, result.best_epoch = "cancelled", self.best_epoch
                     return result
                 idx = order[start:start + bs]
                 xb, yb = x[idx], y[idx]
@@ -242,7 +243,7 @@ class Trainer:
                     reg.add(net.last_output, yb)
                 gnorms = net.layer_norms(grads)
                 for k, v in gnorms.items():
-                    grad_sq[k] = grad_sq.get(k, 0.0) + v
+                    grad_sum[k] += v
                 self._clip(grads)
                 self.optimizer.step(params, grads, lr)
                 batches += 1
@@ -256,7 +257,7 @@ class Trainer:
             weights = net.params()
             if not all(np.isfinite(v).all() for v in weights.values()):
                 raise TrainingDiverged(epoch, "the weights")
-            record["grad_norms"] = {k: v / batches for k, v in grad_sq.items()}
+            record["grad_norms"] = {k: v / batches for k, v in grad_sum.items()}
             record["weight_norms"] = net.layer_norms(weights)
             record["duration"] = time.perf_counter() - started
             self.schedule.observe(record)
@@ -299,34 +300,46 @@ class Trainer:
             out.update({f"{prefix}{k}": v for k, v in reg.result(int(np.prod(net.output_shape))).items()})
         return out
 
+    def _check_metric_names(self, validation: bool) -> None:
+        """Fail before the first epoch, not after it, when a monitor names a metric this run
+        never records (a typo, or a val_ metric without validation data)."""
+        base = ["loss", "accuracy"] if self.net.classification else ["loss", "mae", "r2"]
+        recorded = base + [f"val_{m}" for m in base] if validation else base
+        wanted = []
+        if self.cfg["early_stopping"]:
+            wanted.append(("training.early_stopping.monitor", self.cfg["early_stopping"]["monitor"]))
+        if self.cfg["target"]:
+            wanted.append(("training.target.metric", self.cfg["target"]["metric"]))
+        errors = [{"path": path, "message": f"{name} is not recorded for this run; "
+                                            f"one of {', '.join(recorded)}"}
+                  for path, name in wanted if name not in recorded]
+        # without validation data the schedule watches the training metric instead of val_X
+        monitor = self.schedule.config.get("monitor")
+        if monitor is not None and monitor.removeprefix("val_") not in base:
+            errors.append({"path": "training.lr_schedule.monitor",
+                           "message": f"{monitor} is not recorded for this run; one of {', '.join(recorded)}"})
+        if errors:
+            raise SpecError(errors)
+
     def _early_stopping(self, record) -> str | None:
         es = self.cfg["early_stopping"]
         if not es:
             return None
         monitor = es["monitor"]
-        if monitor not in record:
-            raise SpecError([{"path": "training.early_stopping.monitor",
-                              "message": f"{monitor} is not recorded; available: "
-                                         f"{', '.join(k for k in record if isinstance(record[k], float))}"}])
-        value = record[monitor]
-        sign = 1 if monitor in LOSS_LIKE else -1  # minimise losses, maximise the rest
-        if self.best is None or sign * value < sign * self.best - es["min_delta"]:
-            self.best, self.best_epoch, self.wait = value, record["epoch"], 0
+        if improved(monitor, record[monitor], self.best, es["min_delta"]):
+            self.best, self.best_epoch, self.wait = record[monitor], record["epoch"], 0
             if es["restore_best_weights"]:
                 self.best_weights = self.net.get_weights()
             return None
-        self.wait += 1
+        self.wait += 1  # epochs without improvement; `patience` of them are tolerated
         return "early_stopping" if self.wait > es["patience"] else None
 
     def _target_reached(self, record) -> str | None:
         target = self.cfg["target"]
         if not target:
             return None
-        value = record.get(target["metric"])
-        if value is None:
-            raise SpecError([{"path": "training.target.metric",
-                              "message": f"{target['metric']} is not recorded for this run"}])
-        reached = value <= target["value"] if target["metric"] in LOSS_LIKE else value >= target["value"]
+        value, metric = record[target["metric"]], target["metric"]
+        reached = value <= target["value"] if metric in LOWER_IS_BETTER else value >= target["value"]
         return "target_reached" if reached else None
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -339,7 +352,7 @@ class Trainer:
             arrays.update({f"best:{k}": v for k, v in self.best_weights.items()})
         meta = {"epoch": self.epoch, "rng": self.rng.bit_generator.state, "optimizer": opt_meta,
                 "schedule": self.schedule.state_dict(), "best": self.best, "best_epoch": self.best_epoch,
-                "wait": self.wait, "history": self.history}
+                "wait": self.wait, "history": copy.deepcopy(self.history)}
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -352,7 +365,7 @@ class Trainer:
         self.epoch, self.best, self.best_epoch, self.wait = (
             meta["epoch"], meta["best"], meta["best_epoch"], meta["wait"])
         self.best_weights = part("best:") or None
-        self.history[:] = meta.get("history", [])
+        self.history[:] = copy.deepcopy(meta.get("history", []))
 
 
 def train(net: Network, x, y, training: dict[str, Any] | None = None, **kwargs) -> FitResult:

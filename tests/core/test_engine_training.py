@@ -1,0 +1,417 @@
+"""The training loop: determinism, exact checkpoint -> resume, early stopping, target metric,
+divergence guard, cancellation, stratified validation split, diagnostics, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, log_loss, mean_absolute_error, r2_score
+
+from core.nn import Network, Trainer, TrainingDiverged, train
+from core.nn.serialization import arrays_from_npz, arrays_to_npz
+from core.nn.training import stratified_split
+
+
+def blobs(n=90, k=3, d=4, spread=1.0, seed=0):
+    """k Gaussian classes in d dimensions, float64 features and integer labels."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3.0, size=(k, d))
+    y = np.arange(n) % k
+    return centers[y] + spread * rng.normal(size=(n, d)), y
+
+
+def smooth(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, size=(n, 2))
+    return x, np.sin(x[:, 0]) + 0.5 * x[:, 1] ** 2
+
+
+def classifier(d=4, k=3, hidden=8, **kw):
+    return Network.from_spec({"input_shape": [d], "loss": "categorical_crossentropy", **kw,
+                              "layers": [{"type": "dense", "units": hidden, "activation": "tanh"},
+                                         {"type": "dense", "units": k, "activation": "softmax"}]})
+
+
+def regressor(**kw):
+    return Network.from_spec({"input_shape": [2], "loss": "mse", **kw,
+                              "layers": [{"type": "dense", "units": 16, "activation": "tanh"},
+                                         {"type": "dense", "units": 1}]})
+
+
+def without_duration(history):
+    return [{k: v for k, v in r.items() if k != "duration"} for r in history]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# -- determinism ----------------------------------------------------------------------------
+
+def run_once(net_seed=0, train_seed=0):
+    x, y = blobs()
+    net = classifier()
+    net = Network.from_spec(net.spec, seed=net_seed)
+    result = train(net, x, y, {"epochs": 4, "batch_size": 16, "seed": train_seed,
+                               "validation_split": 0.2, "optimizer": {"type": "adam"}})
+    return net.get_weights(), without_duration(result.history)
+
+
+def test_same_seeds_give_bit_identical_runs():
+    w1, h1 = run_once()
+    w2, h2 = run_once()
+    assert_same_weights(w1, w2)
+    assert h1 == h2
+
+
+@pytest.mark.parametrize("seeds", [{"net_seed": 1}, {"train_seed": 1}], ids=["init", "shuffle"])
+def test_different_seeds_give_different_runs(seeds):
+    w1, _ = run_once()
+    w2, _ = run_once(**seeds)
+    assert not np.array_equal(w1["dense_0/kernel"], w2["dense_0/kernel"])
+
+
+# -- checkpoint -> resume -------------------------------------------------------------------
+
+class Interrupted(Exception):
+    """Raised from on_epoch to kill a run after its checkpoint, like a crashed worker."""
+
+
+RESUME_CASES = {
+    "sgd_nesterov_step_clip": (
+        "classification",
+        {"epochs": 6, "batch_size": 16, "clip_norm": 0.5,
+         "optimizer": {"type": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True},
+         "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5}}),
+    "adam_plateau_early_stopping_validation": (
+        "classification",
+        {"epochs": 30, "batch_size": 16, "validation_split": 0.3,
+         "optimizer": {"type": "adam", "learning_rate": 0.05},
+         "lr_schedule": {"type": "reduce_on_plateau", "patience": 0, "factor": 0.5,
+                         "min_delta": 0.02},
+         "early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 0.01,
+                            "restore_best_weights": True}}),
+    "adamw_cosine_regression_r2": (
+        "regression",
+        {"epochs": 12, "batch_size": 8, "validation_split": 0.25,
+         "optimizer": {"type": "adamw", "learning_rate": 0.02},
+         "lr_schedule": {"type": "cosine", "min_lr": 0.001},
+         "early_stopping": {"monitor": "val_r2", "patience": 1, "min_delta": 0.005}}),
+    "rmsprop_exponential": (
+        "classification",
+        {"epochs": 5, "batch_size": 32, "optimizer": {"type": "rmsprop"},
+         "lr_schedule": {"type": "exponential", "gamma": 0.8}}),
+    "adagrad_sample_weights": (
+        "classification",
+        {"epochs": 5, "batch_size": 10, "validation_split": 0.2, "optimizer": {"type": "adagrad"}}),
+}
+
+
+def resume_data(kind):
+    if kind == "regression":
+        x, y = smooth()
+        return regressor, x, y, None
+    x, y = blobs(n=120, spread=2.5)  # overlapping classes, so validation loss plateaus
+    return classifier, x, y, np.linspace(0.5, 2.0, len(x))
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES))
+def test_checkpoint_resume_is_exact(case):
+    kind, training = RESUME_CASES[case]
+    build, x, y, sw = resume_data(kind)
+    k = 3
+
+    net = build()
+    straight = Trainer(net, training).fit(x, y, sample_weight=sw)
+    assert len(straight.history) > k
+
+    saved = {}
+
+    def checkpoint(record, trainer):
+        if record["epoch"] == k:
+            meta, arrays = trainer.state()
+            saved["blob"] = arrays_to_npz(arrays, meta)
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        Trainer(build(), training).fit(x, y, sample_weight=sw, on_epoch=checkpoint)
+
+    arrays, meta = arrays_from_npz(saved["blob"])
+    assert json.loads(json.dumps(meta)) == meta and meta["epoch"] == k
+    fresh = Network.from_spec(build().spec, seed=12345)  # its own init must be overwritten
+    trainer = Trainer(fresh, training)
+    trainer.load_state(meta, arrays)
+    resumed = trainer.fit(x, y, sample_weight=sw)
+
+    assert_same_weights(fresh.get_weights(), net.get_weights())
+    assert without_duration(resumed.history) == without_duration(straight.history)
+    assert (resumed.stop_reason, resumed.best_epoch) == (straight.stop_reason, straight.best_epoch)
+
+
+def test_resume_cases_exercise_what_they_claim():
+    """Guards the case above against silently testing less: plateau cuts the rate, and early
+    stopping fires after the checkpoint epoch and restores best weights saved in it."""
+    kind, training = RESUME_CASES["adam_plateau_early_stopping_validation"]
+    build, x, y, sw = resume_data(kind)
+    result = Trainer(build(), training).fit(x, y, sample_weight=sw)
+    assert result.stop_reason == "early_stopping"
+    assert result.best_epoch <= 3 < len(result.history)
+    assert len({r["lr"] for r in result.history}) > 1
+    kind, training = RESUME_CASES["adamw_cosine_regression_r2"]
+    build, x, y, sw = resume_data(kind)
+    result = Trainer(build(), training).fit(x, y)
+    assert "val_r2" in result.history[0]
+
+
+def test_state_is_a_snapshot():
+    """A checkpoint held in memory must not change as training continues."""
+    x, y = blobs()
+    trainer = Trainer(classifier(), {"epochs": 2, "optimizer": {"type": "adam"}})
+    trainer.fit(x, y)
+    meta, arrays = trainer.state()
+    frozen_meta = json.dumps(meta)
+    frozen = {k: a.copy() for k, a in arrays.items()}
+    trainer.cfg["epochs"] = 4
+    trainer.fit(x, y)
+    assert json.dumps(meta) == frozen_meta
+    assert_same_weights(arrays, frozen)
+
+
+# -- early stopping and target ------------------------------------------------------------
+
+def test_early_stopping_patience_and_restore():
+    """A min_delta nothing can beat makes epoch 1 the best for good: patience 2 tolerates
+    epochs 2 and 3, stops at 4, and puts epoch 1's weights back."""
+    x, y = blobs()
+    per_epoch = []
+    result = train(classifier(), x, y,
+                   {"epochs": 20, "early_stopping": {"monitor": "loss", "patience": 2,
+                                                     "min_delta": 100.0}},
+                   on_epoch=lambda r, t: per_epoch.append(t.net.get_weights()))
+    assert result.stop_reason == "early_stopping"
+    assert len(result.history) == 4 and result.best_epoch == 1
+    # on_epoch of the stopping epoch already sees the restored weights
+    assert_same_weights(per_epoch[-1], per_epoch[0])
+
+
+def test_restore_best_weights_gives_the_best_epochs_weights():
+    x, y = blobs(n=120, spread=2.5)
+    net = classifier(hidden=32)
+    snapshots = {}
+
+    def remember(record, trainer):
+        snapshots.setdefault(record["epoch"], trainer.net.get_weights())
+
+    result = train(net, x, y, {"epochs": 60, "batch_size": 8, "validation_split": 0.3,
+                               "optimizer": {"type": "adam", "learning_rate": 0.05},
+                               "early_stopping": {"monitor": "val_loss", "patience": 3}},
+                   on_epoch=remember)
+    val = [r["val_loss"] for r in result.history]
+    assert result.stop_reason == "early_stopping"
+    assert result.best_epoch == int(np.argmin(val)) + 1 < len(val)
+    assert_same_weights(net.get_weights(), snapshots[result.best_epoch])
+
+
+def test_without_restore_the_last_weights_stay():
+    x, y = blobs()
+    net = classifier()
+    last = {}
+    result = train(net, x, y, {"epochs": 20, "early_stopping": {
+        "monitor": "loss", "patience": 1, "min_delta": 100.0, "restore_best_weights": False}},
+        on_epoch=lambda r, t: last.update(w=t.net.get_weights()))
+    assert result.stop_reason == "early_stopping" and len(result.history) == 3
+    assert_same_weights(net.get_weights(), last["w"])
+
+
+def test_early_stopping_min_delta_counts_only_real_improvements():
+    x, y = blobs()
+    es = {"monitor": "loss", "patience": 1, "min_delta": 0.05}
+    result = train(classifier(), x, y, {"epochs": 40, "early_stopping": es})
+    losses = [r["loss"] for r in result.history]
+    best, wait, stop = losses[0], 0, None  # the rule, replayed on the recorded losses
+    for epoch, value in enumerate(losses[1:], start=2):
+        if value < best - 0.05:
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait > 1:
+                stop = epoch
+                break
+    assert stop == len(losses) and result.stop_reason == "early_stopping"
+
+
+def test_early_stopping_maximises_accuracy():
+    x, y = blobs(spread=0.3)  # separable: accuracy climbs to 1 and then cannot improve
+    result = train(classifier(), x, y, {"epochs": 200, "validation_split": 0.2,
+                                        "optimizer": {"type": "adam", "learning_rate": 0.05},
+                                        "early_stopping": {"monitor": "val_accuracy",
+                                                           "patience": 2}})
+    acc = [r["val_accuracy"] for r in result.history]
+    assert result.stop_reason == "early_stopping" and len(acc) < 200
+    assert result.best_epoch == int(np.argmax(acc)) + 1
+
+
+@pytest.mark.parametrize("target", [{"metric": "accuracy", "value": 0.0},
+                                    {"metric": "loss", "value": 1e9}], ids=["accuracy", "loss"])
+def test_trivial_target_stops_after_one_epoch(target):
+    x, y = blobs()
+    result = train(classifier(), x, y, {"epochs": 10, "target": target})
+    assert result.stop_reason == "target_reached" and len(result.history) == 1
+
+
+def test_target_stops_as_soon_as_reached():
+    x, y = blobs(spread=0.5)
+    result = train(classifier(), x, y, {"epochs": 300, "validation_split": 0.2,
+                                        "optimizer": {"type": "adam", "learning_rate": 0.01},
+                                        "target": {"metric": "val_accuracy", "value": 0.95}})
+    acc = [r["val_accuracy"] for r in result.history]
+    assert result.stop_reason == "target_reached"
+    assert acc[-1] >= 0.95 and all(a < 0.95 for a in acc[:-1]) and len(acc) > 1
+
+
+@pytest.mark.parametrize("training, path", [
+    ({"early_stopping": {"monitor": "val_loss"}}, "training.early_stopping.monitor"),
+    ({"early_stopping": {"monitor": "accuracy"}}, "training.early_stopping.monitor"),
+    ({"target": {"metric": "val_accuracy", "value": 0.9}}, "training.target.metric"),
+    ({"lr_schedule": {"type": "reduce_on_plateau", "monitor": "acc"}},
+     "training.lr_schedule.monitor"),
+])
+def test_unrecorded_metrics_fail_before_training(training, path):
+    """A regression run without validation records loss, mae and r2 only."""
+    from core.nn import SpecError
+
+    x, y = smooth()
+    net = regressor()
+    before = net.get_weights()
+    with pytest.raises(SpecError) as err:
+        train(net, x, y, {"epochs": 3, **training})
+    assert err.value.errors[0]["path"] == path
+    assert_same_weights(net.get_weights(), before)
+
+
+def test_plateau_on_val_loss_without_validation_watches_loss():
+    x, y = smooth()
+    result = train(regressor(), x, y, {"epochs": 3, "lr_schedule": {"type": "reduce_on_plateau"}})
+    assert len(result.history) == 3
+
+
+# -- divergence and cancellation ----------------------------------------------------------
+
+def test_huge_learning_rate_raises_training_diverged():
+    x, y = smooth()
+    with pytest.raises(TrainingDiverged) as err:
+        train(regressor(), x, 1e3 * y, {"epochs": 50, "optimizer": {"type": "sgd",
+                                                                     "learning_rate": 1e6}})
+    assert err.value.epoch >= 1
+    assert f"at epoch {err.value.epoch}" in str(err.value)
+
+
+def test_should_stop_cancels_mid_epoch():
+    x, y = blobs(n=40)
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) == 7  # 4 batches per epoch: stop before the 3rd batch of epoch 2
+
+    trainer = Trainer(classifier(), {"epochs": 5, "batch_size": 10})
+    result = trainer.fit(x, y, should_stop=should_stop)
+    assert result.stop_reason == "cancelled"
+    assert len(calls) == 7 and len(result.history) == 1 and trainer.epoch == 1
+
+
+# -- validation split, metrics and diagnostics ----------------------------------------------
+
+@pytest.mark.parametrize("form", ["labels", "one_hot", "column"])
+def test_stratified_split_keeps_class_proportions(form):
+    labels = np.repeat([0, 1, 2], [120, 60, 20])
+    y = {"labels": labels, "one_hot": np.eye(3)[labels],
+         "column": (labels == 0).astype(float)[:, None]}[form]
+    tr, va = stratified_split(y, 0.2, np.random.default_rng(0), classification=True)
+    assert np.intersect1d(tr, va).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([tr, va])), np.arange(200))
+    counts = np.bincount(labels[va] if form != "column" else (labels[va] == 0).astype(int))
+    want = [24, 12, 4] if form != "column" else [16, 24]
+    np.testing.assert_array_equal(counts, want)
+
+
+def test_regression_split_is_random_and_sized():
+    y = np.arange(100.0)
+    tr, va = stratified_split(y, 0.25, np.random.default_rng(0), classification=False)
+    assert len(va) == 25 and np.intersect1d(tr, va).size == 0
+    assert not np.array_equal(va, np.arange(75, 100))
+
+
+def test_validation_metrics_match_sklearn():
+    x, y = blobs(n=120, spread=2.0)
+    xv, yv = blobs(n=60, spread=2.0, seed=1)
+    net = classifier(dtype="float64")
+    result = train(net, x, y, {"epochs": 3}, validation_data=(xv, yv))
+    last = result.history[-1]
+    p = net.forward(xv)
+    assert last["val_loss"] == pytest.approx(log_loss(yv, p), rel=1e-9)
+    assert last["val_accuracy"] == pytest.approx(accuracy_score(yv, p.argmax(1)))
+
+    x, y = smooth()
+    xv, yv = smooth(n=40, seed=1)
+    net = regressor(dtype="float64")
+    last = train(net, x, y, {"epochs": 3}, validation_data=(xv, yv)).history[-1]
+    pred = net.forward(xv)[:, 0]
+    assert last["val_r2"] == pytest.approx(r2_score(yv, pred), rel=1e-9)
+    assert last["val_mae"] == pytest.approx(mean_absolute_error(yv, pred), rel=1e-9)
+    assert {"loss", "mae", "r2", "val_loss", "lr"} <= last.keys() and "accuracy" not in last
+
+
+def test_grad_and_weight_norms_per_layer():
+    x, y = blobs()
+    spec = {"input_shape": [4], "loss": "categorical_crossentropy",
+            "layers": [{"type": "dense", "units": 6, "activation": "relu"},
+                       {"type": "activation", "activation": "tanh"},
+                       {"type": "dense", "units": 3, "activation": "softmax"}]}
+    net = Network.from_spec(spec)
+    result = train(net, x, y, {"epochs": 3})
+    for record in result.history:
+        assert set(record["grad_norms"]) == set(record["weight_norms"]) == {"dense_0", "dense_1"}
+        assert all(v > 0 and np.isfinite(v) for v in record["grad_norms"].values())
+        assert all(v > 0 and np.isfinite(v) for v in record["weight_norms"].values())
+    w = net.get_weights()
+    want = np.sqrt(np.sum(w["dense_1/kernel"].astype(float) ** 2)
+                   + np.sum(w["dense_1/bias"].astype(float) ** 2))
+    assert result.history[-1]["weight_norms"]["dense_1"] == pytest.approx(want, rel=1e-6)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------
+
+def test_fine_tuning_with_a_frozen_layer():
+    x, y = blobs()
+    base = classifier()
+    train(base, x, y, {"epochs": 3})
+    tuned = Network.from_spec(base.spec, seed=7)
+    tuned.set_weights(base.get_weights())
+    tuned.freeze(["dense_0"])
+    trainer = Trainer(tuned, {"epochs": 3, "optimizer": {"type": "adamw", "learning_rate": 0.05}})
+    result = trainer.fit(x[::-1], y[::-1])
+    after, before = tuned.get_weights(), base.get_weights()
+    np.testing.assert_array_equal(after["dense_0/kernel"], before["dense_0/kernel"])
+    np.testing.assert_array_equal(after["dense_0/bias"], before["dense_0/bias"])
+    assert not np.array_equal(after["dense_1/kernel"], before["dense_1/kernel"])
+    assert set(result.history[0]["grad_norms"]) == {"dense_1"}
+    _, arrays = trainer.state()
+    assert not any("dense_0" in k for k in arrays if k.startswith("optimizer:"))
+    with pytest.raises(ValueError, match="unknown layers"):
+        tuned.freeze(["dense_9"])
+
+
+def test_set_weights_checks_names_and_shapes():
+    net = classifier()
+    w = net.get_weights()
+    with pytest.raises(ValueError, match="missing"):
+        net.set_weights({k: v for k, v in w.items() if k != "dense_0/bias"})
+    with pytest.raises(ValueError, match="shape"):
+        net.set_weights({**w, "dense_0/bias": np.zeros(99)})
+    net.set_weights({"dense_0/bias": np.ones(8)}, strict=False)
+    np.testing.assert_array_equal(net.get_weights()["dense_0/bias"], np.ones(8))
