@@ -1,7 +1,22 @@
 """Storage: SQLAlchemy models and the session factory (no Flask, no Celery)."""
 
-from .models import Base, Dataset, EpochRecord, Job, JobStatus, WeightArray
+from .models import (
+    DEFAULT_TENANT,
+    ApiKey,
+    Base,
+    Checkpoint,
+    Dataset,
+    EpochRecord,
+    IdempotencyRecord,
+    Job,
+    JobStatus,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    WeightArray,
+)
 from .session import make_engine, make_sessionmaker
 
-__all__ = ["Base", "Dataset", "EpochRecord", "Job", "JobStatus", "WeightArray", "make_engine",
+__all__ = ["DEFAULT_TENANT", "ApiKey", "Base", "Checkpoint", "Dataset", "EpochRecord", "IdempotencyRecord",
+           "Job", "JobStatus", "ModelAlias", "ModelVersion", "RegisteredModel", "WeightArray", "make_engine",
            "make_sessionmaker"]

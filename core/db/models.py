@@ -43,20 +43,28 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+DEFAULT_TENANT = "default"
+
+
 class JobStatus:
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+    ACTIVE = (QUEUED, RUNNING, CANCELLING)
+    ALL = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 
 
 class Dataset(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="inline")  # inline, json, csv, npy, npz
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     n_samples: Mapped[int] = mapped_column(Integer)
     feature_shape: Mapped[list[int]] = mapped_column(JSON)  # one sample, no batch axis
@@ -67,6 +75,8 @@ class Dataset(Base):
     targets: Mapped[bytes] = mapped_column(LargeBinary)
     feature_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     class_labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # original labels, by index
+    target_kind: Mapped[str] = mapped_column(String(16), default="unknown")  # classes, continuous
+    class_counts: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     checksum: Mapped[str] = mapped_column(String(64))
 
 
@@ -74,6 +84,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
     status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -89,6 +100,12 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # fine-tuning: start from this job's weights, with these top-level layers frozen
+    init_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    freeze: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     dataset: Mapped[Dataset] = relationship()
 
@@ -115,3 +132,70 @@ class WeightArray(Base):
     dtype: Mapped[str] = mapped_column(String(16))
     shape: Mapped[list[int]] = mapped_column(JSON)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Checkpoint(Base):
+    """The latest resumable state of a running job (trainer state as .npz, no pickle), written
+    in the same transaction as the epochs it covers."""
+
+    __tablename__ = "checkpoints"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RegisteredModel(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKey(Base):
+    """Only a SHA-256 of the key is kept (keys are 256 random bits, so a fast hash is enough);
+    the prefix finds the row, the hash is compared in constant time."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    location: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
