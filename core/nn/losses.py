@@ -163,7 +163,7 @@ class CategoricalCrossEntropy(Loss):
             f"one-hot rows of shape (n, {', '.join(map(str, output_shape))}); got {y.shape}")
 
     def __call__(self, activation, z, y, sample_weight=None):
-        n, k = z.shape[0], z.shape[-1]
+        n = z.shape[0]
         shifted = z - z.max(axis=-1, keepdims=True)
         exp = np.exp(shifted)
         sums = exp.sum(axis=-1, keepdims=True)

@@ -49,9 +49,12 @@ class Network:
     def __init__(self, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None):
         spec = check_model_spec(spec)
         self.spec = spec
-        self.dtype = np.dtype(dtype or spec["dtype"])
-        if self.dtype.name not in DTYPES:
-            raise SpecError([{"path": "dtype", "message": "must be float32 or float64"}])
+        try:
+            self.dtype = np.dtype(dtype or spec["dtype"])
+        except TypeError:  # not a dtype at all
+            self.dtype = None
+        if self.dtype is None or self.dtype.name not in DTYPES:
+            raise SpecError([{"path": "model.dtype", "message": f"must be one of {', '.join(DTYPES)}"}])
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.input_shape = tuple(spec["input_shape"])
@@ -131,6 +134,8 @@ class Network:
         """Training-mode loss (dropout off, so deterministic) and dL/dw for every weight."""
         x = self.as_input(x)
         y = self.loss.prepare_targets(y, self.output_shape, self.dtype)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=self.dtype).reshape(-1)
         self._set_stochastic(False)
         try:
             loss = self.train_step_gradients(x, y, sample_weight)

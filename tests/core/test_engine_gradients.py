@@ -147,6 +147,7 @@ def test_sample_weights_are_a_weighted_mean():
     lr_, gr = net.loss_and_gradients(np.repeat(x, w, axis=0), np.repeat(y, w))
     ls, gs = net.loss_and_gradients(x, y, 7.5 * w)
     assert lw == pytest.approx(lr_, rel=1e-12) and lw == pytest.approx(ls, rel=1e-12)
+    assert net.loss_and_gradients(x, y, w.tolist())[0] == lw  # any array-like will do
     for key in gw:
         np.testing.assert_allclose(gw[key], gr[key], rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(gw[key], gs[key], rtol=1e-10, atol=1e-14)

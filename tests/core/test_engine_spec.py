@@ -1,0 +1,218 @@
+"""Spec validation: every error names its path, typos never pass, user text is only ever a
+dictionary key, and the published JSON Schema comes from the same declarations."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from core.nn import Network, SpecError, check_model_spec, check_training_spec
+from core.nn.layers.base import layer_json_schemas
+from core.nn.training import TRAINING_FIELDS, training_json_schema
+
+MODEL = {"input_shape": [4], "loss": "categorical_crossentropy",
+         "layers": [{"type": "dense", "units": 8, "activation": "relu"},
+                    {"type": "dense", "units": 8, "activation": "tanh"},
+                    {"type": "dense", "units": 3, "activation": "softmax"}]}
+
+
+def model_with(path, value):
+    """MODEL with one value replaced; `path` is a list of keys / indices."""
+    spec = copy.deepcopy(MODEL)
+    target = spec
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return spec
+
+
+_DELETE = object()
+
+
+def model_errors(spec):
+    with pytest.raises(SpecError) as err:
+        Network.from_spec(spec)
+    return err.value.errors
+
+
+def training_errors(spec):
+    with pytest.raises(SpecError) as err:
+        check_training_spec(spec)
+    return err.value.errors
+
+
+def test_valid_model_gets_defaults():
+    checked = check_model_spec(MODEL)
+    assert checked["dtype"] == "float32"
+    assert checked["layers"][0]["kernel_initializer"] == "glorot_uniform"
+    assert checked["layers"][0]["use_bias"] is True and checked["layers"][0]["l2"] == 0.0
+
+
+@pytest.mark.parametrize("path, value, where, message", [
+    (["layers", 2, "units"], 0, "model.layers[2].units", "must be >= 1"),
+    (["layers", 1, "units"], 2.5, "model.layers[1].units", "must be an integer"),
+    (["layers", 1, "units"], True, "model.layers[1].units", "must be an integer"),
+    (["layers", 1, "units"], "8", "model.layers[1].units", "must be an integer"),
+    (["layers", 0, "type"], "dense2", "model.layers[0].type", "unknown layer type 'dense2'"),
+    (["layers", 0, "type"], None, "model.layers[0].type", "unknown layer type"),
+    (["layers", 0, "activation"], "swish", "model.layers[0].activation", "must be one of"),
+    (["layers", 0, "kernel_initializer"], "random", "model.layers[0].kernel_initializer",
+     "must be one of"),
+    (["layers", 0, "l2"], -0.1, "model.layers[0].l2", "must be >= 0"),
+    (["layers", 0, "l1"], float("nan"), "model.layers[0].l1", "must be finite"),
+    (["layers", 0], "dense", "model.layers[0]", "must be an object"),
+    (["layers"], [], "model.layers", "at least 1"),
+    (["layers"], {"type": "dense"}, "model.layers", "must be a list"),
+    (["loss"], "cross_entropy", "model.loss", "must be one of"),
+    (["loss"], _DELETE, "model.loss", "is required"),
+    (["dtype"], "float16", "model.dtype", "must be one of float32, float64"),
+    (["input_shape"], [0], "model.input_shape[0]", "must be an integer >= 1"),
+    (["input_shape"], [], "model.input_shape", "non-empty list"),
+    (["input_shape"], 4, "model.input_shape", "non-empty list"),
+])
+def test_model_errors_name_their_path(path, value, where, message):
+    errors = model_errors(model_with(path, value))
+    assert any(e["path"] == where and message in e["message"] for e in errors), errors
+
+
+def test_typos_are_unknown_fields():
+    spec = copy.deepcopy(MODEL)
+    spec["layers"][1]["unit"] = spec["layers"][1].pop("units")
+    spec["los"] = "mse"
+    errors = model_errors(spec)
+    assert {"path": "model.layers[1].unit", "message": "unknown field"} in errors
+    assert {"path": "model.layers[1].units", "message": "is required"} in errors
+    assert {"path": "model.los", "message": "unknown field"} in errors
+
+
+def test_every_error_is_reported_at_once():
+    spec = model_with(["layers", 0, "units"], -1)
+    spec["layers"][2]["activation"] = "nope"
+    spec["dtype"] = "int8"
+    paths = {e["path"] for e in model_errors(spec)}
+    assert {"model.layers[0].units", "model.layers[2].activation", "model.dtype"} <= paths
+    message = str(SpecError([{"path": "a.b", "message": "is bad"}]))
+    assert message == "a.b: is bad"
+
+
+def test_model_must_be_an_object():
+    assert model_errors([MODEL]) == [{"path": "model", "message": "must be an object"}]
+
+
+@pytest.mark.parametrize("loss, activation, needs", [
+    ("categorical_crossentropy", "sigmoid", "softmax"),
+    ("sparse_categorical_crossentropy", "linear", "softmax"),
+    ("binary_crossentropy", "softmax", "sigmoid"),
+    ("binary_crossentropy", "relu", "sigmoid"),
+])
+def test_loss_and_output_activation_must_fit(loss, activation, needs):
+    spec = model_with(["loss"], loss)
+    spec["layers"][2]["activation"] = activation
+    (error,) = model_errors(spec)
+    assert error["path"] == "model.layers[2].activation"
+    assert needs in error["message"] and activation in error["message"] and loss in error["message"]
+
+
+def test_duplicate_layer_names():
+    spec = copy.deepcopy(MODEL)
+    spec["layers"][0]["name"] = spec["layers"][1]["name"] = "hidden"
+    (error,) = model_errors(spec)
+    assert error["path"] == "model.layers[1].name"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "garbage", "int32"])
+def test_dtype_argument_is_checked_like_the_spec(dtype):
+    with pytest.raises(SpecError) as err:
+        Network.from_spec(MODEL, dtype=dtype)
+    assert err.value.errors[0]["path"] == "model.dtype"
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def test_training_defaults():
+    checked = check_training_spec(None)
+    assert checked["epochs"] == 10 and checked["batch_size"] == 32
+    assert checked["optimizer"] == {"type": "sgd", "learning_rate": 0.01, "momentum": 0.0,
+                                    "nesterov": False}
+    assert checked["lr_schedule"] is None and checked["early_stopping"] is None
+    adam = check_training_spec({"optimizer": {"type": "adam"}})["optimizer"]
+    assert adam["learning_rate"] == 0.001 and adam["beta2"] == 0.999
+    assert check_training_spec({"epochs": 1e3})["epochs"] == 1000
+
+
+@pytest.mark.parametrize("spec, where, message", [
+    ({"epochs": 0}, "training.epochs", "must be >= 1"),
+    ({"epochs": "ten"}, "training.epochs", "must be an integer"),
+    ({"epochs": 10.5}, "training.epochs", "must be an integer"),
+    ({"epochs": float("inf")}, "training.epochs", "must be"),
+    ({"batch_size": None}, "training.batch_size", "must be an integer"),
+    ({"validation_split": 0.95}, "training.validation_split", "must be <= 0.9"),
+    ({"clip_norm": 0}, "training.clip_norm", "must be > 0"),
+    ({"shuffle": "yes"}, "training.shuffle", "must be a boolean"),
+    ({"epoch": 5}, "training.epoch", "unknown field"),
+    ({"optimizer": {"type": "adamax"}}, "training.optimizer.type", "must be one of"),
+    ({"optimizer": {}}, "training.optimizer.type", "must be one of"),
+    ({"optimizer": "adam"}, "training.optimizer", "must be an object"),
+    ({"optimizer": {"type": "sgd", "learning_rate": 0}}, "training.optimizer.learning_rate",
+     "must be > 0"),
+    ({"optimizer": {"type": "sgd", "momentum": 1.5}}, "training.optimizer.momentum", "must be <= 1"),
+    ({"optimizer": {"type": "sgd", "lr": 0.1}}, "training.optimizer.lr", "unknown field"),
+    ({"optimizer": {"type": "sgd", "beta1": 0.9}}, "training.optimizer.beta1", "unknown field"),
+    ({"lr_schedule": {"type": "linear"}}, "training.lr_schedule.type", "must be one of"),
+    ({"lr_schedule": {"type": "step", "gamma": 2}}, "training.lr_schedule.gamma", "must be <= 1"),
+    ({"early_stopping": {"patience": -1}}, "training.early_stopping.patience", "must be >= 0"),
+    ({"early_stopping": {"monitor": ""}}, "training.early_stopping.monitor", "non-empty string"),
+    ({"target": {"metric": "accuracy"}}, "training.target.value", "is required"),
+    ({"target": 0.9}, "training.target", "must be an object"),
+])
+def test_training_errors_name_their_path(spec, where, message):
+    errors = training_errors(spec)
+    assert any(e["path"] == where and message in e["message"] for e in errors), errors
+
+
+def test_training_must_be_an_object():
+    assert training_errors([]) == [{"path": "training", "message": "must be an object"}]
+
+
+# User text only ever indexes a dict: names of Python attributes are unknown, and values that
+# are not strings are errors, never TypeError / AttributeError.
+HOSTILE = ["__class__", "__init__", "__dict__", "mro", "forward", "update", "lr", "Dense", "Adam",
+           "get_activation", ["sgd"], {"a": 1}, 3, None]
+
+
+@pytest.mark.parametrize("name", HOSTILE, ids=repr)
+def test_registries_treat_names_as_keys(name):
+    for path, where in ((["layers", 0, "type"], "model.layers[0].type"),
+                        (["layers", 0, "activation"], "model.layers[0].activation"),
+                        (["layers", 0, "bias_initializer"], "model.layers[0].bias_initializer"),
+                        (["loss"], "model.loss")):
+        assert where in {e["path"] for e in model_errors(model_with(path, name))}
+    assert training_errors({"optimizer": {"type": name}})[0]["path"] == "training.optimizer.type"
+    assert training_errors({"lr_schedule": {"type": name}})[0]["path"] == "training.lr_schedule.type"
+
+
+# -- JSON Schema --------------------------------------------------------------------------------
+
+def test_json_schemas_are_json_and_share_the_defaults():
+    schema = json.loads(json.dumps(training_json_schema()))
+    assert schema["additionalProperties"] is False
+    for name, field in TRAINING_FIELDS.items():
+        if field.default is not None and name not in ("optimizer",):
+            assert schema["properties"][name]["default"] == field.default, name
+    assert schema["properties"]["epochs"]["minimum"] == 1
+    optimizers = {o["properties"]["type"]["enum"][0]: o
+                  for o in schema["properties"]["optimizer"]["oneOf"]}
+    assert optimizers["adam"]["properties"]["learning_rate"]["default"] == 0.001
+    assert optimizers["sgd"]["required"] == ["type"]
+
+    layers = layer_json_schemas()
+    dense = json.loads(json.dumps(layers["dense"]))
+    assert dense["required"] == ["type", "units"]
+    assert dense["properties"]["units"] == {"type": "integer", "minimum": 1,
+                                            "description": "output width"}
+    assert "softmax" in dense["properties"]["activation"]["enum"]
