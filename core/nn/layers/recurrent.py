@@ -1,0 +1,377 @@
+"""Recurrent layers: simple_rnn, lstm and gru, trained by backpropagation through time.
+
+Each takes one sample of shape (steps, features), i.e. batches of shape (n, steps, features), and
+returns the last hidden state (n, units), or every hidden state (n, steps, units) with
+`return_sequences`. The initial state is zero and the whole sequence is unrolled (full BPTT).
+
+Layout, chosen for speed and for weight compatibility with Keras and PyTorch:
+
+* the gates share one weight matrix: `kernel` (features, G*units), `recurrent_kernel`
+  (units, G*units), with G = 1 (simple_rnn), 4 (lstm) or 3 (gru);
+* the input projection of all steps is one GEMM up front (time-major, (steps*n, features) @
+  kernel); each step then does one recurrent GEMM (h @ recurrent_kernel) and element-wise work;
+* backward stores the per-step gradients of the gate pre-activations and forms dL/dkernel,
+  dL/drecurrent_kernel and dL/dx with one GEMM each over all steps at the end.
+
+Arrays keep the network's dtype throughout (float32 stays float32). With the default
+activations (sigmoid gates, tanh candidate) the gates use sigmoid(z) = (1 + tanh(z/2)) / 2, so
+that one tanh call covers all four LSTM gates; like the engine's activations, which the layers
+use for any other choice, it is stable for inputs of any magnitude (no exp can overflow).
+
+Example specs (model.input_shape is [steps, features]):
+
+    {"type": "simple_rnn", "units": 32, "return_sequences": true}
+    {"type": "lstm", "units": 64, "l2": 1e-4}
+    {"type": "gru", "units": 64, "recurrent_activation": "sigmoid", "return_sequences": false}
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from ..activations import ACTIVATIONS, get_activation
+from ..initializers import INITIALIZERS
+from ..spec import Field
+from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register
+
+# Gates are computed on whole blocks of columns, so only element-wise activations make sense.
+_ELEMENTWISE = tuple(a for a in ACTIVATIONS if a != "softmax")
+
+_COMMON_FIELDS = {
+    "units": Field("int", minimum=1, description="size of the hidden state"),
+    "return_sequences": Field("bool", default=False,
+                              description="output every step (steps, units), not only the last"),
+    "activation": Field("choice", default="tanh", choices=_ELEMENTWISE,
+                        description="activation of the candidate / hidden state"),
+    "use_bias": Field("bool", default=True),
+    "kernel_initializer": Field("choice", default="glorot_uniform", choices=INITIALIZER_CHOICES,
+                                description="for the input kernel (features, gates*units)"),
+    "recurrent_initializer": Field("choice", default="orthogonal", choices=INITIALIZER_CHOICES,
+                                   description="for the recurrent kernel (units, gates*units)"),
+    "bias_initializer": Field("choice", default="zeros", choices=INITIALIZER_CHOICES),
+    **REGULARIZER_FIELDS,
+}
+_RECURRENT_ACTIVATION = {
+    "recurrent_activation": Field("choice", default="sigmoid", choices=_ELEMENTWISE,
+                                  description="activation of the gates"),
+}
+
+
+class _Recurrent(Layer):
+    """Shared plumbing: parameters, the time-major input projection, and the final GEMMs of
+    backward. Subclasses implement `_run(P)` (the recurrence over pre-computed input
+    projections) and `_run_backward(dy_t, last)`."""
+
+    gates: ClassVar[int] = 1
+    regularized = ("kernel", "recurrent_kernel")
+    fields = _COMMON_FIELDS
+
+    def __init__(self, config, name):
+        super().__init__(config, name)
+        self.units = int(config["units"])
+        self.return_sequences = bool(config["return_sequences"])
+        self.act = get_activation(config["activation"])
+        self.rec = get_activation(config.get("recurrent_activation") or "sigmoid")
+
+    # -- build --------------------------------------------------------------------------
+    def build(self, input_shape, rng, dtype):
+        if len(input_shape) != 2:
+            hint = ("; to stack recurrent layers, set return_sequences: true on the earlier ones"
+                    if len(input_shape) == 1 else "")
+            raise ShapeError(f"needs inputs of shape (steps, features) per sample, got "
+                             f"{list(input_shape)}{hint}")
+        steps, features = input_shape
+        u, width = self.units, self.gates * self.units
+        cfg = self.config
+        self._init_param("kernel", cfg["kernel_initializer"], (features, width), features, width,
+                        rng, dtype)
+        self._init_param("recurrent_kernel", cfg["recurrent_initializer"], (u, width), u, width,
+                        rng, dtype)
+        if cfg["use_bias"]:
+            self._init_param("bias", cfg["bias_initializer"], self._bias_shape(), features, width,
+                            rng, dtype)
+        return (steps, u) if self.return_sequences else (u,)
+
+    def _init_param(self, key, initializer, shape, fan_in, fan_out, rng, dtype) -> None:
+        # C order: `orthogonal` returns a transposed (Fortran-ordered) array for wide shapes
+        # such as (units, 4*units), and code that edits weights through reshape(-1) (gradient
+        # checks, some optimizers) would then edit a copy.
+        value = INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype)
+        self.add_param(key, np.ascontiguousarray(value))
+
+    def _bias_shape(self) -> tuple[int, ...]:
+        return (self.gates * self.units,)
+
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x, training):
+        n, steps, features = x.shape
+        # time-major copy of the inputs: step t is the contiguous block rows [t*n, (t+1)*n)
+        self._xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(steps * n, features)
+        proj = self._xt @ self.params["kernel"]
+        if "bias" in self.params:
+            proj += self._input_bias()
+        proj = proj.reshape(steps, n, -1)
+        self._H = np.zeros((steps + 1, n, self.units), dtype=proj.dtype)  # H[0] is the zero state
+        self._run(proj)
+        if self.return_sequences:
+            return np.ascontiguousarray(self._H[1:].transpose(1, 0, 2))
+        return self._H[steps].copy()
+
+    def _input_bias(self) -> np.ndarray:
+        return self.params["bias"]
+
+    # -- backward -----------------------------------------------------------------------
+    def backward(self, dy):
+        steps, n, u = self._H.shape[0] - 1, self._H.shape[1], self.units
+        if self.return_sequences:
+            dy_t, last = dy.transpose(1, 0, 2), None
+        else:
+            dy_t, last = None, dy
+        # dP: dL/d(input projection) per step; dQ: dL/d(h_prev @ recurrent_kernel [+ bias])
+        dP, dQ = self._run_backward(dy_t, last)
+        width = dP.shape[-1]
+        dP2 = dP.reshape(steps * n, width)
+        dQ2 = dQ.reshape(steps * n, width)
+        g = self.grads
+        np.matmul(self._xt.T, dP2, out=g["kernel"])
+        # h_0 = 0 contributes nothing to dL/drecurrent_kernel, so step 0 is left out
+        np.matmul(self._H[1:steps].reshape((steps - 1) * n, u).T, dQ2[n:],
+                  out=g["recurrent_kernel"])
+        if "bias" in self.params:
+            self._bias_grad(dP2, dQ2)
+        dx = (dP2 @ self.params["kernel"].T).reshape(steps, n, -1)
+        return dx.transpose(1, 0, 2)
+
+    def _bias_grad(self, dP2, dQ2) -> None:
+        dP2.sum(axis=0, out=self.grads["bias"])
+
+    @staticmethod
+    def _dh_from(dy_t, last, t, steps, dh_next):
+        """dL/dh_t: from the output at step t plus what flows back from step t+1."""
+        if dy_t is not None:
+            return dy_t[t] + dh_next if dh_next is not None else dy_t[t].copy()
+        if t == steps - 1:
+            return last.copy()
+        return dh_next
+
+
+@register
+class SimpleRNN(_Recurrent):
+    """Elman RNN: h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)."""
+
+    type_name = "simple_rnn"
+    gates = 1
+    fields = _COMMON_FIELDS
+
+    def _run(self, P):
+        H, U, act = self._H, self.params["recurrent_kernel"], self.act
+        for t in range(P.shape[0]):
+            z = P[t]
+            z += H[t] @ U  # P now holds the pre-activations
+            H[t + 1] = act.forward(z)
+        self._Z = P
+
+    def _run_backward(self, dy_t, last):
+        H, Z, U = self._H, self._Z, self.params["recurrent_kernel"]
+        steps = Z.shape[0]
+        dZ = np.empty_like(Z)
+        dh = None
+        for t in range(steps - 1, -1, -1):
+            dh = self._dh_from(dy_t, last, t, steps, dh)
+            dZ[t] = self.act.backward(Z[t], H[t + 1], dh)
+            if t:
+                dh = dZ[t] @ U.T
+        return dZ, dZ
+
+
+@register
+class LSTM(_Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber, with a forget gate).
+
+    Gate columns are ordered i, f, g, o (input, forget, candidate, output), as in Keras and
+    PyTorch: i, f, o = recurrent_activation(...), g = activation(...),
+    c_t = f * c_{t-1} + i * g, h_t = o * activation(c_t). The bias has shape (4*units,).
+    `unit_forget_bias` (default true, as in Keras) sets the forget-gate bias to 1 at
+    initialisation whatever bias_initializer says, so the cell remembers by default."""
+
+    type_name = "lstm"
+    gates = 4
+    fields = {
+        **_COMMON_FIELDS,
+        **_RECURRENT_ACTIVATION,
+        "unit_forget_bias": Field("bool", default=True,
+                                  description="initialise the forget-gate bias to 1 "
+                                              "(Jozefowicz et al. 2015)"),
+    }
+
+    def build(self, input_shape, rng, dtype):
+        out = super().build(input_shape, rng, dtype)
+        u = self.units
+        if "bias" in self.params and self.config["unit_forget_bias"]:
+            self.params["bias"][u:2 * u] = 1  # in place: the array is never rebound
+        # sigmoid(z) = (tanh(z/2) + 1)/2: one tanh over all four gates, scaled per column
+        self._fast = self.rec.name == "sigmoid" and self.act.name == "tanh"
+        self._half = np.full(4 * u, 0.5, dtype)
+        self._half[2 * u:3 * u] = 1
+        self._shift = np.full(4 * u, 0.5, dtype)
+        self._shift[2 * u:3 * u] = 0
+        return out
+
+    def _run(self, P):
+        H, U, act, rec = self._H, self.params["recurrent_kernel"], self.act, self.rec
+        steps, n, _ = P.shape
+        u = self.units
+        g_ = slice(2 * u, 3 * u)
+        fast, half, shift = self._fast, self._half, self._shift
+        A = np.empty_like(P)                      # gate activations i, f, g, o
+        C = np.zeros((steps + 1, n, u), P.dtype)  # cell states, C[0] = 0
+        TC = np.empty((steps, n, u), P.dtype)     # activation(c_t)
+        hu = np.empty((n, 4 * u), P.dtype)
+        for t in range(steps):
+            z, a = P[t], A[t]
+            np.matmul(H[t], U, out=hu)
+            z += hu  # P now holds the pre-activations
+            if fast:
+                np.multiply(z, half, out=a)
+                np.tanh(a, out=a)
+                a *= half
+                a += shift
+            else:
+                a[...] = rec.forward(z)
+                a[:, g_] = act.forward(z[:, g_])
+            c = C[t + 1]
+            np.multiply(a[:, u:2 * u], C[t], out=c)
+            c += a[:, :u] * a[:, g_]
+            TC[t] = act.forward(c)
+            np.multiply(a[:, 3 * u:], TC[t], out=H[t + 1])
+        self._Z, self._A, self._C, self._TC = P, A, C, TC
+
+    def _run_backward(self, dy_t, last):
+        Z, A, C, TC = self._Z, self._A, self._C, self._TC
+        U, act, rec = self.params["recurrent_kernel"], self.act, self.rec
+        steps, n, width = Z.shape
+        u = self.units
+        g_ = slice(2 * u, 3 * u)
+        fast = self._fast
+        dZ = np.empty_like(Z)
+        dc = np.zeros((n, u), Z.dtype)
+        deriv = np.empty((n, width), Z.dtype)
+        dh = None
+        for t in range(steps - 1, -1, -1):
+            dh = self._dh_from(dy_t, last, t, steps, dh)
+            a, da = A[t], dZ[t]  # dZ[t] first holds dL/d(gate activations)
+            i, f, g, o = a[:, :u], a[:, u:2 * u], a[:, g_], a[:, 3 * u:]
+            np.multiply(dh, TC[t], out=da[:, 3 * u:])                 # do
+            dc += act.backward(C[t + 1], TC[t], dh * o)               # dL/dc_t
+            np.multiply(dc, g, out=da[:, :u])                         # di
+            np.multiply(dc, C[t], out=da[:, u:2 * u])                 # df
+            np.multiply(dc, i, out=da[:, g_])                         # dg
+            dc *= f                                                   # to c_{t-1}
+            if fast:  # sigmoid' = a - a^2 on i, f, o; tanh' = 1 - a^2 on g
+                np.multiply(a, a, out=deriv)
+                np.subtract(1, deriv[:, g_], out=deriv[:, g_])
+                np.subtract(a[:, :2 * u], deriv[:, :2 * u], out=deriv[:, :2 * u])
+                np.subtract(o, deriv[:, 3 * u:], out=deriv[:, 3 * u:])
+                da *= deriv
+            else:
+                dg = act.backward(Z[t][:, g_], g, da[:, g_])
+                da[...] = rec.backward(Z[t], a, da)
+                da[:, g_] = dg
+            if t:
+                dh = da @ U.T
+        return dZ, dZ
+
+
+def _sigmoid_into(z: np.ndarray, out: np.ndarray) -> None:
+    """out = sigmoid(z) = (tanh(z/2) + 1)/2: one transcendental, and stable (tanh saturates)."""
+    np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+
+
+@register
+class GRU(_Recurrent):
+    """Gated recurrent unit, the variant of PyTorch and of Keras with reset_after=True (the
+    reset gate is applied after the recurrent matrix product, which allows one recurrent GEMM
+    per step), not the original of Cho et al. (2014) that resets h before the product.
+
+    Gate columns are ordered r, z, n (reset, update, candidate) as in PyTorch:
+        r = rec(x W_r + b_r + h U_r + c_r),  z = rec(x W_z + b_z + h U_z + c_z)
+        n = activation(x W_n + b_n + r * (h U_n + c_n)),  h' = (1 - z) * n + z * h
+    with rec = recurrent_activation (sigmoid). The bias has shape (2, 3*units): row 0 the input
+    bias b, row 1 the recurrent bias c (PyTorch's b_ih and b_hh; Keras orders gates z, r, h)."""
+
+    type_name = "gru"
+    gates = 3
+    fields = {**_COMMON_FIELDS, **_RECURRENT_ACTIVATION}
+
+    def __init__(self, config, name):
+        super().__init__(config, name)
+        self._fast = self.rec.name == "sigmoid"
+
+    def _bias_shape(self):
+        return (2, 3 * self.units)
+
+    def _input_bias(self):
+        return self.params["bias"][0]
+
+    def _bias_grad(self, dP2, dQ2):
+        dP2.sum(axis=0, out=self.grads["bias"][0])
+        dQ2.sum(axis=0, out=self.grads["bias"][1])
+
+    def _run(self, P):
+        H, U, act, rec = self._H, self.params["recurrent_kernel"], self.act, self.rec
+        steps, n, _ = P.shape
+        u = self.units
+        rb = self.params["bias"][1] if "bias" in self.params else None
+        A = np.empty_like(P)  # r, z, n
+        Q = np.empty_like(P)  # h_{t-1} @ U + c
+        for t in range(steps):
+            q, p, a = Q[t], P[t], A[t]
+            np.matmul(H[t], U, out=q)
+            if rb is not None:
+                q += rb
+            p[:, :2 * u] += q[:, :2 * u]  # P now holds the pre-activations
+            if self._fast:
+                _sigmoid_into(p[:, :2 * u], a[:, :2 * u])
+            else:
+                a[:, :2 * u] = rec.forward(p[:, :2 * u])
+            p[:, 2 * u:] += a[:, :u] * q[:, 2 * u:]
+            cand = a[:, 2 * u:]
+            cand[...] = act.forward(p[:, 2 * u:])
+            h = H[t + 1]
+            np.subtract(H[t], cand, out=h)
+            h *= a[:, u:2 * u]
+            h += cand
+        self._Z, self._A, self._Q = P, A, Q
+
+    def _run_backward(self, dy_t, last):
+        Z, A, Q, H = self._Z, self._A, self._Q, self._H
+        U, act, rec = self.params["recurrent_kernel"], self.act, self.rec
+        steps, n, width = Z.shape
+        u = self.units
+        dP = np.empty_like(Z)
+        dQ = np.empty_like(Z)
+        deriv = np.empty((n, 2 * u), Z.dtype)
+        dh = None
+        for t in range(steps - 1, -1, -1):
+            dh = self._dh_from(dy_t, last, t, steps, dh)
+            a, dp, dq = A[t], dP[t], dQ[t]
+            r, z, cand = a[:, :u], a[:, u:2 * u], a[:, 2 * u:]
+            np.multiply(dh, H[t] - cand, out=dp[:, u:2 * u])                # dz
+            dp[:, 2 * u:] = act.backward(Z[t][:, 2 * u:], cand, dh - dh * z)  # d candidate pre
+            np.multiply(dp[:, 2 * u:], Q[t][:, 2 * u:], out=dp[:, :u])      # dr
+            if self._fast:  # sigmoid' = a - a^2
+                np.multiply(a[:, :2 * u], a[:, :2 * u], out=deriv)
+                np.subtract(a[:, :2 * u], deriv, out=deriv)
+                dp[:, :2 * u] *= deriv
+            else:
+                dp[:, :2 * u] = rec.backward(Z[t][:, :2 * u], a[:, :2 * u], dp[:, :2 * u])
+            dq[:, :2 * u] = dp[:, :2 * u]
+            np.multiply(dp[:, 2 * u:], r, out=dq[:, 2 * u:])
+            if t:
+                dh = dh * z + dq @ U.T
+        return dP, dQ
