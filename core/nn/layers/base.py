@@ -77,7 +77,8 @@ class Layer:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name,
                 "output_shape": list(self.output_shape),
-                "params": int(sum(p.size for p in self.params.values()))}
+                "params": int(sum(p.size for p in self.params.values()))
+                + sum(s.describe()["params"] for s in self.sublayers())}
 
 
 class ActivatedLayer(Layer):

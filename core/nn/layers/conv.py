@@ -1,0 +1,294 @@
+"""2-D convolution, max/average pooling and flatten over image batches.
+
+Images are (height, width, channels) per sample by default ("channels_last", as Keras);
+"channels_first" takes (channels, height, width) as PyTorch. Internally everything runs
+channels_last, so that the channel axis is the contiguous one that the GEMM contracts over;
+channels_first inputs are transposed once on the way in and once on the way out.
+
+Padding follows TensorFlow: "valid" uses only full windows; "same" gives ceil(size / stride)
+outputs, padding (total // 2) before and the rest after."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..spec import REQUIRED, Field
+from .base import (
+    ACTIVATION_FIELD,
+    INITIALIZER_CHOICES,
+    REGULARIZER_FIELDS,
+    ActivatedLayer,
+    Layer,
+    ShapeError,
+    register,
+)
+
+
+class PairField(Field):
+    """A positive int, or [height, width]; one int means the same value on both axes."""
+
+    def check(self, value, path, errors):
+        if value is None and self.nullable:
+            return None
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        if is_int(value) or (isinstance(value, list) and len(value) == 2 and all(map(is_int, value))):
+            return value
+        errors.append({"path": path, "message": "must be a positive integer or a list [height, width] "
+                                                "of two positive integers"})
+        return None
+
+    def json_schema(self):
+        pos = {"type": "integer", "minimum": 1}
+        options = [pos, {"type": "array", "items": pos, "minItems": 2, "maxItems": 2}]
+        if self.nullable:
+            options.append({"type": "null"})
+        schema: dict = {"anyOf": options}
+        if self.default is not REQUIRED and self.default is not None:
+            schema["default"] = self.default
+        if self.description:
+            schema["description"] = self.description
+        return schema
+
+
+def pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+PADDING_FIELD = Field("choice", default="valid", choices=("valid", "same"),
+                      description="valid: full windows only; same: ceil(size / stride) outputs")
+DATA_FORMAT_FIELD = Field("choice", default="channels_last", choices=("channels_last", "channels_first"),
+                          description="channels_last: (height, width, channels); "
+                                      "channels_first: (channels, height, width)")
+
+
+def out_size(size: int, k: int, s: int, padding: str, what: str) -> tuple[int, tuple[int, int]]:
+    """Output length along one axis and the (before, after) padding, TensorFlow's rule."""
+    if padding == "same":
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        return out, (total // 2, total - total // 2)
+    if size < k:
+        raise ShapeError(f"the {what} {k} is larger than the input ({size}) with padding 'valid'; "
+                         "use padding 'same' or a smaller window")
+    return (size - k) // s + 1, (0, 0)
+
+
+class Spatial2D(Layer):
+    """Shared shape logic for layers that slide a (kh, kw) window with strides over images."""
+
+    window_name = "kernel"
+
+    def spatial_build(self, input_shape, window, strides) -> tuple[int, int, int]:
+        """Set the geometry; returns (out_h, out_w, in_channels)."""
+        if len(input_shape) != 3:
+            layout = "(height, width, channels)" if self.channels_last else "(channels, height, width)"
+            raise ShapeError(f"needs 3-D samples {layout}, got {tuple(input_shape)}; "
+                             "reshape the input or add a layer that produces images")
+        if self.channels_last:
+            h, w, c = input_shape
+        else:
+            c, h, w = input_shape
+        self.window, self.strides = pair(window), pair(strides)
+        (kh, kw), (sh, sw) = self.window, self.strides
+        self.out_h, self.pad_h = out_size(h, kh, sh, self.config["padding"], f"{self.window_name} height")
+        self.out_w, self.pad_w = out_size(w, kw, sw, self.config["padding"], f"{self.window_name} width")
+        self.in_hw = (h, w)
+        return self.out_h, self.out_w, c
+
+    @property
+    def channels_last(self) -> bool:
+        return self.config.get("data_format", "channels_last") == "channels_last"
+
+    def image_shape(self, h, w, c) -> tuple[int, int, int]:
+        return (h, w, c) if self.channels_last else (c, h, w)
+
+    def to_last(self, x: np.ndarray) -> np.ndarray:
+        return x if self.channels_last else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+    def from_last(self, x: np.ndarray) -> np.ndarray:
+        return x if self.channels_last else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    @property
+    def padded(self) -> bool:
+        return any(self.pad_h) or any(self.pad_w)
+
+    def pad(self, x: np.ndarray, value: float = 0.0) -> np.ndarray:
+        if not self.padded:
+            return x
+        return np.pad(x, ((0, 0), self.pad_h, self.pad_w, (0, 0)), constant_values=value)
+
+    def crop(self, dxp: np.ndarray) -> np.ndarray:
+        if not self.padded:
+            return dxp
+        h, w = self.in_hw
+        return dxp[:, self.pad_h[0]:self.pad_h[0] + h, self.pad_w[0]:self.pad_w[0] + w, :]
+
+    def window_slices(self):
+        """(i, j, index) for each offset in the window: index picks, from the padded input, the
+        input element at that offset for every output position."""
+        (kh, kw), (sh, sw) = self.window, self.strides
+        for i in range(kh):
+            for j in range(kw):
+                yield i, j, (slice(None), slice(i, i + sh * (self.out_h - 1) + 1, sh),
+                             slice(j, j + sw * (self.out_w - 1) + 1, sw), slice(None))
+
+
+@register
+class Conv2D(Spatial2D, ActivatedLayer):
+    """2-D convolution (cross-correlation, as every framework) as im2col + one matrix product.
+
+    The kernel is stored (kh, kw, in_channels, filters) as Keras; `kernel_size` and `strides`
+    take an int or [height, width]."""
+
+    type_name = "conv2d"
+    doc = ("2-D convolution over (height, width, channels) images, or (channels, height, width) "
+           "with data_format channels_first; kernel_size and strides take an int or [height, width].")
+    regularized = ("kernel",)
+    fields = {
+        "filters": Field("int", minimum=1, description="output channels"),
+        "kernel_size": PairField("int_or_pair", description="an int or [height, width]"),
+        "strides": PairField("int_or_pair", default=1, description="an int or [height, width]"),
+        "padding": PADDING_FIELD,
+        "data_format": DATA_FORMAT_FIELD,
+        "activation": ACTIVATION_FIELD,
+        "use_bias": Field("bool", default=True),
+        # He init suits the ReLU that almost every conv layer uses (PyTorch's kaiming family)
+        "kernel_initializer": Field("choice", default="he_uniform", choices=INITIALIZER_CHOICES),
+        "bias_initializer": Field("choice", default="zeros", choices=INITIALIZER_CHOICES),
+        **REGULARIZER_FIELDS,
+    }
+
+    def build(self, input_shape, rng, dtype):
+        oh, ow, c = self.spatial_build(input_shape, self.config["kernel_size"], self.config["strides"])
+        (kh, kw), f = self.window, self.config["filters"]
+        self.init_param("kernel", self.config["kernel_initializer"], (kh, kw, c, f),
+                        kh * kw * c, kh * kw * f, rng, dtype)
+        if self.config["use_bias"]:
+            self.init_param("bias", self.config["bias_initializer"], (f,), kh * kw * c, kh * kw * f, rng, dtype)
+        return self.image_shape(oh, ow, f)
+
+    def forward(self, x, training):
+        xp = self.pad(self.to_last(x))
+        (kh, kw), (sh, sw) = self.window, self.strides
+        n, oh, ow = len(xp), self.out_h, self.out_w
+        kernel = self.params["kernel"]
+        # im2col: every (kh, kw, c) patch becomes one row, so the convolution is cols @ W
+        win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        self._cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)  # copies once
+        self._padded_shape = xp.shape
+        z = self._cols @ kernel.reshape(-1, kernel.shape[-1])
+        if "bias" in self.params:
+            z += self.params["bias"]
+        return self.from_last(self.activate(z.reshape(n, oh, ow, -1)))
+
+    def backward(self, dy):
+        kernel = self.params["kernel"]
+        kh, kw, c, f = kernel.shape
+        dz = self.activation_backward(self.to_last(dy))
+        dz2 = dz.reshape(-1, f)
+        # dL/dW = cols^T dz ; dL/db = column sums of dz ; dL/dcols = dz W^T
+        np.matmul(self._cols.T, dz2, out=self.grads["kernel"].reshape(-1, f))
+        if "bias" in self.params:
+            dz2.sum(axis=0, out=self.grads["bias"])
+        n = dz.shape[0]
+        dcols = (dz2 @ kernel.reshape(-1, f).T).reshape(n, self.out_h, self.out_w, kh, kw, c)
+        # col2im: each patch entry adds back onto the input pixel it was copied from
+        dxp = np.zeros(self._padded_shape, dtype=dcols.dtype)
+        for i, j, index in self.window_slices():
+            dxp[index] += dcols[:, :, :, i, j, :]
+        return self.from_last(self.crop(dxp))
+
+
+class Pool2D(Spatial2D):
+    window_name = "pool size"
+    fields = {
+        "pool_size": PairField("int_or_pair", default=2, description="an int or [height, width]"),
+        "strides": PairField("int_or_pair", default=None, nullable=True,
+                             description="an int or [height, width]; defaults to pool_size"),
+        "padding": PADDING_FIELD,
+        "data_format": DATA_FORMAT_FIELD,
+    }
+
+    def build(self, input_shape, rng, dtype):
+        size = self.config["pool_size"]
+        strides = self.config["strides"] if self.config["strides"] is not None else size
+        oh, ow, c = self.spatial_build(input_shape, size, strides)
+        return self.image_shape(oh, ow, c)
+
+
+@register
+class MaxPool2D(Pool2D):
+    """Max over each window; the gradient goes to the window's first maximum (one winner)."""
+
+    type_name = "max_pool2d"
+    doc = "Max over each pool window; the gradient goes to one maximum per window."
+
+    def forward(self, x, training):
+        xp = self.pad(self.to_last(x), -np.inf)  # padding never wins a max
+        # the window offsets stacked on a leading axis, so max/argmax reduce over whole planes
+        stack = np.stack([xp[index] for _, _, index in self.window_slices()])
+        self._arg = stack.argmax(axis=0)
+        self._padded_shape = xp.shape
+        return self.from_last(stack.max(axis=0))
+
+    def backward(self, dy):
+        dy = self.to_last(dy)
+        dxp = np.zeros(self._padded_shape, dtype=dy.dtype)
+        zero = dy.dtype.type(0)
+        for k, (_, _, index) in enumerate(self.window_slices()):
+            dxp[index] += np.where(self._arg == k, dy, zero)
+        return self.from_last(self.crop(dxp))
+
+
+@register
+class AvgPool2D(Pool2D):
+    """Mean over each window. With padding 'same' the mean is over the real pixels only
+    (TensorFlow's rule; PyTorch's count_include_pad=False)."""
+
+    type_name = "avg_pool2d"
+    doc = "Mean over each pool window; with padding 'same', over the real pixels only."
+
+    def build(self, input_shape, rng, dtype):
+        shape = super().build(input_shape, rng, dtype)
+        # how many real pixels each window covers: the same pooling applied to an image of ones
+        ones = self.pad(np.ones((1, *self.in_hw, 1), dtype=dtype))
+        counts = sum(ones[index] for _, _, index in self.window_slices())
+        self._inv_count = (1 / counts[0]).astype(dtype)  # (out_h, out_w, 1)
+        return shape
+
+    def forward(self, x, training):
+        xp = self.pad(self.to_last(x))
+        self._padded_shape = xp.shape
+        total = np.zeros((len(xp), self.out_h, self.out_w, xp.shape[-1]), dtype=xp.dtype)
+        for _, _, index in self.window_slices():
+            total += xp[index]
+        return self.from_last(total * self._inv_count.astype(total.dtype, copy=False))
+
+    def backward(self, dy):
+        g = self.to_last(dy) * self._inv_count.astype(dy.dtype, copy=False)
+        dxp = np.zeros(self._padded_shape, dtype=g.dtype)
+        for _, _, index in self.window_slices():
+            dxp[index] += g
+        return self.from_last(self.crop(dxp))
+
+
+@register
+class Flatten(Layer):
+    """Collapses each sample to a vector (in memory order), to go from conv layers to dense."""
+
+    type_name = "flatten"
+    fields = {}
+
+    def build(self, input_shape, rng, dtype):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, training):
+        self._shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)

@@ -1,0 +1,250 @@
+"""conv2d, max_pool2d, avg_pool2d and flatten: gradients against central differences, forward
+values against direct loops, spec errors with paths, and learning on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.nn import LAYERS, Network, SpecError, train
+from core.nn.layers.base import layer_json_schemas
+from tests.core.gradcheck import assert_gradients_match, input_gradient_check
+
+TOL = 1e-6
+
+
+def make(layers, input_shape, loss="mse", seed=1, dtype="float64"):
+    return Network.from_spec({"input_shape": list(input_shape), "loss": loss, "layers": layers},
+                             seed=seed, dtype=dtype)
+
+
+def check_gradients(net, x, y):
+    assert_gradients_match(net, x, y, tol=TOL)
+    assert input_gradient_check(net, x, y) <= TOL
+
+
+def distinct(shape, seed=0):
+    """Values that are all at least 1/size apart, so no max-pool window is near a tie."""
+    n = int(np.prod(shape))
+    return (np.random.default_rng(seed).permutation(n).reshape(shape) / n * 4 - 2).astype(np.float64)
+
+
+def conv_reference(x, kernel, bias, stride, pad):
+    """Direct loops over output pixels (channels_last), the definition of cross-correlation."""
+    (sh, sw), (ph, pw) = stride, pad
+    xp = np.pad(x, ((0, 0), ph, pw, (0, 0)))
+    kh, kw, _, f = kernel.shape
+    oh = (xp.shape[1] - kh) // sh + 1
+    ow = (xp.shape[2] - kw) // sw + 1
+    out = np.zeros((len(x), oh, ow, f))
+    for r in range(oh):
+        for c in range(ow):
+            patch = xp[:, r * sh:r * sh + kh, c * sw:c * sw + kw, :]
+            out[:, r, c, :] = np.tensordot(patch, kernel, axes=([1, 2, 3], [0, 1, 2])) + bias
+    return out
+
+
+# -- forward values ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("padding,strides,pads,out_hw", [
+    ("valid", 1, ((0, 0), (0, 0)), (5, 5)),
+    ("valid", 2, ((0, 0), (0, 0)), (3, 3)),
+    # TensorFlow's rule: total = (out - 1) * stride + kernel - size, (total // 2) before
+    ("same", 1, ((1, 1), (0, 1)), (7, 6)),
+    ("same", 2, ((1, 1), (0, 0)), (4, 3)),
+    ("same", [2, 3], ((1, 1), (0, 0)), (4, 2)),
+    ("same", [3, 4], ((1, 1), (0, 0)), (3, 2)),
+])
+def test_conv_forward_matches_direct_loops(padding, strides, pads, out_hw):
+    net = make([{"type": "conv2d", "filters": 4, "kernel_size": [3, 2], "strides": strides,
+                 "padding": padding, "bias_initializer": "glorot_uniform"}], (7, 6, 3))
+    layer = net.layers[0]
+    assert layer.output_shape == (*out_hw, 4)
+    x = np.random.default_rng(0).standard_normal((2, 7, 6, 3))
+    s = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    want = conv_reference(x, layer.params["kernel"], layer.params["bias"], s, pads)
+    np.testing.assert_allclose(net.forward(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_first_is_channels_last_transposed():
+    common = {"type": "conv2d", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same"}
+    last = make([common, {"type": "max_pool2d", "pool_size": 2, "strides": 1},
+                 {"type": "avg_pool2d", "pool_size": 2, "padding": "same"}], (6, 5, 2))
+    first = make([{**common, "data_format": "channels_first"},
+                  {"type": "max_pool2d", "pool_size": 2, "strides": 1, "data_format": "channels_first"},
+                  {"type": "avg_pool2d", "pool_size": 2, "padding": "same", "data_format": "channels_first"}],
+                 (2, 6, 5))
+    first.set_weights(last.get_weights())
+    x = np.random.default_rng(0).standard_normal((3, 6, 5, 2))
+    assert first.output_shape == (3, 1, 1) and last.output_shape == (1, 1, 3)
+    np.testing.assert_allclose(first.forward(x.transpose(0, 3, 1, 2)),
+                               last.forward(x).transpose(0, 3, 1, 2), rtol=1e-12)
+
+
+def test_pools_forward_values():
+    x = np.arange(2 * 5 * 5 * 1, dtype=np.float64).reshape(2, 5, 5, 1) % 7
+    mx = make([{"type": "max_pool2d", "pool_size": 2}], (5, 5, 1))
+    assert mx.output_shape == (2, 2, 1)
+    np.testing.assert_array_equal(mx.forward(x)[0, :, :, 0], [[6, 3], [4, 6]])
+    # same padding averages over real pixels only: the last window of a row holds one pixel
+    av = make([{"type": "avg_pool2d", "pool_size": 2, "padding": "same"}], (5, 5, 1))
+    assert av.output_shape == (3, 3, 1)
+    out = av.forward(x)[0, :, :, 0]
+    np.testing.assert_allclose(out[0, 0], np.mean(x[0, 0:2, 0:2, 0]))
+    np.testing.assert_allclose(out[0, 2], np.mean(x[0, 0:2, 4, 0]))
+    np.testing.assert_allclose(out[2, 2], x[0, 4, 4, 0])
+
+
+def test_max_pool_gradient_goes_to_one_winner_on_ties():
+    net = make([{"type": "max_pool2d", "pool_size": 2}], (4, 4, 2))
+    layer = net.layers[0]
+    layer.forward(np.ones((1, 4, 4, 2)), training=True)
+    dx = layer.backward(np.full((1, 2, 2, 2), 3.0))
+    assert dx.sum() == 3.0 * 8
+    assert np.count_nonzero(dx) == 8  # one winner per window and channel
+
+
+def test_dtype_is_kept_end_to_end():
+    for dtype in (np.float32, np.float64):
+        net = make([{"type": "conv2d", "filters": 2, "kernel_size": 3, "activation": "relu"},
+                    {"type": "max_pool2d"}, {"type": "avg_pool2d", "pool_size": 1}, {"type": "flatten"},
+                    {"type": "dense", "units": 3, "activation": "softmax"}], (6, 6, 1),
+                   loss="categorical_crossentropy", dtype=np.dtype(dtype).name)
+        x = np.random.default_rng(0).standard_normal((4, 6, 6, 1))
+        loss, grads = net.loss_and_gradients(x, [0, 1, 2, 0])
+        assert all(g.dtype == dtype for g in grads.values())
+        assert net.forward(x).dtype == dtype
+        h = x.astype(dtype)
+        for layer in net.layers:
+            h = layer.forward(h, training=True)
+            assert h.dtype == dtype, layer.name
+        g = np.ones_like(h)
+        for layer in reversed(net.layers):
+            g = layer.backward(g)
+            assert g.dtype == dtype, layer.name
+
+
+# -- gradients ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("conv,shape", [
+    ({"padding": "valid"}, (5, 4, 2)),
+    ({"padding": "same"}, (5, 4, 2)),
+    ({"padding": "valid", "strides": 2}, (6, 5, 2)),
+    ({"padding": "same", "strides": [2, 1]}, (5, 4, 2)),
+    ({"padding": "same", "strides": 2, "data_format": "channels_first"}, (2, 5, 4)),
+    ({"padding": "valid", "data_format": "channels_first", "l2": 0.01, "l1": 0.01}, (2, 5, 4)),
+])
+def test_conv_gradients(conv, shape):
+    net = make([{"type": "conv2d", "filters": 3, "kernel_size": [3, 2], "activation": "tanh",
+                 "bias_initializer": "glorot_uniform", **conv}], shape)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *shape))
+    y = rng.standard_normal((2, *net.output_shape))
+    check_gradients(net, x, y)
+
+
+@pytest.mark.parametrize("pool,shape", [
+    ({"type": "max_pool2d"}, (4, 4, 2)),
+    ({"type": "max_pool2d", "pool_size": 3, "strides": 2, "padding": "same"}, (5, 4, 2)),
+    ({"type": "max_pool2d", "pool_size": [2, 3], "strides": 1, "data_format": "channels_first"}, (2, 4, 4)),
+    ({"type": "avg_pool2d"}, (4, 4, 2)),
+    ({"type": "avg_pool2d", "pool_size": 3, "strides": 2, "padding": "same"}, (5, 4, 2)),
+    ({"type": "avg_pool2d", "pool_size": [2, 3], "strides": 1, "data_format": "channels_first"}, (2, 4, 4)),
+])
+def test_pool_gradients(pool, shape):
+    # a pool has no weights: check dL/dx through it, then a dense layer after it
+    net = make([pool, {"type": "flatten"}, {"type": "dense", "units": 2}], shape)
+    x = distinct((2, *shape))
+    y = np.random.default_rng(1).standard_normal((2, 2))
+    check_gradients(net, x, y)
+
+
+def test_flatten_gradients():
+    net = make([{"type": "flatten"}, {"type": "dense", "units": 3, "activation": "tanh"}], (2, 3, 2))
+    assert net.layers[0].output_shape == (12,)
+    rng = np.random.default_rng(0)
+    check_gradients(net, rng.standard_normal((3, 2, 3, 2)), rng.standard_normal((3, 3)))
+
+
+def test_conv_pool_flatten_dense_stack_gradients():
+    net = make([
+        {"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "tanh"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 2, "kernel_size": 2, "strides": 1, "activation": "relu"},
+        {"type": "avg_pool2d", "pool_size": 2, "padding": "same"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 3, "activation": "softmax"},
+    ], (6, 6, 2), loss="categorical_crossentropy", seed=0)
+    # One sample: dL/dx shrinks as 1/batch while the loss's rounding noise does not, and behind
+    # max-pool and ReLU some pixels already have gradients near 1e-6.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 6, 6, 2))
+    check_gradients(net, x, rng.integers(0, 3, 1))
+
+
+# -- specs --------------------------------------------------------------------------------
+
+def spec_errors(layers, input_shape=(8, 8, 1)):
+    with pytest.raises(SpecError) as info:
+        make(layers, input_shape)
+    return info.value.errors
+
+
+def test_spec_errors_name_paths():
+    errors = spec_errors([{"type": "conv2d", "filters": 2, "kernel_size": 3, "padding": "full"}])
+    assert [e["path"] for e in errors] == ["model.layers[0].padding"]
+    errors = spec_errors([{"type": "flatten"},
+                          {"type": "max_pool2d", "pool_size": [2, 0], "data_format": "nhwc"}])
+    assert {e["path"] for e in errors} == {"model.layers[1].pool_size", "model.layers[1].data_format"}
+    errors = spec_errors([{"type": "conv2d", "filters": 0, "kernel_size": True, "kernels": 3}])
+    assert {e["path"] for e in errors} == {"model.layers[0].filters", "model.layers[0].kernel_size",
+                                           "model.layers[0].kernels"}
+
+
+def test_shape_errors_name_the_layer():
+    errors = spec_errors([{"type": "conv2d", "filters": 2, "kernel_size": 3},
+                          {"type": "conv2d", "filters": 2, "kernel_size": 7, "name": "big"}])
+    assert errors[0]["path"] == "model.layers[1]"
+    assert "'big'" in errors[0]["message"] and "padding 'same'" in errors[0]["message"]
+    errors = spec_errors([{"type": "flatten"}, {"type": "max_pool2d"}])
+    assert errors[0]["path"] == "model.layers[1]" and "max_pool2d_0" in errors[0]["message"]
+
+
+def test_pair_fields_accept_int_or_pair_and_publish_a_schema():
+    net = make([{"type": "conv2d", "filters": 2, "kernel_size": [3, 1], "strides": [1, 2]}], (5, 5, 1))
+    assert net.output_shape == (3, 3, 2)
+    assert net.layers[0].params["kernel"].shape == (3, 1, 1, 2)
+    schema = layer_json_schemas()["conv2d"]
+    assert schema["required"] == ["type", "filters", "kernel_size"]
+    assert {"type": "integer", "minimum": 1} in schema["properties"]["kernel_size"]["anyOf"]
+    assert schema["properties"]["kernel_size"]["description"]
+    for name in ("conv2d", "max_pool2d", "avg_pool2d", "flatten"):
+        assert name in LAYERS
+    json.dumps(layer_json_schemas())  # the API publishes it as is
+
+
+# -- learning ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_small_conv_net_learns_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 8, 8, 1)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    net = Network.from_spec({"input_shape": [8, 8, 1], "loss": "sparse_categorical_crossentropy", "layers": [
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "max_pool2d", "pool_size": 2},
+        {"type": "flatten"},
+        {"type": "dropout", "rate": 0.2},
+        {"type": "dense", "units": 10, "activation": "softmax"},
+    ]}, seed=0)
+    train(net, x_tr, y_tr, {"epochs": 15, "batch_size": 32, "seed": 0,
+                            "optimizer": {"type": "adam", "learning_rate": 0.003}})
+    accuracy = float((net.predict(x_te).argmax(axis=1) == y_te).mean())
+    assert accuracy >= 0.97, accuracy
