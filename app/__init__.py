@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g, request
 
 from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker
 from core.queue import make_celery
 
+from .auth import init_auth
 from .errors import register_error_handlers
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
     app.config.update(config or {})
     app.json.sort_keys = False  # keep documents in the order they are built
     engine = make_engine(settings.database_url)
@@ -29,8 +31,26 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     register_error_handlers(app)
+    init_request_ids(app)
+    init_auth(app)
     from .health import bp as health_bp
     from .jobs import bp as jobs_bp
-    app.register_blueprint(jobs_bp)
-    app.register_blueprint(health_bp)
+    from .openapi import bp as openapi_bp
+
+    for blueprint in (jobs_bp, health_bp, openapi_bp):
+        app.register_blueprint(blueprint)
     return app
+
+
+def init_request_ids(app: Flask) -> None:
+    """Echo the caller's X-Request-ID or make one, so a request can be found in the logs."""
+
+    @app.before_request
+    def _request_id():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+
+    @app.after_request
+    def _echo(resp):
+        resp.headers["X-Request-ID"] = getattr(g, "request_id", "") or uuid.uuid4().hex
+        return resp

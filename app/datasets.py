@@ -81,3 +81,13 @@ def check_dataset_fits(features: np.ndarray, targets: np.ndarray, input_shape: t
 
 def not_found(kind: str, ident: str) -> ApiError:
     return ApiError(404, f"{kind}_not_found", f"no {kind} with id {ident!r}")
+
+
+def dataset_summary_fields(targets: np.ndarray, labels: list[Any] | None, classification: bool) -> dict[str, Any]:
+    """What GET /v1/datasets shows about the targets: classes with their counts, or continuous."""
+    if not classification and labels is None:
+        return {"target_kind": "continuous", "class_counts": None}
+    idx = targets if targets.ndim == 1 else targets.reshape(len(targets), -1).argmax(axis=1)
+    values, counts = np.unique(idx, return_counts=True)
+    names = [str(labels[int(v)]) if labels is not None else str(int(v)) for v in values]
+    return {"target_kind": "classes", "class_counts": dict(zip(names, counts.tolist(), strict=True))}

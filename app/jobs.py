@@ -1,158 +1,456 @@
-"""/v1/jobs: submit a training job, follow it, read its history and weights, predict with it."""
+"""/v1/jobs: submit, list, follow (poll or Server-Sent Events), cancel, retry, delete, and read
+a job's history, diagnostics, weights and predictions."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
-from datetime import UTC
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, Response, current_app, request, url_for
-from sqlalchemy import select
+from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
+from sqlalchemy import and_, delete, func, or_, select
 
-from core.db import EpochRecord, Job, JobStatus
+from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
+from core.db.models import utcnow
 from core.nn import Network, SpecError, check_training_spec
 from core.nn.serialization import arrays_to_npz
 from core.queue import enqueue_training
 from core.store import create_dataset, load_weights
 
-from .datasets import check_dataset_fits, not_found, numeric_array, parse_targets
+from .auth import current_tenant
+from .datasets import check_dataset_fits, dataset_summary_fields, not_found, numeric_array, parse_targets
 from .errors import ApiError, validation_error
-from .predict import ModelCache, predict
-from .schemas import JobCreate, PredictRequest, parse, read_json_body
+from .idempotency import idempotent
+from .openapi import doc, parse_query
+from .predict import models, predict_response
+from .schemas import (
+    Diagnostics,
+    EpochPage,
+    EpochQuery,
+    JobCreate,
+    JobListQuery,
+    JobOut,
+    JobPage,
+    PredictOut,
+    PredictRequest,
+    WeightsOut,
+    WeightsQuery,
+    parse,
+    read_json_body,
+)
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-models = ModelCache()
+TAG = "jobs"
 
 
 def ext() -> dict[str, Any]:
     return current_app.extensions["backprop"]
 
 
-def iso(dt) -> str | None:
+def iso(dt: datetime | None) -> str | None:
     """UTC timestamps with their offset; SQLite hands them back naive."""
     if dt is None:
         return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+    return aware(dt).isoformat()
+
+
+def aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def eta_seconds(job: Job) -> float | None:
+    if job.status != JobStatus.RUNNING or not job.epochs_done or job.started_at is None:
+        return None
+    per_epoch = (utcnow() - aware(job.started_at)).total_seconds() / job.epochs_done
+    return round(per_epoch * max(job.total_epochs - job.epochs_done, 0), 3)
 
 
 def job_json(job: Job) -> dict[str, Any]:
+    links = {name: url_for(f"jobs.{view}", job_id=job.id) for name, view in (
+        ("self", "get_job"), ("epochs", "get_epochs"), ("weights", "get_weights"), ("predict", "predict_job"),
+        ("diagnostics", "get_diagnostics"), ("events", "job_events"))}
     return {
-        "id": job.id,
-        "status": job.status,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
+        "id": job.id, "status": job.status, "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "progress": {"epoch": job.epochs_done, "total_epochs": job.total_epochs},
-        "metrics": job.metrics,
-        "stop_reason": job.stop_reason,
-        "error": job.error,
-        "attempts": job.attempts,
-        "worker": job.worker,
-        "dataset_id": job.dataset_id,
-        "model": job.model_spec,
-        "training": job.training_spec,
-        "links": {
-            "self": url_for("jobs.get_job", job_id=job.id),
-            "epochs": url_for("jobs.get_epochs", job_id=job.id),
-            "weights": url_for("jobs.get_weights", job_id=job.id),
-            "predict": url_for("jobs.predict_job", job_id=job.id),
-        },
+        "eta_seconds": eta_seconds(job), "metrics": job.metrics, "stop_reason": job.stop_reason,
+        "error": job.error, "attempts": job.attempts, "worker": job.worker, "dataset_id": job.dataset_id,
+        "init_from": job.init_from, "freeze": job.freeze, "retry_of": job.retry_of,
+        "model": job.model_spec, "training": job.training_spec, "links": links,
     }
 
 
-def spec_errors(exc: SpecError) -> ApiError:
-    return validation_error(exc.errors)
+def load_job(session, job_id: str) -> Job:
+    """The caller's job; another tenant's looks exactly like a missing one."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant != current_tenant():
+        raise not_found("job", job_id)
+    return job
+
+
+def accepted(job_id: str) -> Response:
+    with ext()["sessions"]() as session:
+        body = job_json(session.get(Job, job_id))
+    resp = current_app.response_class(current_app.json.dumps(body), status=202, mimetype="application/json")
+    resp.headers["Location"] = body["links"]["self"]
+    return resp
+
+
+def enqueue_or_undo(job_id: str, undo_dataset: str | None = None) -> None:
+    """Enqueue a committed job; if the broker is down, remove it again and answer 503, so
+    nothing is left that no worker will ever see."""
+    try:
+        enqueue_training(ext()["celery"], job_id)
+    except Exception as exc:  # noqa: BLE001 - any broker failure
+        log.error("could not enqueue job %s: %s", job_id, exc)
+        with ext()["sessions"].begin() as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+            if undo_dataset:
+                session.execute(delete(Dataset).where(Dataset.id == undo_dataset))
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was stored, try again",
+                       headers={"Retry-After": "5"}) from None
+    with ext()["sessions"].begin() as session:
+        session.get(Job, job_id).enqueued_at = utcnow()
+    log.info("job %s queued", job_id)
+
+
+def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
+    if body.init_from is None:
+        if body.freeze:
+            raise validation_error([{"path": "freeze", "message": "only applies with init_from"}])
+        return
+    parent = session.get(Job, body.init_from)
+    if parent is None or parent.tenant != current_tenant():
+        raise validation_error([{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
+    weights = load_weights(session, parent.id)
+    if not weights:
+        raise ApiError(409, "job_not_finished", f"job {parent.id} is {parent.status} and has no weights to start from",
+                       errors=[{"path": "init_from", "message": "the job has no stored weights"}])
+    mine = net.get_weights()
+    problems = []
+    for name in sorted(set(mine) | set(weights)):
+        if name not in weights:
+            problems.append(f"{name} is new in this spec")
+        elif name not in mine:
+            problems.append(f"{name} exists in job {parent.id} but not in this spec")
+        elif mine[name].shape != weights[name].shape:
+            problems.append(f"{name}: job {parent.id} has shape {list(weights[name].shape)}, "
+                            f"this spec {list(mine[name].shape)}")
+    if problems:
+        raise validation_error([{"path": "model", "message": "architecture differs from init_from: " + p}
+                                for p in problems])
+    if body.freeze:
+        names = [layer.name for layer in net.layers]
+        for i, name in enumerate(body.freeze):
+            if name not in names:
+                raise validation_error([{"path": f"freeze[{i}]", "message": f"no layer {name!r}; layers: {names}"}])
 
 
 @bp.post("")
+@doc("Submit a training job", body=JobCreate, response=JobOut, status=202, errors=(404, 409, 503), tag=TAG,
+     description="Validates the spec and data, stores the job, and queues it. Answers 202 with a Location.")
+@idempotent
 def create_job():
     body = parse(JobCreate, read_json_body())
     try:
         net = Network.from_spec(body.model)
         training = check_training_spec(body.training)
     except SpecError as exc:
-        raise spec_errors(exc) from None
-    features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)
-    targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
-    check_dataset_fits(features, targets, net.input_shape)
+        raise validation_error(exc.errors) from None
+    if (body.dataset is None) == (body.dataset_id is None):
+        raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
+    sessions = ext()["sessions"]
+    new_dataset = None
+    with sessions.begin() as session:
+        _check_fine_tuning(session, body, net)
+        if body.dataset is not None:
+            features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)
+            targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
+            check_dataset_fits(features, targets, net.input_shape)
+            _check_targets(net, targets, "dataset.targets")
+            names = body.dataset.feature_names
+            if names is not None and len(names) != features[0].size:
+                raise validation_error([{"path": "dataset.feature_names",
+                                         "message": f"has {len(names)} names for {features[0].size} features"}])
+            ds = create_dataset(session, features.astype(net.dtype), targets, names, labels,
+                                tenant=current_tenant(), source="inline",
+                                **dataset_summary_fields(targets, labels, net.classification))
+            new_dataset = ds.id
+        else:
+            ds = session.get(Dataset, body.dataset_id)
+            if ds is None or ds.tenant != current_tenant():
+                raise validation_error([{"path": "dataset_id", "message": f"no dataset with id {body.dataset_id!r}"}])
+            if ds.feature_shape != list(net.input_shape):
+                raise validation_error([{"path": "dataset_id", "message":
+                                         f"samples have shape {ds.feature_shape}, model.input_shape is "
+                                         f"{list(net.input_shape)}"}])
+            from core.store import dataset_arrays
+            _check_targets(net, dataset_arrays(ds)[1], "dataset_id")
+        job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
+                  total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
+                  freeze=body.freeze)
+        session.add(job)
+    # committed first, then enqueued: a worker never sees an id the database does not have
+    enqueue_or_undo(job.id, new_dataset)
+    return accepted(job.id)
+
+
+def _check_targets(net: Network, targets: np.ndarray, path: str) -> None:
     try:
         net.loss.prepare_targets(targets, net.output_shape, net.dtype)
     except ValueError as exc:
-        raise validation_error([{"path": "dataset.targets", "message": str(exc)}]) from None
-    if body.dataset.feature_names is not None and len(body.dataset.feature_names) != features[0].size:
-        raise validation_error([{"path": "dataset.feature_names",
-                                 "message": f"has {len(body.dataset.feature_names)} names for "
-                                            f"{features[0].size} features"}])
-    sessions, celery = ext()["sessions"], ext()["celery"]
-    with sessions.begin() as session:
-        ds = create_dataset(session, features.astype(net.dtype), targets,
-                            body.dataset.feature_names, labels)
-        job = Job(dataset_id=ds.id, model_spec=net.spec, training_spec=training,
-                  total_epochs=training["epochs"], status=JobStatus.QUEUED)
-        session.add(job)
-    # committed first, then enqueued: a worker never sees an id the database does not have
+        raise validation_error([{"path": path, "message": str(exc)}]) from None
+
+
+def _cursor(job: Job) -> str:
+    raw = f"{iso(job.created_at)}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_time(value: str, path: str) -> datetime:
     try:
-        enqueue_training(celery, job.id)
-    except Exception as exc:  # broker down: leave no orphan behind
-        log.error("could not enqueue job %s: %s", job.id, exc)
-        with sessions.begin() as session:
-            session.delete(session.get(Job, job.id))
-            session.delete(session.get(type(ds), ds.id))
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was stored, "
-                                                  "try again shortly", headers={"Retry-After": "5"}) from None
-    log.info("job %s queued", job.id)
-    with sessions() as session:
-        job = session.get(Job, job.id)
-        resp = current_app.response_class(current_app.json.dumps(job_json(job)), status=202,
-                                          mimetype="application/json")
-    resp.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
-    return resp
+        return aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise validation_error([{"path": path, "message": "must be an ISO 8601 timestamp"}]) from None
 
 
-def load_job(session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    return job
+@bp.get("")
+@doc("List jobs, newest first", query=JobListQuery, response=JobPage, tag=TAG)
+def list_jobs():
+    q = parse_query(JobListQuery)
+    stmt = select(Job).where(Job.tenant == current_tenant())
+    if q.status:
+        statuses = [s.strip() for s in q.status.split(",") if s.strip()]
+        bad = [s for s in statuses if s not in JobStatus.ALL]
+        if bad:
+            raise validation_error([{"path": "status", "message": f"unknown status {bad[0]!r}; one of "
+                                                                  f"{', '.join(JobStatus.ALL)}"}])
+        stmt = stmt.where(Job.status.in_(statuses))
+    if q.dataset_id:
+        stmt = stmt.where(Job.dataset_id == q.dataset_id)
+    if q.created_after:
+        stmt = stmt.where(Job.created_at > _parse_time(q.created_after, "created_after"))
+    if q.created_before:
+        stmt = stmt.where(Job.created_at < _parse_time(q.created_before, "created_before"))
+    if q.next:
+        try:
+            raw = base64.urlsafe_b64decode(q.next + "=" * (-len(q.next) % 4)).decode()
+            at, last_id = raw.split("|", 1)
+            at_dt = _parse_time(at, "next")
+        except (ValueError, UnicodeDecodeError, ApiError):
+            raise validation_error([{"path": "next", "message": "not a cursor this API returned"}]) from None
+        stmt = stmt.where(or_(Job.created_at < at_dt, and_(Job.created_at == at_dt, Job.id < last_id)))
+    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(q.limit + 1)
+    with ext()["sessions"]() as session:
+        jobs = list(session.scalars(stmt))
+        page = jobs[:q.limit]
+        return {"jobs": [job_json(j) for j in page],
+                "next": _cursor(page[-1]) if len(jobs) > q.limit else None}
 
 
 @bp.get("/<job_id>")
+@doc("Status, progress and latest metrics of a job", response=JobOut, errors=(404,), tag=TAG)
 def get_job(job_id: str):
     with ext()["sessions"]() as session:
         return job_json(load_job(session, job_id))
 
 
+@bp.post("/<job_id>/cancel")
+@doc("Cancel a queued or running job", response=JobOut, status=202, errors=(404, 409), tag=TAG,
+     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops within "
+                 "an epoch, keeping the weights of its last finished epoch.")
+def cancel_job(job_id: str):
+    with ext()["sessions"].begin() as session:
+        job = load_job(session, job_id)
+        if job.status in JobStatus.TERMINAL:
+            raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}", job_status=job.status)
+        job.cancel_requested = True
+        if job.status == JobStatus.QUEUED:
+            job.status, job.stop_reason, job.finished_at = JobStatus.CANCELLED, "cancelled", utcnow()
+        else:
+            job.status = JobStatus.CANCELLING
+    return accepted(job_id)
+
+
+@bp.post("/<job_id>/retry")
+@doc("Run a failed or cancelled job again, as a new job", response=JobOut, status=202, errors=(404, 409, 503),
+     tag=TAG)
+@idempotent
+def retry_job(job_id: str):
+    with ext()["sessions"].begin() as session:
+        old = load_job(session, job_id)
+        if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise ApiError(409, "job_not_retryable", f"job {job_id} is {old.status}; only failed or cancelled "
+                           "jobs can be retried", job_status=old.status)
+        job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
+                  training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
+                  freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
+        session.add(job)
+    enqueue_or_undo(job.id)
+    return accepted(job.id)
+
+
+@bp.delete("/<job_id>")
+@doc("Delete a finished job with its history and weights", status=204, errors=(404, 409), tag=TAG)
+def delete_job(job_id: str):
+    with ext()["sessions"].begin() as session:
+        job = load_job(session, job_id)
+        if job.status not in JobStatus.TERMINAL:
+            raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
+                           job_status=job.status)
+        registered = session.execute(
+            select(RegisteredModel.name, ModelVersion.version).join(ModelVersion)
+            .where(ModelVersion.job_id == job_id)).first()
+        if registered:
+            raise ApiError(409, "job_registered", f"job {job_id} is version {registered.version} of model "
+                           f"{registered.name!r}")
+        dataset = session.get(Dataset, job.dataset_id)
+        session.execute(delete(Job).where(Job.id == job_id))
+        session.flush()
+        still_used = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id))
+        if dataset.source == "inline" and not still_used:
+            session.delete(dataset)
+    return Response(status=204)
+
+
 @bp.get("/<job_id>/epochs")
+@doc("Per-epoch history, paged; optionally downsampled", query=EpochQuery, response=EpochPage, errors=(404,),
+     tag=TAG)
 def get_epochs(job_id: str):
+    q = parse_query(EpochQuery)
     with ext()["sessions"]() as session:
         load_job(session, job_id)
-        rows = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job_id)
-                               .order_by(EpochRecord.epoch))
-        return {"job_id": job_id, "epochs": [
-            {"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
-             "grad_norms": r.grad_norms, "weight_norms": r.weight_norms} for r in rows]}
+        base = select(EpochRecord).where(EpochRecord.job_id == job_id, EpochRecord.epoch > q.after)
+        total = session.scalar(select(func.count()).select_from(base.subquery()))
+        if q.max_points is not None and total > q.max_points:
+            rows = list(session.scalars(base.order_by(EpochRecord.epoch)))
+            keep = np.unique(np.linspace(0, len(rows) - 1, q.max_points).round().astype(int))
+            rows, downsampled, next_after = [rows[i] for i in keep], True, None
+        else:
+            rows = list(session.scalars(base.order_by(EpochRecord.epoch).limit(q.limit)))
+            downsampled = False
+            next_after = rows[-1].epoch if len(rows) == q.limit and total > q.limit else None
+        return {"job_id": job_id, "epochs": [epoch_json(r) for r in rows], "total": total,
+                "downsampled": downsampled, "next_after": next_after}
+
+
+def epoch_json(r: EpochRecord) -> dict[str, Any]:
+    return {"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
+            "grad_norms": r.grad_norms, "weight_norms": r.weight_norms}
+
+
+VANISHING_RATIO = 1e-3
+EXPLODING_NORM = 1e3
+
+
+def gradient_flags(layers: list[str], grads: dict[str, list[float]]) -> list[dict[str, str]]:
+    """Plain-language warnings from the last epoch's per-layer gradient norms."""
+    if not layers:
+        return []
+    flags = []
+    last = {name: grads[name][-1] for name in layers if grads[name]}
+    top = max(last.values(), default=0.0)
+    for name in layers:
+        norm = last.get(name)
+        if norm is None:
+            continue
+        if top > 0 and norm < VANISHING_RATIO * top:
+            flags.append({"kind": "vanishing_gradients", "layer": name,
+                          "message": f"gradients are vanishing: layer {name}'s gradient norm ({norm:.2e}) is under "
+                                     f"{VANISHING_RATIO:g} of the largest layer's ({top:.2e}), so it barely learns. "
+                                     "Try relu-family activations, batch_norm, residual blocks or he initialisation."})
+        if norm > EXPLODING_NORM or not np.isfinite(norm):
+            flags.append({"kind": "exploding_gradients", "layer": name,
+                          "message": f"gradients are exploding: layer {name}'s gradient norm is {norm:.2e}. "
+                                     "Lower the learning rate or set training.clip_norm."})
+    return flags
+
+
+@bp.get("/<job_id>/diagnostics")
+@doc("Per-layer gradient and weight norms per epoch, with vanishing/exploding flags", response=Diagnostics,
+     errors=(404,), tag=TAG)
+def get_diagnostics(job_id: str):
+    with ext()["sessions"]() as session:
+        job = load_job(session, job_id)
+        rows = list(session.scalars(select(EpochRecord).where(EpochRecord.job_id == job_id)
+                                    .order_by(EpochRecord.epoch)))
+    layers = [layer.get("name") for layer in job.model_spec["layers"]]
+    names = list(rows[0].weight_norms) if rows else [n for n in layers if n]
+    grads = {n: [r.grad_norms.get(n, 0.0) for r in rows] for n in names}
+    out_layers = [{"layer": n, "grad_norms": grads[n],
+                   "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
+    trainable = [n for n in names if any(grads[n])] if rows else []
+    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": out_layers,
+            "flags": gradient_flags(trainable, grads) if rows else []}
+
+
+SSE_POLL_SECONDS = 0.5
+
+
+@bp.get("/<job_id>/events")
+@doc("Follow a job as Server-Sent Events: `epoch` and `status` events, ending with the terminal status",
+     errors=(404,), tag=TAG, raw_response={"text/event-stream": {"schema": {"type": "string"}}})
+def job_events(job_id: str):
+    sessions = ext()["sessions"]
+    with sessions() as session:
+        load_job(session, job_id)
+    after = request.args.get("after", "0")
+    last_epoch = int(after) if after.isdigit() else 0
+
+    def events():
+        nonlocal last_epoch
+        last_status = None
+        yield "retry: 2000\n\n"
+        while True:
+            with sessions() as session:
+                job = session.get(Job, job_id)
+                if job is None:
+                    yield _sse("status", {"id": job_id, "status": "deleted"})
+                    return
+                rows = list(session.scalars(select(EpochRecord).where(
+                    EpochRecord.job_id == job_id, EpochRecord.epoch > last_epoch).order_by(EpochRecord.epoch)))
+                snapshot = job_json(job)
+            for r in rows:
+                last_epoch = r.epoch
+                yield _sse("epoch", epoch_json(r), ident=str(r.epoch))
+            if snapshot["status"] != last_status:
+                last_status = snapshot["status"]
+                yield _sse("status", snapshot)
+            if last_status in JobStatus.TERMINAL:
+                return
+            time.sleep(SSE_POLL_SECONDS)
+
+    return Response(stream_with_context(events()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
+    head = f"id: {ident}\n" if ident else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def finished_weights(session, job: Job) -> dict[str, np.ndarray]:
     weights = load_weights(session, job.id)
     if not weights:
-        raise ApiError(409, "job_not_finished",
-                       f"job {job.id} is {job.status}; weights are stored when training ends",
-                       job_status=job.status)
+        raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}; weights are stored when "
+                       "training ends", job_status=job.status)
     return weights
 
 
 @bp.get("/<job_id>/weights")
+@doc("Learned weights per layer, as JSON or (?format=npz) a NumPy .npz file", query=WeightsQuery,
+     response=WeightsOut, errors=(404, 409), tag=TAG)
 def get_weights(job_id: str):
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "npz"):
-        raise validation_error([{"path": "format", "message": "must be json or npz"}])
+    q = parse_query(WeightsQuery)
     with ext()["sessions"]() as session:
         job = load_job(session, job_id)
         weights = finished_weights(session, job)
-    if fmt == "npz":
+    if q.format == "npz":
         return Response(arrays_to_npz(weights), mimetype="application/octet-stream",
                         headers={"Content-Disposition": f"attachment; filename=job-{job_id}-weights.npz"})
     return {"job_id": job_id, "status": job.status, "weights": [
@@ -162,15 +460,13 @@ def get_weights(job_id: str):
 
 
 @bp.post("/<job_id>/predict")
+@doc("Predict with a succeeded job", body=PredictRequest, response=PredictOut, errors=(404, 409), tag=TAG)
 def predict_job(job_id: str):
     body = parse(PredictRequest, read_json_body())
-    rows, path = (body.instances, "instances") if body.instances is not None else (body.inputs, "inputs")
-    if rows is None:
-        raise validation_error([{"path": "inputs", "message": "send inputs (or instances): a list of rows"}])
     with ext()["sessions"]() as session:
         job = load_job(session, job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
                            "succeeded job", job_status=job.status)
         net, labels = models.get(session, job)
-    return {"job_id": job_id, **predict(net, rows, labels, path)}
+    return {**predict_response(net, body, labels), "job_id": job_id}

@@ -41,8 +41,20 @@ class ModelCache:
         return hit
 
 
+models = ModelCache()
+
+
+def predict_response(net: Network, body: Any, class_labels: list[Any] | None) -> dict[str, Any]:
+    """`{"inputs": rows}` or `{"instances": rows}` -> predictions (original labels) and probabilities."""
+    if (body.inputs is None) == (body.instances is None):
+        raise ApiError(422, "validation_error", "inputs: send exactly one of inputs or instances",
+                       errors=[{"path": "inputs", "message": "send exactly one of inputs or instances"}])
+    rows, path = (body.inputs, "inputs") if body.inputs is not None else (body.instances, "instances")
+    return predict(net, rows, class_labels, path)
+
+
 def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str) -> dict[str, Any]:
-    x = numeric_array(rows, path)
+    x = numeric_array(rows, path, min_ndim=2)
     if x.shape[1:] != net.input_shape:
         raise ApiError(422, "validation_error",
                        f"{path}: expected rows of shape {list(net.input_shape)}, got {list(x.shape[1:])}",

@@ -3,11 +3,17 @@ by the engine's own spec validation, which also publishes their JSON Schema."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+
+from core.nn.schema import model_json_schema, training_json_schema
 
 from .errors import validation_error
+
+ModelSpec = Annotated[dict[str, Any], WithJsonSchema(model_json_schema())]
+TrainingSpec = Annotated[dict[str, Any], WithJsonSchema(training_json_schema())]
+JobStatusName = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 class Strict(BaseModel):
@@ -21,14 +27,131 @@ class InlineDataset(Strict):
 
 
 class JobCreate(Strict):
-    model: dict[str, Any] = Field(description="the network: input_shape, layers, loss")
-    training: dict[str, Any] = Field(default_factory=dict, description="optimizer, epochs, batch_size, ...")
-    dataset: InlineDataset
+    model: ModelSpec = Field(description="the network: input_shape, layers, loss")
+    training: TrainingSpec = Field(default_factory=dict, description="optimizer, epochs, batch_size, ...")
+    dataset: InlineDataset | None = Field(default=None, description="inline data; or give dataset_id")
+    dataset_id: str | None = Field(default=None, description="a dataset stored with POST /v1/datasets")
+    init_from: str | None = Field(default=None, description="fine-tune: start from this job's learned weights")
+    freeze: list[str] | None = Field(default=None, description="with init_from: layer names not to train")
+
+
+class Progress(BaseModel):
+    epoch: int
+    total_epochs: int
+
+
+class JobLinks(BaseModel):
+    self: str
+    epochs: str
+    weights: str
+    predict: str
+    diagnostics: str
+    events: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatusName
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: Progress
+    eta_seconds: float | None = Field(description="estimated seconds left, while running")
+    metrics: dict[str, float] | None = Field(description="the latest finished epoch's metrics")
+    stop_reason: str | None = Field(description="completed, early_stopping, target_reached, cancelled, error")
+    error: str | None
+    attempts: int
+    worker: str | None
+    dataset_id: str
+    init_from: str | None
+    freeze: list[str] | None
+    retry_of: str | None
+    model: dict[str, Any]
+    training: dict[str, Any]
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next: str | None = Field(description="pass as ?next= for the following page; null on the last page")
+
+
+class JobListQuery(Strict):
+    status: str | None = Field(default=None, description="comma-separated statuses")
+    dataset_id: str | None = None
+    created_after: str | None = Field(default=None, description="ISO 8601 timestamp")
+    created_before: str | None = Field(default=None, description="ISO 8601 timestamp")
+    limit: int = Field(default=50, ge=1, le=200)
+    next: str | None = Field(default=None, description="the cursor from the previous page")
+
+
+class EpochOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    epoch: int
+    loss: float
+    duration: float
+    grad_norms: dict[str, float]
+    weight_norms: dict[str, float]
+
+
+class EpochQuery(Strict):
+    after: int = Field(default=0, ge=0, description="return epochs after this epoch number")
+    limit: int = Field(default=1000, ge=1, le=10000)
+    max_points: int | None = Field(default=None, ge=2, le=10000,
+                                   description="downsample to at most this many epochs, keeping first and last")
+
+
+class EpochPage(BaseModel):
+    job_id: str
+    epochs: list[EpochOut]
+    total: int
+    downsampled: bool
+    next_after: int | None
+
+
+class LayerDiagnostics(BaseModel):
+    layer: str
+    grad_norms: list[float]
+    weight_norms: list[float]
+
+
+class Diagnostics(BaseModel):
+    job_id: str
+    epochs: list[int]
+    layers: list[LayerDiagnostics]
+    flags: list[dict[str, str]] = Field(description="plain-language warnings: vanishing or exploding gradients")
+
+
+class WeightOut(BaseModel):
+    name: str
+    layer: str
+    param: str
+    dtype: str
+    shape: list[int]
+    values: Any
+
+
+class WeightsOut(BaseModel):
+    job_id: str
+    status: JobStatusName
+    weights: list[WeightOut]
+
+
+class WeightsQuery(Strict):
+    format: Literal["json", "npz"] = "json"
+
+
+class PredictOut(BaseModel):
+    predictions: list[Any]
+    probabilities: list[Any] | None = None
+    job_id: str | None = None
+    model: str | None = None
+    version: int | None = None
 
 
 class PredictRequest(Strict):
-    inputs: list[Any] | None = None
-    instances: list[Any] | None = None
+    inputs: list[Any] | None = Field(default=None, description="rows (or nested arrays) to predict")
+    instances: list[Any] | None = Field(default=None, description="the same, TF Serving style")
 
 
 def parse(model: type[BaseModel], body: Any) -> Any:
@@ -57,7 +180,7 @@ def read_json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json (got {request.mimetype or 'none'})")
-    raw = request.get_data(cache=False)
+    raw = request.get_data()
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:

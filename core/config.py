@@ -24,6 +24,8 @@ class Settings:
     blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
     max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
     broker_poll_seconds: float = field(default_factory=lambda: float(_env("BROKER_POLL_SECONDS", "0.05")))
+    # on | off | auto (auto: off only for the embedded default bound to a loopback address)
+    auth: str = field(default_factory=lambda: _env("AUTH", "auto"))
 
     def __post_init__(self):
         # derived defaults depend on data_dir, so they are filled here
@@ -32,6 +34,24 @@ class Settings:
                                _env("DATABASE_URL", f"sqlite:///{self.data_dir / 'backprop.db'}"))
         if not self.broker_url:
             object.__setattr__(self, "broker_url", _env("BROKER_URL", "filesystem://"))
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def embedded(self) -> bool:
+        return self.embedded_broker and self.database_url.startswith("sqlite")
+
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth not in ("on", "off", "auto"):
+            raise ValueError(f"BACKPROP_AUTH must be on, off or auto, not {self.auth!r}")
+        if self.auth == "off" and not self.loopback:
+            raise ValueError("BACKPROP_AUTH=off is only allowed when the API listens on 127.0.0.1")
+        if self.auth == "auto":
+            return not (self.embedded and self.loopback)
+        return self.auth == "on"
 
     @property
     def embedded_broker(self) -> bool:

@@ -31,7 +31,8 @@ def unpack(dtype: str, shape: list[int], data: bytes) -> np.ndarray:
 
 def create_dataset(session: Session, features: np.ndarray, targets: np.ndarray,
                    feature_names: list[str] | None = None,
-                   class_labels: list[Any] | None = None) -> Dataset:
+                   class_labels: list[Any] | None = None, **columns: Any) -> Dataset:
+    """Store arrays as raw bytes; `columns` sets the descriptive ones (tenant, name, source, ...)."""
     fdt, fshape, fbytes = pack(features)
     tdt, tshape, tbytes = pack(targets)
     digest = hashlib.sha256()

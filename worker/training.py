@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.db import Job, JobStatus
 from core.db.models import utcnow
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
-from core.store import add_epoch, dataset_arrays, save_weights
+from core.store import add_epoch, dataset_arrays, load_weights, save_weights
 
 log = logging.getLogger("backprop.worker")
 
@@ -79,7 +79,8 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str):
         job.attempts += 1
         job.worker = worker
         x, y = dataset_arrays(job.dataset)
-        return job.model_spec, job.training_spec, x, y
+        start = load_weights(session, job.init_from) if job.init_from else None
+        return job.model_spec, job.training_spec, x, y, start, job.freeze
 
 
 def _finish(sessions, job_id: str, status: str, *, weights=None, stop_reason=None, error=None) -> None:
@@ -94,11 +95,14 @@ def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker"
     claimed = _claim(sessions, job_id, worker)
     if claimed is None:
         return
-    model_spec, training_spec, x, y = claimed
+    model_spec, training_spec, x, y, start_weights, freeze = claimed
     log.info("job %s running on %s", job_id, worker)
     writer = EpochWriter(sessions, job_id)
     try:
         net = Network.from_spec(model_spec, seed=training_spec["seed"])
+        if start_weights:  # fine-tuning: backpropagation continues from the parent's weights
+            net.set_weights(start_weights)
+            net.freeze(freeze or [])
         trainer = Trainer(net, training_spec)
         result = trainer.fit(x, y, on_epoch=writer.on_epoch, should_stop=CancelWatch(sessions, job_id))
         writer.flush()

@@ -167,7 +167,7 @@ BAD_INPUTS = [
     ("wrong width", lambda: _with("dataset.features", [[1, 2, 3]] * 150), "dataset.features", "shape [4]"),
     ("label out of range", lambda: _with("dataset.targets", [5] * 150), "dataset.targets", "0..2"),
     ("empty features", lambda: _with("dataset.features", []), "dataset.features", "non-empty"),
-    ("missing dataset", lambda: _with("dataset", _DELETE), "dataset", "required"),
+    ("missing dataset", lambda: _with("dataset", _DELETE), "dataset", "exactly one of dataset"),
 ]
 
 

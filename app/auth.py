@@ -1,0 +1,40 @@
+"""Bearer API keys and the tenant they belong to. Every query a view makes is scoped to
+`current_tenant()`; another tenant's ids look exactly like ids that do not exist."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from core.db import DEFAULT_TENANT
+from core.keys import tenant_for_key
+
+from .errors import ApiError
+
+PUBLIC_PATHS = ("/livez", "/readyz", "/openapi.json", "/docs", "/metrics")
+
+
+def current_tenant() -> str:
+    return g.tenant
+
+
+def init_auth(app: Flask) -> None:
+    enabled = app.extensions["backprop"]["settings"].auth_enabled
+
+    @app.before_request
+    def _authenticate():
+        if not enabled:
+            g.tenant = DEFAULT_TENANT
+            return
+        if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
+            g.tenant = None
+            return
+        header = request.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        tenant = None
+        if scheme.lower() == "bearer" and key:
+            with current_app.extensions["backprop"]["sessions"]() as session:
+                tenant = tenant_for_key(session, key.strip())
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "send a valid API key: Authorization: Bearer KEY",
+                           headers={"WWW-Authenticate": 'Bearer realm="backprop"'})
+        g.tenant = tenant

@@ -1,0 +1,34 @@
+"""JSON Schema for the `model` and `training` documents, produced from the same field
+declarations that validate them (the API publishes these in its OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .layers import LAYERS
+from .layers.base import COMMON_FIELDS
+from .network import MODEL_FIELDS
+from .spec import object_schema
+from .training import training_json_schema
+
+
+def layer_schema(type_name: str) -> dict[str, Any]:
+    cls = LAYERS[type_name]
+    doc = cls.doc or (cls.__doc__ or "").strip().split("\n")[0]
+    schema = object_schema({**COMMON_FIELDS, **cls.fields}, description=doc, title=type_name)
+    schema["properties"]["type"] = {"const": type_name}
+    if "layers" in schema["properties"]:  # composite blocks hold layers of any type
+        schema["properties"]["layers"] = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}}
+    return schema
+
+
+def model_json_schema() -> dict[str, Any]:
+    layer_union = {"oneOf": [layer_schema(t) for t in sorted(LAYERS)]}
+    schema = object_schema(MODEL_FIELDS, extra={
+        "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}}},
+        title="model", description="The network: input shape, layers in order, and the loss.")
+    schema["$defs"] = {"layer": layer_union}
+    return schema
+
+
+__all__ = ["model_json_schema", "training_json_schema"]
