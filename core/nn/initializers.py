@@ -56,7 +56,7 @@ def orthogonal(rng, shape, fan_in, fan_out, dtype):
     q *= np.sign(np.diag(r))
     if rows < cols:
         q = q.T
-    return q[:rows, :cols].reshape(shape).astype(dtype)
+    return np.ascontiguousarray(q[:rows, :cols].reshape(shape), dtype=dtype)
 
 
 INITIALIZERS = {
