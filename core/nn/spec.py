@@ -4,7 +4,7 @@ declarations produce the JSON Schema the API publishes (one source of truth, Num
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 REQUIRED = object()
@@ -71,9 +71,10 @@ class Field:
             if not isinstance(value, list) or not value:
                 return _err(errors, path, "must be a non-empty list of integers")
             out = []
+            lo = self._item_minimum
             for i, v in enumerate(value):
-                if isinstance(v, bool) or not isinstance(v, int) or v < (self.minimum or 1):
-                    return _err(errors, _join(path, i), f"must be an integer >= {self.minimum or 1}")
+                if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                    return _err(errors, _join(path, i), f"must be an integer >= {lo:g}")
                 out.append(v)
             if self.min_items and len(out) < self.min_items:
                 return _err(errors, path, f"must have at least {self.min_items} items")
@@ -83,10 +84,17 @@ class Field:
                 return _err(errors, path, "must be an object")
             return value
         if kind == "list":
-            if not isinstance(value, list) or (self.min_items and len(value) < self.min_items):
-                return _err(errors, path, f"must be a list of at least {self.min_items or 0} items")
+            if not isinstance(value, list):
+                return _err(errors, path, "must be a list")
+            if self.min_items and len(value) < self.min_items:
+                return _err(errors, path, f"must be a list of at least {self.min_items} items")
             return value
         raise AssertionError(f"unknown field kind {kind}")
+
+    @property
+    def _item_minimum(self) -> float:
+        """int_list items default to >= 1 (shapes); an explicit minimum, even 0, wins."""
+        return 1 if self.minimum is None else self.minimum
 
     def _bounds(self, value, path, errors):
         if self.minimum is not None:
@@ -114,7 +122,7 @@ class Field:
         elif kind == "choice":
             schema = {"type": "string", "enum": sorted(self.choices)}
         elif kind == "int_list":
-            schema = {"type": "array", "items": {"type": "integer", "minimum": self.minimum or 1},
+            schema = {"type": "array", "items": {"type": "integer", "minimum": self._item_minimum},
                       "minItems": self.min_items or 1}
         elif kind == "object":
             schema = {"type": "object"}
@@ -134,13 +142,6 @@ class Field:
 def _err(errors: list, path: str, message: str) -> None:
     errors.append({"path": path, "message": message})
     return None
-
-
-@dataclass
-class Checked:
-    """The result of checking one object: values with defaults applied."""
-
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 def check_object(obj: Any, fields: dict[str, Field], path: str, errors: list,

@@ -111,9 +111,11 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator, c
     labels = None
     if classification and y.ndim == 1:
         labels = y
-    elif classification and y.ndim == 2:
-        labels = y[:, 0] if y.shape[1] == 1 else y.argmax(axis=1)
-    if labels is None:  # regression or sequence targets: a plain random split
+    elif classification and y.ndim == 2 and y.shape[1] == 1:
+        labels = y[:, 0]
+    elif classification and y.ndim == 2 and y.dtype.kind == "f":  # one-hot rows
+        labels = y.argmax(axis=1)
+    if labels is None:  # regression or sequence targets (n, steps[, k]): a plain random split
         perm = rng.permutation(n)
         k = max(1, int(round(n * fraction)))
         return np.sort(perm[k:]), np.sort(perm[:k])

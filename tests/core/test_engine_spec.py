@@ -10,6 +10,7 @@ import pytest
 
 from core.nn import Network, SpecError, check_model_spec, check_training_spec
 from core.nn.layers.base import layer_json_schemas
+from core.nn.spec import Field
 from core.nn.training import TRAINING_FIELDS, training_json_schema
 
 MODEL = {"input_shape": [4], "loss": "categorical_crossentropy",
@@ -216,3 +217,13 @@ def test_json_schemas_are_json_and_share_the_defaults():
     assert dense["properties"]["units"] == {"type": "integer", "minimum": 1,
                                             "description": "output width"}
     assert "softmax" in dense["properties"]["activation"]["enum"]
+
+
+def test_field_kinds_edge_cases():
+    errors: list = []
+    assert Field("int_list", minimum=0).check([0, 2], "p", errors) == [0, 2]
+    assert Field("int_list").check([0], "p", errors) is None
+    Field("list").check("x", "q", errors)
+    assert errors == [{"path": "p[0]", "message": "must be an integer >= 1"},
+                      {"path": "q", "message": "must be a list"}]
+    assert Field("int_list", minimum=0).json_schema()["items"]["minimum"] == 0

@@ -339,6 +339,14 @@ def test_stratified_split_keeps_class_proportions(form):
     np.testing.assert_array_equal(counts, want)
 
 
+def test_sequence_labels_get_a_plain_split():
+    """(n, steps) class indices are not one-hot rows: argmax over time would be no class."""
+    y = np.zeros((100, 5), dtype=np.intp)
+    y[:2, 4] = 2  # argmax over steps would make fake "classes" of 2 and 98 (0 + 24 drawn)
+    tr, va = stratified_split(y, 0.25, np.random.default_rng(0), classification=True)
+    assert len(va) == 25 and len(tr) == 75
+
+
 def test_regression_split_is_random_and_sized():
     y = np.arange(100.0)
     tr, va = stratified_split(y, 0.25, np.random.default_rng(0), classification=False)
