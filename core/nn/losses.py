@@ -46,6 +46,8 @@ def _weighted_mean(per_sample: np.ndarray, w: np.ndarray | None, dtype):
     if w is None:
         return float(per_sample.sum() / n), np.asarray(1.0 / n, dtype=dtype)
     total = w.sum()
+    if total <= 0:  # a batch of zero-weight samples: nothing to learn, rather than 0/0 = NaN
+        return 0.0, np.zeros(n, dtype=dtype)
     scale = (w / total).astype(dtype)
     return float((per_sample * w).sum() / total), scale
 

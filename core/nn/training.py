@@ -186,6 +186,8 @@ class Trainer:
             sample_weight = np.asarray(sample_weight, dtype=net.dtype).reshape(-1)
             if len(sample_weight) != len(x):
                 raise ValueError("sample_weight must have one value per sample")
+            if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+                raise ValueError("sample_weight must be finite and >= 0")
         if validation_data is not None:
             xv = net.as_input(validation_data[0])
             yv = net.loss.prepare_targets(validation_data[1], net.output_shape, net.dtype)

@@ -324,6 +324,23 @@ def test_should_stop_cancels_mid_epoch():
     assert len(calls) == 7 and len(result.history) == 1 and trainer.epoch == 1
 
 
+def test_zero_weight_samples_are_ignored():
+    """A batch whose samples all weigh 0 contributes nothing (it used to be 0/0 = NaN and a
+    false TrainingDiverged); zero-weight samples never move the weights."""
+    x, y = blobs(n=40)
+    w = np.r_[np.ones(20), np.zeros(20)]
+    training = {"epochs": 3, "batch_size": 10, "shuffle": False,
+                "optimizer": {"type": "sgd", "learning_rate": 0.5}}
+    weighted, subset = classifier(), classifier()
+    result = train(weighted, x, y, training, sample_weight=w)
+    train(subset, x[:20], y[:20], training)  # plain SGD: the zero batches are exact no-ops
+    assert np.isfinite(result.history[-1]["loss"])
+    assert_same_weights(weighted.get_weights(), subset.get_weights())
+    for bad in (-w, np.r_[np.ones(39), np.nan]):
+        with pytest.raises(ValueError, match="sample_weight"):
+            train(classifier(), x, y, training, sample_weight=bad)
+
+
 # -- validation split, metrics and diagnostics ----------------------------------------------
 
 @pytest.mark.parametrize("form", ["labels", "one_hot", "column"])
