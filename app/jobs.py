@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, or_, select, update
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
 from core.db.models import utcnow
@@ -101,21 +101,17 @@ def accepted(job_id: str) -> Response:
     return resp
 
 
-def enqueue_or_undo(job_id: str, undo_dataset: str | None = None) -> None:
-    """Enqueue a committed job; if the broker is down, remove it again and answer 503, so
-    nothing is left that no worker will ever see."""
+def enqueue(job_id: str) -> None:
+    """Send a committed job's id to the broker. If the broker is down the job stays recorded
+    with enqueued_at unset, and the workers' reconciler sends it once the broker is back:
+    an accepted job is never lost, and the client still gets its 202."""
     try:
         enqueue_training(ext()["celery"], job_id)
     except Exception as exc:  # noqa: BLE001 - any broker failure
-        log.error("could not enqueue job %s: %s", job_id, exc)
-        with ext()["sessions"].begin() as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-            if undo_dataset:
-                session.execute(delete(Dataset).where(Dataset.id == undo_dataset))
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was stored, try again",
-                       headers={"Retry-After": "5"}) from None
+        log.warning("broker unavailable, job %s left for the reconciler: %s", job_id, exc)
+        return
     with ext()["sessions"].begin() as session:
-        session.get(Job, job_id).enqueued_at = utcnow()
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     log.info("job %s queued", job_id)
 
 
@@ -152,7 +148,7 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
 
 
 @bp.post("")
-@doc("Submit a training job", body=JobCreate, response=JobOut, status=202, errors=(404, 409, 503), tag=TAG,
+@doc("Submit a training job", body=JobCreate, response=JobOut, status=202, errors=(404, 409), tag=TAG,
      description="Validates the spec and data, stores the job, and queues it. Answers 202 with a Location.")
 @idempotent
 def create_job():
@@ -165,7 +161,6 @@ def create_job():
     if (body.dataset is None) == (body.dataset_id is None):
         raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
     sessions = ext()["sessions"]
-    new_dataset = None
     with sessions.begin() as session:
         _check_fine_tuning(session, body, net)
         if body.dataset is not None:
@@ -180,7 +175,6 @@ def create_job():
             ds = create_dataset(session, features.astype(net.dtype), targets, names, labels,
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))
-            new_dataset = ds.id
         else:
             ds = session.get(Dataset, body.dataset_id)
             if ds is None or ds.tenant != current_tenant():
@@ -196,7 +190,7 @@ def create_job():
                   freeze=body.freeze)
         session.add(job)
     # committed first, then enqueued: a worker never sees an id the database does not have
-    enqueue_or_undo(job.id, new_dataset)
+    enqueue(job.id)
     return accepted(job.id)
 
 
@@ -278,7 +272,7 @@ def cancel_job(job_id: str):
 
 
 @bp.post("/<job_id>/retry")
-@doc("Run a failed or cancelled job again, as a new job", response=JobOut, status=202, errors=(404, 409, 503),
+@doc("Run a failed or cancelled job again, as a new job", response=JobOut, status=202, errors=(404, 409),
      tag=TAG)
 @idempotent
 def retry_job(job_id: str):
@@ -291,7 +285,7 @@ def retry_job(job_id: str):
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
-    enqueue_or_undo(job.id)
+    enqueue(job.id)
     return accepted(job.id)
 
 

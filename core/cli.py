@@ -55,6 +55,59 @@ def migrate() -> None:
     click.echo(f"database at head: {settings.public()['database_url']}")
 
 
+@main.group()
+def keys() -> None:
+    """Manage API keys (the database keeps only their hashes)."""
+
+
+def _sessions():
+    from .db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(load_settings().database_url))
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="the tenant the key acts for")
+@click.option("--name", default=None, help="a note to recognise the key by")
+def keys_create(tenant: str, name: str | None) -> None:
+    """Create a key and print it once."""
+    from .keys import create_key
+
+    with _sessions().begin() as session:
+        key = create_key(session, tenant, name)
+    click.echo(key)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys by prefix (never the keys themselves)."""
+    from sqlalchemy import select
+
+    from .db import ApiKey
+
+    with _sessions()() as session:
+        for k in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
+            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+            click.echo(f"bp_{k.prefix}_...  tenant={k.tenant}  {state}  {k.name or ''}".rstrip())
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key whose prefix is PREFIX (the part after bp_)."""
+    from sqlalchemy import update
+
+    from .db import ApiKey
+    from .db.models import utcnow
+
+    with _sessions().begin() as session:
+        done = session.execute(update(ApiKey).where(ApiKey.prefix == prefix.removeprefix("bp_").split("_")[0])
+                               .values(revoked_at=utcnow())).rowcount
+    if not done:
+        raise click.ClickException(f"no key with prefix {prefix}")
+    click.echo("revoked")
+
+
 @main.command()
 def serve() -> None:
     """Run the API under gunicorn."""

@@ -24,6 +24,14 @@ class Settings:
     blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
     max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
     broker_poll_seconds: float = field(default_factory=lambda: float(_env("BROKER_POLL_SECONDS", "0.05")))
+    # crash safety: see worker/training.py and worker/reconciler.py
+    job_time_limit: float = field(default_factory=lambda: float(_env("JOB_TIME_LIMIT", str(6 * 3600))))
+    max_attempts: int = field(default_factory=lambda: int(_env("MAX_ATTEMPTS", "3")))
+    heartbeat_seconds: float = field(default_factory=lambda: float(_env("HEARTBEAT_SECONDS", "2")))
+    stale_after_seconds: float = field(default_factory=lambda: float(_env("STALE_AFTER_SECONDS", "30")))
+    reconcile_seconds: float = field(default_factory=lambda: float(_env("RECONCILE_SECONDS", "15")))
+    requeue_after_seconds: float = field(default_factory=lambda: float(_env("REQUEUE_AFTER_SECONDS", "60")))
+    checkpoint_seconds: float = field(default_factory=lambda: float(_env("CHECKPOINT_SECONDS", "5")))
     # on | off | auto (auto: off only for the embedded default bound to a loopback address)
     auth: str = field(default_factory=lambda: _env("AUTH", "auto"))
 

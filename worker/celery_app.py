@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from core.config import load_settings
 from core.db import make_engine, make_sessionmaker
@@ -29,6 +29,24 @@ def _after_fork(**_kwargs):
     # connections inherited from the parent must not be shared across processes
     engine.dispose(close=False)
     limit_blas_threads(settings.blas_threads)
+
+
+_reconciler = None
+
+
+@worker_ready.connect
+def _start_reconciler(**_kwargs):
+    global _reconciler
+    from .reconciler import ReconcilerThread
+
+    _reconciler = ReconcilerThread(sessions, celery, settings)
+    _reconciler.start()
+
+
+@worker_shutdown.connect
+def _stop_reconciler(**_kwargs):
+    if _reconciler is not None:
+        _reconciler.stopping.set()
 
 
 from . import tasks  # noqa: E402,F401  (registers the tasks on `celery`)

@@ -1,68 +1,160 @@
-"""Running one job: claim it, train it with the engine, write its history as it goes, and end
-it in exactly one terminal state with a readable reason."""
+"""Running one job: claim it, train it with the engine, write its history and checkpoints as it
+goes, and end it in exactly one terminal state with a readable reason.
+
+Crash safety: every claim increments `jobs.attempts`, and every later write re-checks under a
+row lock that the counter is still this attempt's (a fence), so a stale copy of the task can
+never write. Checkpoints are committed together with the epochs they cover; an attempt that
+takes over resumes from the last checkpoint and re-runs the epochs after it deterministically."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import Job, JobStatus
+from core.config import Settings, load_settings
+from core.db import Checkpoint, EpochRecord, Job, JobStatus
 from core.db.models import utcnow
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
+from core.nn.serialization import arrays_from_npz, arrays_to_npz
 from core.store import add_epoch, dataset_arrays, load_weights, save_weights
 
 log = logging.getLogger("backprop.worker")
 
 FLUSH_SECONDS = 0.25  # epochs are written together at most this often (and always at the end)
-CANCEL_POLL_SECONDS = 0.5
+LONG_EPOCH_SECONDS = 1.0  # an epoch longer than this is always checkpointed
+
+
+class Superseded(Exception):
+    """Another attempt owns the job now (or it was deleted); this one must stop without writing."""
+
+
+@dataclass
+class Claim:
+    attempt: int
+    model_spec: dict[str, Any]
+    training_spec: dict[str, Any]
+    x: Any
+    y: Any
+    start_weights: dict | None
+    freeze: list[str] | None
+    checkpoint: bytes | None
+    started_at: Any
+
+
+class Attempt:
+    """One attempt's right to write to its job."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, number: int):
+        self.sessions, self.job_id, self.number = sessions, job_id, number
+
+    @contextmanager
+    def write(self) -> Iterator[tuple[Session, Job]]:
+        with self.sessions.begin() as session:
+            job = session.get(Job, self.job_id, with_for_update=True, populate_existing=True)
+            if job is None or job.attempts != self.number or job.status not in (JobStatus.RUNNING,
+                                                                                JobStatus.CANCELLING):
+                raise Superseded(self.job_id)
+            yield session, job
+
+
+class Monitor:
+    """A heartbeat thread: proves the attempt is alive, and brings back cancellation, the time
+    limit and supersession as flags, so the engine's per-batch stop hook costs nothing."""
+
+    def __init__(self, attempt: Attempt, settings: Settings, started_at):
+        self.attempt, self.settings = attempt, settings
+        self.deadline = started_at + timedelta(seconds=settings.job_time_limit)
+        self.reason: str | None = None  # cancelled, time limit, superseded
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{attempt.job_id[:8]}", daemon=True)
+
+    def should_stop(self) -> bool:
+        return self.reason is not None
+
+    def start(self) -> Monitor:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill training
+                log.warning("heartbeat for job %s failed", self.attempt.job_id, exc_info=True)
+
+    def beat(self) -> None:
+        a = self.attempt
+        now = utcnow()
+        with a.sessions.begin() as session:
+            done = session.execute(
+                update(Job).where(Job.id == a.job_id, Job.attempts == a.number,
+                                  Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+                .values(heartbeat_at=now).returning(Job.cancel_requested)).first()
+        if done is None:
+            self.reason = "superseded"
+        elif done.cancel_requested:
+            self.reason = "cancelled"
+        elif now >= self.deadline:
+            self.reason = "time limit"
 
 
 class EpochWriter:
-    """Buffers finished epochs and writes them in one short transaction every FLUSH_SECONDS, so
-    a client sees progress while thousands of tiny epochs do not mean thousands of commits."""
+    """Buffers finished epochs and writes them in one short transaction every FLUSH_SECONDS, with
+    a checkpoint every `checkpoint_seconds` (and after every long epoch) in the same transaction."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str):
-        self.sessions, self.job_id = sessions, job_id
+    def __init__(self, attempt: Attempt, settings: Settings):
+        self.attempt, self.settings = attempt, settings
         self.pending: list[dict[str, Any]] = []
-        self.last_flush = time.monotonic()
+        self.last_flush = self.last_checkpoint = time.monotonic()
         self.last_weights: dict | None = None
 
     def on_epoch(self, record: dict[str, Any], trainer: Trainer) -> None:
         self.pending.append(record)
-        self.last_weights = trainer.net.get_weights()
-        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+        self.last_weights = trainer.net.get_weights()  # what a cancelled job keeps
+        now = time.monotonic()
+        if record["duration"] > LONG_EPOCH_SECONDS or now - self.last_checkpoint >= self.settings.checkpoint_seconds:
+            meta, arrays = trainer.state()
+            self.flush(checkpoint=(record["epoch"], arrays_to_npz(arrays, meta)))
+        elif now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
-    def flush(self) -> None:
-        if self.pending:
-            with self.sessions.begin() as session:
-                job = session.get(Job, self.job_id)
+    def flush(self, checkpoint: tuple[int, bytes] | None = None) -> None:
+        if self.pending or checkpoint:
+            with self.attempt.write() as (session, job):
                 for record in self.pending:
                     add_epoch(session, job, record)
+                if checkpoint is not None:
+                    epoch, blob = checkpoint
+                    session.merge(Checkpoint(job_id=job.id, epoch=epoch, attempt=self.attempt.number,
+                                             created_at=utcnow(), data=blob))
             self.pending = []
+            if checkpoint is not None:
+                self.last_checkpoint = time.monotonic()
         self.last_flush = time.monotonic()
 
 
-class CancelWatch:
-    """The engine's per-batch stop hook; asks the database at most every CANCEL_POLL_SECONDS."""
-
-    def __init__(self, sessions: sessionmaker[Session], job_id: str):
-        self.sessions, self.job_id = sessions, job_id
-        self.next_check = 0.0
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_check:
-            return False
-        self.next_check = now + CANCEL_POLL_SECONDS
-        with self.sessions() as session:
-            return bool(session.get(Job, self.job_id).cancel_requested)
+def _heartbeat_fresh(job: Job, settings: Settings) -> bool:
+    if job.heartbeat_at is None:
+        return False
+    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
+    return (utcnow() - beat).total_seconds() < settings.stale_after_seconds
 
 
-def _claim(sessions: sessionmaker[Session], job_id: str, worker: str):
+def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> Claim | None:
     with sessions.begin() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
@@ -71,55 +163,99 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str):
         if job.status in JobStatus.TERMINAL:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
             return None
+        if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING) and _heartbeat_fresh(job, settings):
+            log.info("job %s is running elsewhere (attempt %s); duplicate message dropped", job_id, job.attempts)
+            return None
+        checkpoint = session.get(Checkpoint, job_id)
         if job.cancel_requested:
+            weights = None
+            if checkpoint is not None:
+                arrays, _ = arrays_from_npz(checkpoint.data)
+                weights = {k[len("weights:"):]: v for k, v in arrays.items() if k.startswith("weights:")}
+                save_weights(session, job_id, weights)
             job.status, job.finished_at, job.stop_reason = JobStatus.CANCELLED, utcnow(), "cancelled"
             return None
+        if job.attempts >= settings.max_attempts:
+            job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
+            job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost each time "
+                         f"(BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
+            log.error("job %s: %s", job_id, job.error)
+            return None
+        job.attempts += 1
         job.status = JobStatus.RUNNING
         job.started_at = job.started_at or utcnow()
-        job.attempts += 1
+        job.heartbeat_at = utcnow()
         job.worker = worker
+        # epochs after the checkpoint will be trained again, and written again, by this attempt
+        done = checkpoint.epoch if checkpoint is not None else 0
+        session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id, EpochRecord.epoch > done))
+        job.epochs_done = done
         x, y = dataset_arrays(job.dataset)
-        start = load_weights(session, job.init_from) if job.init_from else None
-        return job.model_spec, job.training_spec, x, y, start, job.freeze
+        start = load_weights(session, job.init_from) if job.init_from and checkpoint is None else None
+        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
+        return Claim(job.attempts, job.model_spec, job.training_spec, x, y, start, job.freeze,
+                     checkpoint.data if checkpoint is not None else None, started)
 
 
-def _finish(sessions, job_id: str, status: str, *, weights=None, stop_reason=None, error=None) -> None:
-    with sessions.begin() as session:
-        job = session.get(Job, job_id)
+def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, error=None) -> None:
+    with attempt.write() as (session, job):
         if weights is not None:
-            save_weights(session, job_id, weights)
+            save_weights(session, job.id, weights)
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
+        session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
 
 
-def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker") -> None:
-    claimed = _claim(sessions, job_id, worker)
-    if claimed is None:
+def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker",
+            settings: Settings | None = None) -> None:
+    settings = settings or load_settings()
+    claim = _claim(sessions, job_id, worker, settings)
+    if claim is None:
         return
-    model_spec, training_spec, x, y, start_weights, freeze = claimed
-    log.info("job %s running on %s", job_id, worker)
-    writer = EpochWriter(sessions, job_id)
+    attempt = Attempt(sessions, job_id, claim.attempt)
+    log.info("job %s attempt %d running on %s%s", job_id, claim.attempt, worker,
+             " (resuming from a checkpoint)" if claim.checkpoint else "")
+    writer = EpochWriter(attempt, settings)
+    monitor = Monitor(attempt, settings, claim.started_at)
     try:
-        net = Network.from_spec(model_spec, seed=training_spec["seed"])
-        if start_weights:  # fine-tuning: backpropagation continues from the parent's weights
-            net.set_weights(start_weights)
-            net.freeze(freeze or [])
-        trainer = Trainer(net, training_spec)
-        result = trainer.fit(x, y, on_epoch=writer.on_epoch, should_stop=CancelWatch(sessions, job_id))
+        net = Network.from_spec(claim.model_spec, seed=claim.training_spec["seed"])
+        if claim.start_weights:  # fine-tuning: backpropagation continues from the parent's weights
+            net.set_weights(claim.start_weights)
+        net.freeze(claim.freeze or [])
+        trainer = Trainer(net, claim.training_spec)
+        if claim.checkpoint:
+            arrays, meta = arrays_from_npz(claim.checkpoint)
+            trainer.load_state(meta, arrays)
+        monitor.start()
+        try:
+            result = trainer.fit(claim.x, claim.y, on_epoch=writer.on_epoch, should_stop=monitor.should_stop)
+        finally:
+            monitor.stop()
+        if monitor.reason == "superseded":
+            raise Superseded(job_id)
         writer.flush()
-        if result.stop_reason == "cancelled":
+        if monitor.reason == "time limit":
+            _finish(attempt, JobStatus.FAILED, weights=writer.last_weights, stop_reason="time limit",
+                    error=f"time limit: the job ran longer than {settings.job_time_limit:g} s "
+                          f"(BACKPROP_JOB_TIME_LIMIT) and was stopped after epoch {trainer.epoch}")
+        elif result.stop_reason == "cancelled":
             # keep the weights of the last finished epoch, not a half-trained one
-            _finish(sessions, job_id, JobStatus.CANCELLED, weights=writer.last_weights,
-                    stop_reason="cancelled")
+            _finish(attempt, JobStatus.CANCELLED, weights=writer.last_weights, stop_reason="cancelled")
         else:
-            _finish(sessions, job_id, JobStatus.SUCCEEDED, weights=net.get_weights(),
-                    stop_reason=result.stop_reason)
-        log.info("job %s ended: %s", job_id, result.stop_reason)
+            _finish(attempt, JobStatus.SUCCEEDED, weights=net.get_weights(), stop_reason=result.stop_reason)
+        log.info("job %s ended: %s", job_id, monitor.reason or result.stop_reason)
+    except Superseded:
+        log.warning("job %s attempt %d was superseded; stopped without writing", job_id, claim.attempt)
     except (TrainingDiverged, SpecError, ValueError) as exc:
-        writer.flush()
-        _finish(sessions, job_id, JobStatus.FAILED, error=str(exc), stop_reason="error")
+        _fail(attempt, writer, str(exc))
         log.warning("job %s failed: %s", job_id, exc)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
+        _fail(attempt, writer, f"internal error: {exc.__class__.__name__}: {exc}")
+
+
+def _fail(attempt: Attempt, writer: EpochWriter, error: str) -> None:
+    try:
         writer.flush()
-        _finish(sessions, job_id, JobStatus.FAILED, stop_reason="error",
-                error=f"internal error: {exc.__class__.__name__}: {exc}")
+        _finish(attempt, JobStatus.FAILED, error=error, stop_reason="error")
+    except Superseded:
+        log.warning("job %s attempt %d was superseded while failing", attempt.job_id, attempt.number)

@@ -32,10 +32,11 @@ class Stack:
         self.env = {**os.environ, "BACKPROP_DATA_DIR": str(tmp / "data"), "BACKPROP_PORT": str(self.port),
                     "BACKPROP_WEB_WORKERS": "1", "BACKPROP_WORKER_CONCURRENCY": "1", **(env or {})}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.api_key: str | None = None
 
-    def run(self, *args: str) -> None:
-        subprocess.run([BACKPROP, *args], env=self.env, check=True, timeout=120,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def run(self, *args: str) -> str:
+        return subprocess.run([BACKPROP, *args], env=self.env, check=True, timeout=120, text=True,
+                              capture_output=True).stdout
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
@@ -44,8 +45,9 @@ class Stack:
         self.procs[name] = proc
         return proc
 
-    def up(self, workers: int = 1) -> Stack:
+    def up(self, workers: int = 1, tenant: str = "e2e") -> Stack:
         self.run("migrate")
+        self.api_key = self.run("keys", "create", "--tenant", tenant).strip()
         self.start("api", "serve")
         for i in range(workers):
             self.start(f"worker{i}", "worker")
@@ -89,8 +91,10 @@ class Stack:
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        headers = {"Content-Type": "application/json"} if data else {}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 raw, status = resp.read(), resp.status

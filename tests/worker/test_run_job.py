@@ -1,13 +1,31 @@
-"""The worker's job runner against a real SQLite database: terminal states and their reasons."""
+"""The worker's job runner against a real SQLite database: terminal states and their reasons,
+checkpoint -> resume, fencing of stale attempts, attempt limits, time limits, cancellation."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import dataclasses
+from datetime import timedelta
 
-from core.db import EpochRecord, Job
+import numpy as np
+import pytest
+from sqlalchemy import func, select, update
+
+from core.db import Checkpoint, EpochRecord, Job
+from core.db.models import utcnow
+from core.nn import Network, Trainer
+from core.store import dataset_arrays, load_weights
 from tests.data import iris_job
 from worker import training
 from worker.training import run_job
+
+
+class WorkerDied(BaseException):
+    """Stands in for SIGKILL: escapes every `except Exception` in the runner, like a dead process."""
+
+
+@pytest.fixture
+def fast(migrated):
+    return dataclasses.replace(migrated, heartbeat_seconds=0.02, stale_after_seconds=0.5)
 
 
 def submit(client, body) -> str:
@@ -16,52 +34,152 @@ def submit(client, body) -> str:
     return resp.get_json()["id"]
 
 
-def test_diverging_job_fails_naming_the_epoch(client, sessions):
+def epochs_of(sessions, job_id) -> list[int]:
+    with sessions() as s:
+        return list(s.scalars(select(EpochRecord.epoch).where(EpochRecord.job_id == job_id)
+                              .order_by(EpochRecord.epoch)))
+
+
+def reference_weights(sessions, job_id) -> dict[str, np.ndarray]:
+    """The same job trained by the engine alone, uninterrupted."""
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        x, y = dataset_arrays(job.dataset)
+        spec, training_spec = job.model_spec, job.training_spec
+    net = Network.from_spec(spec, seed=training_spec["seed"])
+    Trainer(net, training_spec).fit(x, y)
+    return net.get_weights()
+
+
+def test_diverging_job_fails_naming_the_epoch(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=20, optimizer={"type": "sgd", "learning_rate": 1e30}))
-    run_job(sessions, job_id)
+    run_job(sessions, job_id, settings=fast)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed"
     assert "non-finite" in job["error"] and "epoch 1" in job["error"]
     assert job["finished_at"]
 
 
-def test_redelivered_message_for_a_finished_job_does_nothing(client, sessions):
+def test_redelivered_message_for_a_finished_job_does_nothing(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=3))
-    run_job(sessions, job_id)
-    run_job(sessions, job_id)
+    run_job(sessions, job_id, settings=fast)
+    run_job(sessions, job_id, settings=fast)
     with sessions() as s:
         assert s.get(Job, job_id).attempts == 1
-        assert s.scalar(select(func.count()).select_from(EpochRecord).where(EpochRecord.job_id == job_id)) == 3
+        assert s.get(Checkpoint, job_id) is None  # dropped once the job ended
+    assert epochs_of(sessions, job_id) == [1, 2, 3]
 
 
-def test_cancel_requested_before_start(client, sessions):
+def test_crash_then_resume_from_checkpoint_matches_an_uninterrupted_run(client, sessions, fast, monkeypatch):
+    adam = {"type": "adam", "learning_rate": 0.01}
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2, optimizer=adam))
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)  # every epoch written as soon as it ends
+    original = training.EpochWriter.on_epoch
+
+    def on_epoch(self, record, trainer):
+        # checkpoints at epochs 1..5 only; epochs 6..8 are written without one; the worker dies at 8
+        self.settings = dataclasses.replace(fast, checkpoint_seconds=0.0 if record["epoch"] <= 5 else 1e9)
+        original(self, record, trainer)
+        if record["epoch"] == 8:
+            raise WorkerDied
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    with pytest.raises(WorkerDied):
+        run_job(sessions, job_id, settings=fast)
+    assert epochs_of(sessions, job_id) == list(range(1, 9))
+    with sessions() as s:
+        assert s.get(Checkpoint, job_id).epoch == 5
+        assert s.get(Job, job_id).status == "running"
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", original)
+    run_job(sessions, job_id, settings=fast)  # heartbeat is fresh: a duplicate, not a takeover
+    with sessions() as s:
+        assert s.get(Job, job_id).attempts == 1
+        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+        s.commit()
+    run_job(sessions, job_id, settings=fast)  # the dead worker's heartbeat is stale: resume
+
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert epochs_of(sessions, job_id) == list(range(1, 13))  # exactly one row per epoch
+    with sessions() as s:
+        final = load_weights(s, job_id)
+    expected = reference_weights(sessions, job_id)
+    assert final.keys() == expected.keys()
+    for name in expected:
+        np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
+
+
+def test_stale_attempt_stops_without_writing(client, sessions, fast, monkeypatch):
+    job_id = submit(client, iris_job(epochs=50))
+    original = training.EpochWriter.on_epoch
+
+    def on_epoch(self, record, trainer):
+        if record["epoch"] == 3:  # meanwhile another worker claimed the job (attempt 2)
+            with sessions.begin() as s:
+                s.execute(update(Job).where(Job.id == job_id).values(attempts=Job.attempts + 1))
+        original(self, record, trainer)
+
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    run_job(sessions, job_id, settings=fast)
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "running" and job.attempts == 2
+        assert load_weights(s, job_id) == {}
+    assert epochs_of(sessions, job_id) == [1, 2]  # nothing from epoch 3 on
+
+
+def test_job_that_keeps_losing_its_worker_fails_after_max_attempts(client, sessions, fast):
+    job_id = submit(client, iris_job(epochs=5))
+    with sessions.begin() as s:
+        s.execute(update(Job).values(status="running", attempts=fast.max_attempts,
+                                     heartbeat_at=utcnow() - timedelta(seconds=60)))
+    run_job(sessions, job_id, settings=fast)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed"
+    assert f"gave up after {fast.max_attempts} attempts" in job["error"]
+
+
+def test_time_limit_fails_the_job(client, sessions, fast):
+    job_id = submit(client, iris_job(epochs=100000))
+    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=0.3))
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["stop_reason"] == "time limit"
+    assert job["error"].startswith("time limit")
+    assert client.get(f"/v1/jobs/{job_id}/weights").status_code == 200
+
+
+def test_cancel_requested_before_start(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=3))
     with sessions.begin() as s:
         s.get(Job, job_id).cancel_requested = True
-    run_job(sessions, job_id)
+    run_job(sessions, job_id, settings=fast)
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
 
 
-def test_cancel_during_training_keeps_last_finished_epoch(client, sessions, monkeypatch):
-    job_id = submit(client, iris_job(epochs=500))
-    monkeypatch.setattr(training, "CANCEL_POLL_SECONDS", 0.0)
-    calls = {"n": 0}
+def test_cancel_during_training_keeps_last_finished_epoch(client, sessions, fast, monkeypatch):
+    job_id = submit(client, iris_job(epochs=100000))
     original = training.EpochWriter.on_epoch
 
     def on_epoch(self, record, trainer):
         original(self, record, trainer)
-        calls["n"] += 1
-        if calls["n"] == 5:  # a user cancels after the fifth epoch
-            with sessions.begin() as s:
-                s.get(Job, job_id).cancel_requested = True
+        if record["epoch"] == 5:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelling"
 
     monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
-    run_job(sessions, job_id)
+    run_job(sessions, job_id, settings=fast)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "cancelled" and job["progress"]["epoch"] == 5
-    weights = client.get(f"/v1/jobs/{job_id}/weights")
+    assert job["status"] == "cancelled" and 5 <= job["progress"]["epoch"] < 100000
+    last = client.get(f"/v1/jobs/{job_id}/epochs?after={job['progress']['epoch'] - 1}").get_json()["epochs"][-1]
+    weights = client.get(f"/v1/jobs/{job_id}/weights?format=npz")
     assert weights.status_code == 200
+    stored = client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]
+    norm = np.sqrt(sum(np.sum(np.square(w["values"])) for w in stored if w["layer"] == "dense_0"))
+    assert norm == pytest.approx(last["weight_norms"]["dense_0"], rel=1e-5)  # the last finished epoch's
 
 
-def test_missing_job_is_dropped(sessions):
-    run_job(sessions, "0" * 32)  # no exception, nothing written
+def test_missing_job_is_dropped(sessions, fast):
+    run_job(sessions, "0" * 32, settings=fast)  # no exception, nothing written
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 0

@@ -1,0 +1,62 @@
+"""The reconciler re-sends what the broker may have lost; the API records jobs even when the
+broker is down at submit time, and they reach a worker once it is back."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from sqlalchemy import update
+
+from app import create_app
+from core.db import Job
+from core.db.models import utcnow
+from core.queue import make_celery
+from tests.data import iris_job
+from worker.reconciler import reconcile
+
+
+def messages(settings) -> list[str]:
+    return [p.read_text() for p in settings.broker_dir.glob("*.msg")]
+
+
+def test_broker_down_at_submit_records_the_job_and_the_reconciler_sends_it(migrated, tmp_path):
+    down = dataclasses.replace(migrated, broker_url="redis://127.0.0.1:1/0", auth="off")  # nothing listens there
+    app = create_app(down)
+    try:
+        resp = app.test_client().post("/v1/jobs", json=iris_job(epochs=2))
+        assert resp.status_code == 202
+        job_id = resp.get_json()["id"]
+        sessions = app.extensions["backprop"]["sessions"]
+        with sessions() as s:
+            job = s.get(Job, job_id)
+            assert job.status == "queued" and job.enqueued_at is None
+        # the broker is back (the embedded one here): the reconciler sends the id
+        sent = reconcile(sessions, make_celery(migrated), migrated)
+        assert sent == [job_id]
+        assert any(job_id in m for m in messages(migrated))
+        with sessions() as s:
+            assert s.get(Job, job_id).enqueued_at is not None
+        assert reconcile(sessions, make_celery(migrated), migrated) == []  # not again right away
+    finally:
+        app.extensions["backprop"]["engine"].dispose()
+
+
+def test_running_job_with_stale_heartbeat_is_sent_again(client, sessions, migrated):
+    fresh = client.post("/v1/jobs", json=iris_job(epochs=2)).get_json()["id"]
+    stale = client.post("/v1/jobs", json=iris_job(epochs=2)).get_json()["id"]
+    long_ago = utcnow() - timedelta(hours=1)
+    with sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == fresh).values(status="running", heartbeat_at=utcnow(),
+                                                            enqueued_at=long_ago))
+        s.execute(update(Job).where(Job.id == stale).values(status="running", heartbeat_at=long_ago,
+                                                            enqueued_at=long_ago))
+    assert reconcile(sessions, make_celery(migrated), migrated) == [stale]
+
+
+def test_old_queued_job_is_sent_again(client, sessions, migrated):
+    job_id = client.post("/v1/jobs", json=iris_job(epochs=2)).get_json()["id"]
+    assert reconcile(sessions, make_celery(migrated), migrated) == []  # just enqueued
+    with sessions.begin() as s:
+        s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(hours=1)))
+    assert reconcile(sessions, make_celery(migrated), migrated) == [job_id]
