@@ -14,6 +14,7 @@ from core.queue import make_celery
 
 from .auth import init_auth
 from .errors import register_error_handlers
+from .limits import init_rate_limit
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     register_error_handlers(app)
     init_request_ids(app)
+    init_rate_limit(app)  # before auth, so failed key guesses are rate limited too
     init_auth(app)
     from .health import bp as health_bp
     from .jobs import bp as jobs_bp

@@ -21,10 +21,12 @@ from core.nn.serialization import arrays_to_npz
 from core.queue import enqueue_training
 from core.store import create_dataset, load_weights
 
+from . import limits
 from .auth import current_tenant
 from .datasets import check_dataset_fits, dataset_summary_fields, not_found, numeric_array, parse_targets
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
+from .limits import check_active_jobs, check_compute_budget, check_dataset_limits, check_spec_limits
 from .openapi import doc, parse_query
 from .predict import models, predict_response
 from .schemas import (
@@ -122,7 +124,8 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
         return
     parent = session.get(Job, body.init_from)
     if parent is None or parent.tenant != current_tenant():
-        raise validation_error([{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
+        raise ApiError(404, "job_not_found", f"init_from: no job with id {body.init_from!r}",
+                       errors=[{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
     weights = load_weights(session, parent.id)
     if not weights:
         raise ApiError(409, "job_not_finished", f"job {parent.id} is {parent.status} and has no weights to start from",
@@ -148,11 +151,12 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
 
 
 @bp.post("")
-@doc("Submit a training job", body=JobCreate, response=JobOut, status=202, errors=(404, 409), tag=TAG,
+@doc("Submit a training job", body=JobCreate, response=JobOut, status=202, errors=(404, 409, 429), tag=TAG,
      description="Validates the spec and data, stores the job, and queues it. Answers 202 with a Location.")
 @idempotent
 def create_job():
     body = parse(JobCreate, read_json_body())
+    check_spec_limits(body.model, body.training)
     try:
         net = Network.from_spec(body.model)
         training = check_training_spec(body.training)
@@ -162,9 +166,13 @@ def create_job():
         raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
     sessions = ext()["sessions"]
     with sessions.begin() as session:
+        check_active_jobs(session, current_tenant())
         _check_fine_tuning(session, body, net)
         if body.dataset is not None:
+            if len(body.dataset.features) > limits.settings().max_rows:
+                check_dataset_limits(len(body.dataset.features), 1, "dataset.features")
             features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)
+            check_dataset_limits(features.shape[0], features[0].size, "dataset.features")
             targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
             check_dataset_fits(features, targets, net.input_shape)
             _check_targets(net, targets, "dataset.targets")
@@ -185,6 +193,7 @@ def create_job():
                                          f"{list(net.input_shape)}"}])
             from core.store import dataset_arrays
             _check_targets(net, dataset_arrays(ds)[1], "dataset_id")
+        check_compute_budget(net.parameter_count, ds.n_samples, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   freeze=body.freeze)
@@ -281,6 +290,7 @@ def retry_job(job_id: str):
         if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise ApiError(409, "job_not_retryable", f"job {job_id} is {old.status}; only failed or cancelled "
                            "jobs can be retried", job_status=old.status)
+        check_active_jobs(session, old.tenant)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)

@@ -173,7 +173,7 @@ def read_json_body() -> Any:
     malformed or absurdly nested documents."""
     import json
 
-    from flask import request
+    from flask import current_app, request
 
     from .errors import ApiError
 
@@ -181,6 +181,10 @@ def read_json_body() -> Any:
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json (got {request.mimetype or 'none'})")
     raw = request.get_data()
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # a chunked body is cut at the limit rather than refused; reaching it means more was sent
+        raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:

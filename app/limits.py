@@ -1,0 +1,105 @@
+"""Limits on every input, checked before anything is stored or queued, so that no request can
+take the service down: spec size, dataset size, a compute budget, active jobs per tenant, and
+a per-key request rate (shared through Redis when Redis is the broker)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+from flask import Flask, current_app, request
+from flask_limiter import Limiter
+from sqlalchemy import func, select
+
+from core.config import Settings
+from core.db import Job, JobStatus
+
+from .errors import ApiError, validation_error
+
+
+def settings() -> Settings:
+    return current_app.extensions["backprop"]["settings"]
+
+
+def _walk_layers(layers: Any, path: str):
+    if not isinstance(layers, list):
+        return
+    for i, layer in enumerate(layers):
+        if isinstance(layer, dict):
+            yield f"{path}[{i}]", layer
+            yield from _walk_layers(layer.get("layers"), f"{path}[{i}].layers")
+
+
+def check_spec_limits(model: dict[str, Any], training: dict[str, Any]) -> None:
+    """Size limits on the raw spec, before any weight is allocated."""
+    s = settings()
+    errors = []
+    layers = list(_walk_layers(model.get("layers"), "model.layers"))
+    if len(layers) > s.max_layers:
+        errors.append({"path": "model.layers", "message": f"has {len(layers)} layers; the limit is {s.max_layers}"})
+    for path, layer in layers:
+        for key in ("units", "filters"):
+            v = layer.get(key)
+            if isinstance(v, int) and v > s.max_units:
+                errors.append({"path": f"{path}.{key}", "message": f"must be <= {s.max_units} (server limit)"})
+    shape = model.get("input_shape")
+    if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
+        if int(np.prod(shape, dtype=np.float64)) > s.max_sample_values:
+            errors.append({"path": "model.input_shape",
+                           "message": f"one sample may hold at most {s.max_sample_values} values"})
+    epochs = training.get("epochs") if isinstance(training, dict) else None
+    if isinstance(epochs, int) and epochs > s.max_epochs:
+        errors.append({"path": "training.epochs", "message": f"must be <= {s.max_epochs} (server limit)"})
+    if errors:
+        raise validation_error(errors)
+
+
+def check_dataset_limits(n_rows: int, values_per_row: int, path: str) -> None:
+    s = settings()
+    if n_rows > s.max_rows:
+        raise validation_error([{"path": path, "message": f"has {n_rows} rows; the limit is {s.max_rows}"}])
+    if values_per_row > s.max_sample_values:
+        raise validation_error([{"path": path, "message": f"each sample has {values_per_row} values; "
+                                                          f"the limit is {s.max_sample_values}"}])
+    if n_rows * values_per_row > s.max_dataset_values:
+        raise validation_error([{"path": path, "message": f"holds {n_rows * values_per_row} values; "
+                                                          f"the limit is {s.max_dataset_values}"}])
+
+
+def check_compute_budget(parameters: int, samples: int, epochs: int) -> None:
+    """About epochs x samples x parameters multiply-adds (times 3 for the backward pass)."""
+    cost = float(parameters) * samples * epochs
+    limit = settings().max_compute
+    if cost > limit:
+        raise ApiError(422, "compute_budget_exceeded",
+                       f"this job needs about {cost:.3g} parameter-sample-epochs ({parameters} parameters x "
+                       f"{samples} samples x {epochs} epochs); the limit is {limit:.3g}",
+                       errors=[{"path": "training.epochs", "message": f"compute {cost:.3g} > limit {limit:.3g}"}],
+                       compute=cost, limit=limit)
+
+
+def check_active_jobs(session, tenant: str) -> None:
+    limit = settings().max_active_jobs
+    active = session.scalar(select(func.count()).select_from(Job)
+                            .where(Job.tenant == tenant, Job.status.in_(JobStatus.ACTIVE)))
+    if active >= limit:
+        raise ApiError(429, "too_many_active_jobs", f"{active} jobs are queued or running; the limit is {limit} "
+                       "per tenant, wait for one to finish", headers={"Retry-After": "30"})
+
+
+def _rate_key() -> str:
+    """Per API key when one is sent, else per client address."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:16]
+    return "addr:" + (request.remote_addr or "unknown")
+
+
+def init_rate_limit(app: Flask) -> None:
+    s: Settings = app.extensions["backprop"]["settings"]
+    storage = s.broker_url if s.broker_url.startswith("redis") else "memory://"
+    limiter = Limiter(_rate_key, app=app, default_limits=[s.rate_limit], headers_enabled=True,
+                      storage_uri=storage, strategy="fixed-window", swallow_errors=True,
+                      default_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
+    app.extensions["backprop"]["limiter"] = limiter

@@ -1,0 +1,195 @@
+"""API keys, tenant isolation, limits on every input, and hostile requests: all 4xx, never 500."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import threading
+
+import pytest
+from sqlalchemy import select
+from werkzeug.serving import make_server
+
+from app import create_app
+from core.config import Settings
+from core.db import ApiKey, Job
+from core.keys import create_key
+from tests.data import iris_job
+from worker.training import run_job
+
+
+@pytest.fixture
+def secured(migrated):
+    app = create_app(dataclasses.replace(migrated, auth="on"))
+    yield app
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def key_for(app, tenant: str) -> dict[str, str]:
+    with app.extensions["backprop"]["sessions"].begin() as s:
+        return {"Authorization": f"Bearer {create_key(s, tenant)}"}
+
+
+def test_requests_without_a_valid_key_get_401(secured):
+    c = secured.test_client()
+    for headers in ({}, {"Authorization": "Bearer bp_nope_nope"}, {"Authorization": "Basic abc"}):
+        resp = c.get("/v1/jobs", headers=headers)
+        assert resp.status_code == 401 and resp.mimetype == "application/problem+json"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert c.get("/livez").status_code == 200  # probes stay open
+    assert c.get("/v1/jobs", headers=key_for(secured, "acme")).status_code == 200
+
+
+def test_the_database_keeps_only_a_hash_and_revoked_keys_stop_working(secured):
+    headers = key_for(secured, "acme")
+    key = headers["Authorization"].split()[1]
+    with secured.extensions["backprop"]["sessions"].begin() as s:
+        row = s.scalar(select(ApiKey))
+        assert key not in (row.key_hash, row.prefix) and len(row.key_hash) == 64
+        assert key.startswith(f"bp_{row.prefix}_")
+        row.revoked_at = row.created_at
+    assert secured.test_client().get("/v1/jobs", headers=headers).status_code == 401
+
+
+def test_another_tenants_ids_answer_404_everywhere(secured):
+    c = secured.test_client()
+    alice, bob = key_for(secured, "alice"), key_for(secured, "bob")
+    job_id = c.post("/v1/jobs", json=iris_job(epochs=2), headers=alice).get_json()["id"]
+    run_job(secured.extensions["backprop"]["sessions"], job_id)
+    assert c.get(f"/v1/jobs/{job_id}", headers=alice).status_code == 200
+    for method, path, body in [
+        ("get", f"/v1/jobs/{job_id}", None), ("get", f"/v1/jobs/{job_id}/epochs", None),
+        ("get", f"/v1/jobs/{job_id}/weights", None), ("get", f"/v1/jobs/{job_id}/diagnostics", None),
+        ("get", f"/v1/jobs/{job_id}/events", None),
+        ("post", f"/v1/jobs/{job_id}/predict", {"inputs": [[0, 0, 0, 0]]}),
+        ("post", f"/v1/jobs/{job_id}/cancel", None), ("post", f"/v1/jobs/{job_id}/retry", None),
+        ("delete", f"/v1/jobs/{job_id}", None),
+        ("post", "/v1/jobs", {**iris_job(epochs=2), "init_from": job_id}),
+    ]:
+        resp = getattr(c, method)(path, json=body, headers=bob)
+        assert resp.status_code == 404, (method, path, resp.get_json())
+    assert c.get("/v1/jobs", headers=bob).get_json()["jobs"] == []
+    assert [j["id"] for j in c.get("/v1/jobs", headers=alice).get_json()["jobs"]] == [job_id]
+
+
+def test_auth_may_be_off_only_on_loopback():
+    assert Settings(host="127.0.0.1", auth="auto").auth_enabled is False  # the embedded default
+    assert Settings(host="0.0.0.0", auth="auto").auth_enabled is True
+    with pytest.raises(ValueError, match="only allowed"):
+        Settings(host="0.0.0.0", auth="off").auth_enabled  # noqa: B018
+    assert Settings(host="127.0.0.1", database_url="postgresql+psycopg://x/y").auth_enabled is True
+
+
+def _limited(migrated, **limits):
+    return create_app(dataclasses.replace(migrated, **limits))
+
+
+@pytest.mark.parametrize("limit, change, path, words", [
+    ({"max_units": 8}, lambda b: b["model"]["layers"][0].update(units=9), "model.layers[0].units", "<= 8"),
+    ({"max_layers": 1}, lambda b: None, "model.layers", "limit is 1"),
+    ({"max_epochs": 10}, lambda b: b["training"].update(epochs=11), "training.epochs", "<= 10"),
+    ({"max_rows": 100}, lambda b: None, "dataset.features", "limit is 100"),
+    ({"max_sample_values": 3}, lambda b: None, "model.input_shape", "at most 3"),
+])
+def test_size_limits_are_422_before_anything_is_stored(migrated, limit, change, path, words):
+    app = _limited(migrated, **limit)
+    body = iris_job(epochs=5)
+    change(body)
+    resp = app.test_client().post("/v1/jobs", json=body)
+    assert resp.status_code == 422, resp.get_json()
+    assert any(e["path"] == path and words in e["message"] for e in resp.get_json()["errors"]), resp.get_json()
+    with app.extensions["backprop"]["sessions"]() as s:
+        assert s.scalar(select(Job)) is None
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_compute_budget_states_the_figure_and_the_limit(migrated):
+    app = _limited(migrated, max_compute=1e6)
+    resp = app.test_client().post("/v1/jobs", json=iris_job(epochs=100))
+    body = resp.get_json()
+    assert resp.status_code == 422 and body["code"] == "compute_budget_exceeded"
+    assert body["compute"] == 131 * 150 * 100 and body["limit"] == 1e6  # 4*16+16 + 16*3+3 parameters
+    assert "1.96e+06" in body["detail"] and "1e+06" in body["detail"]
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_active_jobs_per_tenant_are_limited(migrated):
+    app = _limited(migrated, max_active_jobs=2)
+    c = app.test_client()
+    assert [c.post("/v1/jobs", json=iris_job(epochs=1)).status_code for _ in range(2)] == [202, 202]
+    resp = c.post("/v1/jobs", json=iris_job(epochs=1))
+    assert resp.status_code == 429 and resp.get_json()["code"] == "too_many_active_jobs"
+    assert resp.headers["Retry-After"]
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_rate_limit_answers_429_with_retry_after(migrated):
+    app = _limited(migrated, rate_limit="3 per minute")
+    c = app.test_client()
+    codes = [c.get("/v1/jobs").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    resp = c.get("/v1/jobs")
+    assert resp.mimetype == "application/problem+json" and int(resp.headers["Retry-After"]) > 0
+    assert c.get("/livez").status_code == 200  # probes are not rate limited
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_rate_limit_is_shared_through_redis(migrated, redis_url):
+    limited = dataclasses.replace(migrated, rate_limit="3 per minute", broker_url=redis_url, auth="off")
+    first, second = create_app(limited), create_app(limited)  # two API processes, one budget
+    codes = [app.test_client().get("/v1/jobs").status_code for app in (first, second, first, second)]
+    assert codes == [200, 200, 200, 429]
+    for app in (first, second):
+        app.extensions["backprop"]["engine"].dispose()
+
+
+def test_request_body_limit_413_also_for_chunked_bodies(migrated):
+    app = _limited(migrated, max_request_bytes=2000)
+    c = app.test_client()
+    resp = c.post("/v1/jobs", json=iris_job())
+    assert resp.status_code == 413 and resp.mimetype == "application/problem+json"
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        payload = json.dumps(iris_job()).encode()
+        conn.putrequest("POST", "/v1/jobs")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for i in range(0, len(payload), 1000):
+            part = payload[i:i + 1000]
+            conn.send(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert json.loads(resp.read())["code"] == "request_too_large"
+    finally:
+        server.shutdown()
+        app.extensions["backprop"]["engine"].dispose()
+
+
+@pytest.mark.parametrize("field, value", [("status", "succeeded"), ("tenant", "other"), ("weights", {}),
+                                          ("id", "0" * 32), ("attempts", 0)])
+def test_server_fields_set_by_a_client_are_refused(client, field, value):
+    resp = client.post("/v1/jobs", json={**iris_job(epochs=1), field: value})
+    assert resp.status_code == 422
+    assert resp.get_json()["errors"][0] == {"path": field, "message": "unknown field"}
+
+
+@pytest.mark.parametrize("raw, content_type, status", [
+    ('{"model": NaN}', "application/json", 400),
+    ('{"model": Infinity}', "application/json", 400),
+    ("[" * 10000 + "]" * 10000, "application/json", 400),
+    ('{"model": {}}', "text/plain", 415),
+    ('{"model": {}}', "application/x-www-form-urlencoded", 415),
+    ("\xff\xfe", "application/json", 400),
+    ("[]", "application/json", 422),
+    ("null", "application/json", 422),
+])
+def test_hostile_json_is_a_4xx(client, raw, content_type, status):
+    resp = client.post("/v1/jobs", data=raw.encode("latin-1"), content_type=content_type)
+    assert resp.status_code == status, resp.get_json()
+    assert resp.mimetype == "application/problem+json"
