@@ -37,9 +37,10 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     init_auth(app)
     from .health import bp as health_bp
     from .jobs import bp as jobs_bp
+    from .models_api import bp as models_bp
     from .openapi import bp as openapi_bp
 
-    for blueprint in (jobs_bp, health_bp, openapi_bp):
+    for blueprint in (jobs_bp, models_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
     return app
 

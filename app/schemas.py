@@ -191,3 +191,80 @@ def read_json_body() -> Any:
         raise ApiError(400, "invalid_json", "the JSON document is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+# --- models: the registry (app/models_api.py) ---
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ModelName = Annotated[str, Field(description="1-128 characters of A-Z a-z 0-9 _ . - (not `.` or `..`)",
+                                 json_schema_extra={"pattern": MODEL_NAME_PATTERN})]
+AliasName = Annotated[str, Field(description="1-64 characters of A-Z a-z 0-9 _ -; `latest` is reserved",
+                                 json_schema_extra={"pattern": ALIAS_PATTERN})]
+
+
+class ModelRegister(Strict):
+    name: ModelName
+    job_id: str = Field(description="a succeeded job of yours; it becomes the model's next version")
+    aliases: list[AliasName] = Field(default_factory=list,
+                                     description="aliases to point at the new version in the same step, "
+                                                 "e.g. [\"production\"]; `latest` moves by itself")
+
+
+class AliasSet(Strict):
+    version: int = Field(ge=1, le=2**31 - 1, description="an existing version of the model")
+
+
+class ModelListQuery(Strict):
+    limit: int = Field(default=50, ge=1, le=200)
+    next: str | None = Field(default=None, description="the cursor from the previous page")
+
+
+class ModelVersionLinks(BaseModel):
+    self: str
+    job: str
+    predict: str
+
+
+class ModelVersionOut(BaseModel):
+    model: str
+    version: int
+    job_id: str
+    created_at: str = Field(description="when the version was registered")
+    aliases: list[str] = Field(description="aliases pointing at this version, `latest` included")
+    job_status: JobStatusName
+    metrics: dict[str, float] | None = Field(description="the job's final metrics (its last epoch's)")
+    links: ModelVersionLinks
+
+
+class ModelLinks(BaseModel):
+    self: str
+    predict: str
+
+
+class ModelSummary(BaseModel):
+    name: str
+    created_at: str
+    latest_version: ModelVersionOut
+    aliases: dict[str, int] = Field(description="alias -> version, `latest` first")
+    links: ModelLinks
+
+
+class ModelOut(BaseModel):
+    name: str
+    created_at: str
+    latest_version: int
+    aliases: dict[str, int] = Field(description="alias -> version, `latest` first")
+    versions: list[ModelVersionOut] = Field(description="every version, oldest first")
+    links: ModelLinks
+
+
+class ModelPage(BaseModel):
+    models: list[ModelSummary]
+    next: str | None = Field(description="pass as ?next= for the following page; null on the last page")
+
+
+class AliasOut(BaseModel):
+    model: str
+    alias: str
+    version: int
+    links: dict[str, str]
