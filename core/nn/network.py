@@ -72,6 +72,9 @@ class Network:
         if isinstance(last, ActivatedLayer):
             last.set_activation("linear")
         self.frozen: set[str] = set()
+        # training backpropagates no further than into the first layer that has weights
+        self._first_weighted = next((i for i, layer in enumerate(self.layers)
+                                     if any(sub.params for sub in walk([layer]))), len(self.layers))
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None) -> Network:
@@ -88,9 +91,20 @@ class Network:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dz: np.ndarray) -> None:
-        for layer in reversed(self.layers):
+    def backward(self, dz: np.ndarray, input_gradient: bool = False) -> np.ndarray | None:
+        """Backpropagate dL/dz of the last layer into every layer's grads. Training needs no
+        dL/dx: then the layers before the first one with weights are skipped, and that one
+        leaves out its input-gradient product. `input_gradient=True` returns dL/dx."""
+        if input_gradient:
+            for layer in reversed(self.layers):
+                dz = layer.backward(dz)
+            return dz
+        first = self._first_weighted
+        for layer in reversed(self.layers[first + 1:]):
             dz = layer.backward(dz)
+        if first < len(self.layers):
+            self.layers[first].backward_params(dz)
+        return None
 
     def as_input(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)

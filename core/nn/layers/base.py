@@ -58,6 +58,11 @@ class Layer:
         """Given dL/dy, fill self.grads and return dL/dx."""
         raise NotImplementedError
 
+    def backward_params(self, dy: np.ndarray) -> None:
+        """Like `backward` when nobody needs dL/dx (the first layer in training): layers whose
+        dL/dx is a real cost (a GEMM, a col2im) override this to skip it."""
+        self.backward(dy)
+
     @classmethod
     def check_extra(cls, checked: dict, path: str, errors: list) -> dict:
         """Cross-field checks beyond single-field bounds; override where a layer needs them."""

@@ -185,16 +185,24 @@ class Conv2D(Spatial2D, ActivatedLayer):
             z += self.params["bias"]
         return self.from_last(self.activate(z.reshape(n, oh, ow, -1)))
 
-    def backward(self, dy):
-        kernel = self.params["kernel"]
-        kh, kw, c, f = kernel.shape
-        dz = self.activation_backward(self.to_last(dy))
-        dz2 = dz.reshape(-1, f)
-        # dL/dW = cols^T dz ; dL/db = column sums of dz ; dL/dcols = dz W^T
+    def backward_params(self, dy):
+        self._weight_grads(dy)
+
+    def _weight_grads(self, dy):
+        """dL/dW = cols^T dz and dL/db = column sums of dz; returns dz (n*oh*ow, filters)."""
+        f = self.params["kernel"].shape[-1]
+        dz2 = self.activation_backward(self.to_last(dy)).reshape(-1, f)
         np.matmul(self._cols.T, dz2, out=self.grads["kernel"].reshape(-1, f))
         if "bias" in self.params:
             dz2.sum(axis=0, out=self.grads["bias"])
-        n = dz.shape[0]
+        return dz2
+
+    def backward(self, dy):
+        kernel = self.params["kernel"]
+        kh, kw, c, f = kernel.shape
+        dz2 = self._weight_grads(dy)
+        n = len(dy)
+        # dL/dcols = dz W^T
         dcols = (dz2 @ kernel.reshape(-1, f).T).reshape(n, self.out_h, self.out_w, kh, kw, c)
         # col2im: each patch entry adds back onto the input pixel it was copied from
         dxp = np.zeros(self._padded_shape, dtype=dcols.dtype)

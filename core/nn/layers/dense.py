@@ -45,14 +45,21 @@ class Dense(ActivatedLayer):
         return self.activate(z)
 
     def backward(self, dy):
+        dz = self._weight_grads(dy)
+        return dz @ self.params["kernel"].T  # dL/dx = dz W^T
+
+    def backward_params(self, dy):
+        self._weight_grads(dy)
+
+    def _weight_grads(self, dy):
+        """Fills dL/dW = x^T dz and dL/db = the column sums of dz; returns dz = dL/d(x W + b)."""
         dz = self.activation_backward(dy)
         x2 = self._x.reshape(-1, self._x.shape[-1])
         dz2 = dz.reshape(-1, dz.shape[-1])
-        # dL/dW = x^T dz, dL/db = sum over rows of dz, dL/dx = dz W^T
         np.matmul(x2.T, dz2, out=self.grads["kernel"])
         if "bias" in self.params:
             dz2.sum(axis=0, out=self.grads["bias"])
-        return dz @ self.params["kernel"].T
+        return dz
 
 
 @register

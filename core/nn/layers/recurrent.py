@@ -124,6 +124,16 @@ class _Recurrent(Layer):
 
     # -- backward -----------------------------------------------------------------------
     def backward(self, dy):
+        dP2 = self._weight_grads(dy)
+        steps, n = self._H.shape[0] - 1, self._H.shape[1]
+        dx = (dP2 @ self.params["kernel"].T).reshape(steps, n, -1)
+        return dx.transpose(1, 0, 2)
+
+    def backward_params(self, dy):
+        self._weight_grads(dy)
+
+    def _weight_grads(self, dy):
+        """BPTT: fills the weight gradients; returns dL/d(input projection), (steps*n, G*units)."""
         steps, n, u = self._H.shape[0] - 1, self._H.shape[1], self.units
         if self.return_sequences:
             dy_t, last = dy.transpose(1, 0, 2), None
@@ -141,8 +151,7 @@ class _Recurrent(Layer):
                   out=g["recurrent_kernel"])
         if "bias" in self.params:
             self._bias_grad(dP2, dQ2)
-        dx = (dP2 @ self.params["kernel"].T).reshape(steps, n, -1)
-        return dx.transpose(1, 0, 2)
+        return dP2
 
     def _bias_grad(self, dP2, dQ2) -> None:
         dP2.sum(axis=0, out=self.grads["bias"])
