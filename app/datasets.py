@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -44,11 +49,18 @@ def numeric_array(value: Any, path: str, min_ndim: int = 1) -> np.ndarray:
     if arr.dtype.kind not in "iuf" or arr.ndim < min_ndim:
         raise validation_error([_find_bad_cell(value, path)])
     arr = arr.astype(np.float64, copy=False)
+    check_finite(arr, path)
+    return arr
+
+
+def check_finite(arr: np.ndarray, path: str) -> None:
+    """422 naming the first NaN or infinity, as path[i][j]."""
+    if arr.dtype.kind not in "fc":
+        return
     bad = np.argwhere(~np.isfinite(arr))
     if len(bad):
         where = "".join(f"[{i}]" for i in bad[0])
         raise validation_error([{"path": f"{path}{where}", "message": "must be a finite number"}])
-    return arr
 
 
 def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
@@ -91,3 +103,278 @@ def dataset_summary_fields(targets: np.ndarray, labels: list[Any] | None, classi
     values, counts = np.unique(idx, return_counts=True)
     names = [str(labels[int(v)]) if labels is not None else str(int(v)) for v in values]
     return {"target_kind": "classes", "class_counts": dict(zip(names, counts.tolist(), strict=True))}
+
+
+# -- stored datasets: CSV and NumPy uploads, and the checks every dataset passes -------------
+
+MAX_CLASSES = 1000
+FEATURE_DTYPES = ("float32", "float64", "uint8")  # kept as uploaded; other numbers become float64
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+NPZ_KEYS = {"features": "features", "x": "features", "targets": "targets", "y": "targets",
+            "feature_names": "feature_names"}
+
+
+def _cell_problem(cell: str) -> str | None:
+    if not cell.strip():
+        return "is empty (a missing value)"
+    try:
+        value = float(cell)
+    except ValueError:
+        return f"{cell.strip()!r:.60} is not a number"
+    return None if np.isfinite(value) else f"{cell.strip()!r} is not a finite number"
+
+
+def _csv_error(line: int, column: str, message: str) -> ApiError:
+    return validation_error([{"path": f"line {line}, column {column!r}", "message": message}])
+
+
+def parse_csv(text: str, target: str | None, task: str | None, part: str = "file"
+              ) -> tuple[np.ndarray, np.ndarray, list[Any] | None, list[str]]:
+    """A CSV with a header row -> (features float64 (n, columns), targets, class labels, feature
+    names). Errors name the line number (the header is line 1) and the column."""
+    if not target:
+        raise validation_error([{"path": "target", "message": "name the CSV column that holds the targets "
+                                                              "(?target=COLUMN, or a `target` form field)"}])
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # blank line
+            if header is None:
+                header, header_line = [cell.strip() for cell in row], reader.line_num
+                continue
+            if len(row) != len(header):
+                raise validation_error([{"path": f"line {reader.line_num}", "message":
+                                         f"ragged row: has {len(row)} values, the header (line {header_line}) "
+                                         f"has {len(header)} columns"}])
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as exc:
+        raise validation_error([{"path": f"line {reader.line_num}", "message": f"not valid CSV: {exc}"}]) from None
+    if header is None:
+        raise validation_error([{"path": part, "message": "is empty: expected a header row and data rows"}])
+    for i, name in enumerate(header):
+        if not name:
+            raise validation_error([{"path": f"line {header_line}", "message": f"column {i + 1} has no name"}])
+        if name in header[:i]:
+            raise validation_error([{"path": f"line {header_line}", "message": f"column name {name!r} repeats"}])
+    if target not in header:
+        shown = ", ".join(map(repr, header[:20])) + (", ..." if len(header) > 20 else "")
+        raise validation_error([{"path": "target", "message": f"no column {target!r}; the columns are {shown}"}])
+    if not rows:
+        raise validation_error([{"path": part, "message": "has a header but no data rows"}])
+    if len(header) == 1:
+        raise validation_error([{"path": part, "message": f"has no feature columns besides the target {target!r}"}])
+    t = header.index(target)
+    names = [name for i, name in enumerate(header) if i != t]
+    cells = [row[:t] + row[t + 1:] for row in rows]
+    try:
+        x = np.array(cells, dtype=np.float64)
+    except ValueError:  # find the first bad cell, the slow way
+        x = None
+    if x is None or not np.isfinite(x).all():
+        for r, row in enumerate(cells):
+            for j, cell in enumerate(row):
+                problem = _cell_problem(cell)
+                if problem:
+                    raise _csv_error(lines[r], names[j], problem)
+        x = np.array([[float(cell) for cell in row] for row in cells], dtype=np.float64)
+    raw = [row[t].strip() for row in rows]
+    numbers = []
+    for r, cell in enumerate(raw):
+        if not cell:
+            raise _csv_error(lines[r], target, "is empty (a missing value)")
+        try:
+            numbers.append(float(cell))
+        except ValueError:
+            numbers.append(None)
+    words = [r for r, v in enumerate(numbers) if v is None]
+    if not words:
+        y = np.array(numbers, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(y))
+        if len(bad):
+            raise _csv_error(lines[bad[0]], target, f"{raw[bad[0]]!r} is not a finite number")
+        return x, y, None, names
+    if task == "regression":
+        raise _csv_error(lines[words[0]], target, f"{raw[words[0]]!r:.60} is not a number (task=regression)")
+    y, labels = parse_targets(raw, target)  # class labels, e.g. species names
+    return x, y, labels, names
+
+
+def _npy_problem(path: str, message: str) -> ApiError:
+    return validation_error([{"path": path, "message": message}])
+
+
+def load_npy(data: bytes, path: str) -> np.ndarray:
+    """One .npy array. The header is checked before anything is read: object arrays (which
+    would need unpickling) and other non-numeric dtypes are refused, and the header's shape
+    must match the bytes that follow. Read with allow_pickle=False regardless."""
+    f = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise _npy_problem(path, f"not a valid .npy array: {exc}") from None
+    if dtype.hasobject:
+        raise _npy_problem(path, "holds Python objects (dtype=object), which are refused and never unpickled; "
+                                 "send numeric arrays (class labels may be a string array)")
+    if dtype.kind not in "biufU" or dtype.fields is not None or dtype.subdtype is not None:
+        raise _npy_problem(path, f"has dtype {dtype}; send numbers (or, for targets, strings)")
+    expected = math.prod(shape) * dtype.itemsize
+    actual = len(data) - f.tell()
+    if expected != actual:
+        raise _npy_problem(path, f"is truncated or corrupt: its header promises shape {list(shape)} of {dtype} "
+                                 f"({expected} bytes), the file holds {actual} bytes")
+    f.seek(0)
+    try:
+        return np.load(f, allow_pickle=False)
+    except ValueError as exc:
+        raise _npy_problem(path, f"not a valid .npy array: {exc}") from None
+
+
+def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str, np.ndarray]:
+    """A dataset .npz: `features` and `targets` (or `x` and `y`), optionally `feature_names`.
+    Uncompressed sizes are checked against `max_bytes` before anything is inflated."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise _npy_problem(part, f"not a valid .npz (zip) file: {exc}") from None
+    with zf:
+        infos = zf.infolist()
+        found: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            key = NPZ_KEYS.get(name)
+            if key is None or not info.filename.endswith(".npy"):
+                raise _npy_problem(part, f"holds {info.filename!r}; a dataset .npz holds the arrays `features` "
+                                         "and `targets` (or `x` and `y`), optionally `feature_names`")
+            if key in found:
+                raise _npy_problem(part, f"holds both {found[key].filename!r} and {info.filename!r}")
+            found[key] = info
+        for key in ("features", "targets"):
+            if key not in found:
+                raise _npy_problem(part, f"has no `{key}` array (found: {sorted(i.filename for i in infos)})")
+        total = sum(info.file_size for info in infos)
+        if max_bytes is not None and total > max_bytes:
+            raise ApiError(413, "request_too_large",
+                           f"{part}: the arrays take {total} bytes uncompressed, more than the {max_bytes} allowed")
+        out = {}
+        for key, info in found.items():
+            try:
+                raw = zf.read(info)
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+                raise _npy_problem(part, f"cannot read {info.filename!r}: {exc}") from None
+            out[key] = load_npy(raw, info.filename.removesuffix(".npy"))
+    return out
+
+
+def file_kind(data: bytes) -> str:
+    """npy, npz or csv, from the first bytes (never from the file name)."""
+    if data.startswith(NPY_MAGIC):
+        return "npy"
+    if data.startswith(ZIP_MAGIC):
+        return "npz"
+    return "csv"
+
+
+def features_array(arr: np.ndarray, path: str) -> np.ndarray:
+    """Features as stored: (n, *sample_shape), float32/float64/uint8 kept, other numbers float64."""
+    if arr.dtype.kind not in "biuf":
+        raise _npy_problem(path, f"must be numbers, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise _npy_problem(path, f"needs one row per sample, shape (n, features...), got shape {list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise _npy_problem(path, "is empty: no samples")
+    if arr[0].size == 0:
+        raise _npy_problem(path, f"samples have no values (shape {list(arr.shape)})")
+    keep = np.dtype(arr.dtype.name) if arr.dtype.name in FEATURE_DTYPES else np.dtype(np.float64)
+    arr = np.ascontiguousarray(arr.astype(keep, copy=False))  # also makes the byte order native
+    check_finite(arr, path)
+    return arr
+
+
+def targets_array(arr: np.ndarray, path: str) -> tuple[np.ndarray, list[Any] | None]:
+    """Targets from a NumPy array: numbers, or a 1-D string array of class labels."""
+    if arr.ndim == 0:
+        raise _npy_problem(path, "needs one value per sample, got a scalar")
+    if arr.dtype.kind == "U":
+        if arr.ndim != 1:
+            raise _npy_problem(path, f"class labels must be one string per sample, got shape {list(arr.shape)}")
+        if not len(arr):
+            raise _npy_problem(path, "is empty: no samples")
+        return parse_targets(arr.tolist(), path)
+    if arr.dtype.kind not in "biuf":
+        raise _npy_problem(path, f"must be numbers or class labels (strings), got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.dtype(arr.dtype.name) if arr.dtype.name in ("float32", "float64") else np.float64)
+        check_finite(arr, path)
+        return arr, None
+    return arr.astype(np.int64), None
+
+
+def _first_not_class_index(targets: np.ndarray) -> int | None:
+    bad = np.flatnonzero((np.mod(targets, 1) != 0) | (targets < 0))
+    return int(bad[0]) if len(bad) else None
+
+
+def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any] | None,
+                    feature_names: list[str] | None, task: str | None,
+                    paths: tuple[str, str] = ("features", "targets")) -> dict[str, Any]:
+    """The checks every stored dataset passes, and the keyword arguments for store.create_dataset.
+
+    Targets are classes when they are class labels (strings), one-hot rows, or whole numbers
+    >= 0 in one column, unless task="regression"; task="classification" insists on one of those."""
+    fpath, tpath = paths
+    if len(features) != len(targets):
+        raise _npy_problem(tpath, f"has {len(targets)} values but {fpath} has {len(features)} rows")
+    if feature_names is not None and len(feature_names) != features[0].size:
+        raise _npy_problem("feature_names", f"has {len(feature_names)} names for {features[0].size} values "
+                                            "per sample")
+    if labels is not None:
+        if task == "regression":
+            raise _npy_problem(tpath, "holds class labels (strings); task=regression needs numbers")
+        classes = True
+    else:
+        integral = targets.dtype.kind in "iub" or bool(np.all(np.mod(targets, 1) == 0))
+        one_hot = (targets.ndim == 2 and targets.shape[1] > 1 and bool(np.all((targets == 0) | (targets == 1)))
+                   and bool(np.all(targets.sum(axis=1) == 1)))
+        indices = targets.ndim == 1 and integral and targets.min() >= 0
+        if task == "regression":
+            classes = False
+        elif task == "classification":
+            if targets.ndim == 1 and not indices:
+                i = _first_not_class_index(targets)
+                raise _npy_problem(f"{tpath}[{i}]", f"{targets[i]!r} is not a class index (a whole number >= 0); "
+                                                    "task=classification")
+            if targets.ndim != 1 and not one_hot:
+                raise _npy_problem(tpath, f"shape {list(targets.shape)}: task=classification needs class indices, "
+                                          "class labels or one-hot rows")
+            classes = True
+        else:
+            classes = indices or one_hot
+        if classes and targets.ndim == 1:
+            targets = targets.astype(np.int64)
+        elif not classes and targets.dtype.kind != "f":
+            targets = targets.astype(np.float64)
+    if classes:
+        idx = targets if targets.ndim == 1 else targets.argmax(axis=1)
+        found = np.unique(idx)
+        if len(found) < 2:
+            only = labels[int(found[0])] if labels is not None else int(found[0])
+            hint = "" if labels is not None or task else " (if these are numbers to predict, pass task=regression)"
+            raise _npy_problem(tpath, f"only one class ({only!r}) in {len(idx)} samples; a classifier needs at "
+                                      f"least two{hint}")
+        if len(found) > MAX_CLASSES:
+            hint = "" if labels is not None or task else "; for numbers to predict, pass task=regression"
+            raise _npy_problem(tpath, f"{len(found)} distinct classes, more than {MAX_CLASSES}{hint}")
+    return {"features": features, "targets": targets, "feature_names": feature_names, "class_labels": labels,
+            **dataset_summary_fields(targets, labels, classes)}

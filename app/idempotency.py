@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 
 from flask import current_app, request
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,25 @@ def _stored(record: IdempotencyRecord, digest: str):
     return resp
 
 
+def request_digest() -> str:
+    """What makes two requests "the same": method, path, query string and body. A multipart
+    body is hashed part by part, because its boundary is random per request (so the same
+    upload sent twice never has the same bytes)."""
+    h = hashlib.sha256(request.method.encode() + request.path.encode() + b"\0")
+    if request.query_string:
+        h.update(b"?" + request.query_string + b"\0")
+    if request.mimetype != "multipart/form-data":
+        h.update(request.get_data())
+        return h.hexdigest()
+    parts = [["field", k, v] for k, v in sorted(request.form.items(multi=True))]
+    for key, upload in sorted(request.files.items(multi=True), key=lambda kv: (kv[0], kv[1].filename or "")):
+        data = upload.read()
+        upload.seek(0)
+        parts.append(["file", key, upload.filename or "", hashlib.sha256(data).hexdigest()])
+    h.update(json.dumps(parts).encode())
+    return h.hexdigest()
+
+
 def idempotent(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
@@ -36,8 +56,7 @@ def idempotent(view):
         if len(key) > 255:
             raise ApiError(422, "validation_error", "Idempotency-Key is longer than 255 characters",
                            errors=[{"path": "Idempotency-Key", "message": "at most 255 characters"}])
-        digest = hashlib.sha256(request.method.encode() + request.path.encode() + b"\0"
-                                + request.get_data()).hexdigest()
+        digest = request_digest()
         sessions = current_app.extensions["backprop"]["sessions"]
         with sessions() as session:
             found = session.get(IdempotencyRecord, (current_tenant(), key))

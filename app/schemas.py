@@ -154,6 +154,64 @@ class PredictRequest(Strict):
     instances: list[Any] | None = Field(default=None, description="the same, TF Serving style")
 
 
+# -- datasets ---------------------------------------------------------------------------------
+
+TaskHint = Literal["classification", "regression"]
+TASK_DESCRIPTION = ("whether numeric targets are classes: by default whole numbers >= 0 in one column and "
+                    "one-hot rows are classes, anything else is continuous; class labels (strings) are "
+                    "always classes")
+
+
+class DatasetJsonCreate(InlineDataset):
+    """A dataset as JSON: the same `features` / `targets` / `feature_names` a job's inline dataset takes."""
+
+    name: str | None = Field(default=None, max_length=255)
+    task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
+
+
+class DatasetUploadParams(Strict):
+    """Parameters of an upload, as query parameters or (multipart) form fields."""
+
+    target: str | None = Field(default=None, description="CSV: the header name of the column holding the targets")
+    name: str | None = Field(default=None, max_length=255, description="defaults to the uploaded file's name")
+    task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
+
+
+class DatasetLinks(BaseModel):
+    self: str
+    jobs: str = Field(description="the jobs trained on this dataset")
+
+
+class DatasetOut(BaseModel):
+    id: str
+    name: str | None
+    source: str = Field(description="json, csv, npy or npz (uploaded), or inline (sent with a job)")
+    created_at: str
+    n_samples: int
+    shape: list[int] = Field(description="the features' shape, samples first")
+    feature_shape: list[int] = Field(description="one sample's shape, e.g. [h, w, c] for images")
+    dtype: str = Field(description="the features' dtype as stored")
+    feature_names: list[str] | None
+    target_kind: Literal["classes", "continuous", "unknown"]
+    target_shape: list[int] = Field(description="one sample's target shape; [] for a class index or a value")
+    target_dtype: str
+    class_labels: list[Any] | None = Field(description="the original label of each class index, when targets "
+                                                       "were labels; predictions answer with these")
+    class_counts: dict[str, int] | None = Field(description="samples per class, by label")
+    checksum: str = Field(description="SHA-256 over the arrays' dtypes, shapes and bytes")
+    links: DatasetLinks
+
+
+class DatasetPage(BaseModel):
+    datasets: list[DatasetOut]
+    next: str | None = Field(description="pass as ?next= for the following page; null on the last page")
+
+
+class DatasetListQuery(Strict):
+    limit: int = Field(default=50, ge=1, le=200)
+    next: str | None = Field(default=None, description="the cursor from the previous page")
+
+
 def parse(model: type[BaseModel], body: Any) -> Any:
     try:
         return model.model_validate(body)
@@ -191,6 +249,7 @@ def read_json_body() -> Any:
         raise ApiError(400, "invalid_json", "the JSON document is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
 
 # --- models: the registry (app/models_api.py) ---
 

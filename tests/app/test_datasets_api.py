@@ -1,0 +1,494 @@
+"""/v1/datasets against a real SQLite database: JSON, CSV (multipart and raw) and NumPy
+uploads of real data (iris, wine, digits), the validation of each, and jobs trained on a
+stored dataset by the worker's own run_job."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, load_wine
+from sqlalchemy import func, select
+
+from core.db import Dataset, Job
+from core.store import create_dataset
+from tests.data import iris, iris_job
+from worker.training import run_job
+
+PROBLEM = "application/problem+json"
+SPECIES = np.array(["setosa", "versicolor", "virginica"])
+
+
+def iris_csv(target_values=None, header=None) -> str:
+    x, y = iris()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header or ["sepal_length", "sepal_width", "petal_length", "petal_width", "species"])
+    for row, label in zip(x.tolist(), SPECIES[y] if target_values is None else target_values, strict=True):
+        writer.writerow([*row, label])
+    return out.getvalue()
+
+
+def upload(client, data: bytes | str, filename: str, query: str = "", **fields):
+    raw = data.encode() if isinstance(data, str) else data
+    form = {"file": (io.BytesIO(raw), filename), **fields}
+    return client.post(f"/v1/datasets{query}", data=form, content_type="multipart/form-data")
+
+
+def npz_bytes(compressed: bool = False, **arrays) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def count_datasets(sessions) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Dataset))
+
+
+def created(resp) -> dict:
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert resp.headers["Location"] == f"/v1/datasets/{body['id']}" == body["links"]["self"]
+    return body
+
+
+def assert_422(resp, path: str, *fragments: str) -> dict:
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.mimetype == PROBLEM
+    body = resp.get_json()
+    assert body["code"] == "validation_error"
+    assert body["errors"][0]["path"] == path, body["errors"]
+    for fragment in fragments:
+        assert fragment in body["detail"], body["detail"]
+    return body
+
+
+# -- creating ---------------------------------------------------------------------------------
+
+def test_json_dataset_is_stored_and_described_without_its_data(client, sessions):
+    x, y = iris()
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    body = created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist(),
+                                                     "feature_names": names, "name": "iris"}))
+    assert body["name"] == "iris" and body["source"] == "json"
+    assert body["n_samples"] == 150 and body["shape"] == [150, 4] and body["feature_shape"] == [4]
+    assert body["dtype"] == "float64" and body["feature_names"] == names
+    assert body["target_kind"] == "classes" and body["class_labels"] is None
+    assert body["class_counts"] == {"0": 50, "1": 50, "2": 50}
+    assert body["target_shape"] == [] and body["target_dtype"] == "int64"
+    assert len(body["checksum"]) == 64 and body["created_at"].endswith("+00:00")
+    assert body["links"]["jobs"] == f"/v1/jobs?dataset_id={body['id']}"
+
+    got = client.get(f"/v1/datasets/{body['id']}")
+    assert got.status_code == 200 and got.get_json() == body
+    assert "features" not in got.get_json() and "targets" not in got.get_json()
+    listed = client.get("/v1/datasets").get_json()
+    assert listed["datasets"] == [body] and listed["next"] is None
+
+    again = created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}))
+    assert again["checksum"] == body["checksum"] and again["id"] != body["id"]
+
+
+def test_csv_upload_maps_string_labels_to_classes(client):
+    body = created(upload(client, iris_csv(), "iris.csv", target="species"))
+    assert body["source"] == "csv" and body["name"] == "iris.csv"
+    assert body["shape"] == [150, 4]
+    assert body["feature_names"] == ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    assert body["target_kind"] == "classes"
+    assert body["class_labels"] == ["setosa", "versicolor", "virginica"]
+    assert body["class_counts"] == {"setosa": 50, "versicolor": 50, "virginica": 50}
+
+
+def test_csv_target_column_may_sit_anywhere_and_come_as_a_query_parameter(client):
+    x, y = load_wine(return_X_y=True)
+    names = load_wine().feature_names
+    lines = [",".join(["cultivar", *names])] + [",".join([str(c), *map(str, row)]) for c, row in zip(y, x.tolist(),
+                                                                                                   strict=True)]
+    body = created(upload(client, "\r\n".join(lines) + "\r\n", "wine.csv", "?target=cultivar&name=wine"))
+    assert body["name"] == "wine" and body["shape"] == [178, 13] and body["feature_names"] == names
+    assert body["class_counts"] == {"0": 59, "1": 71, "2": 48} and body["class_labels"] is None
+
+
+def test_raw_text_csv_body(client):
+    resp = client.post("/v1/datasets?target=species&name=iris-raw", data=("\ufeff" + iris_csv()).encode(),
+                       content_type="text/csv; charset=utf-8")  # with the byte-order mark spreadsheets write
+    body = created(resp)
+    assert body["feature_names"][0] == "sepal_length"
+    assert body["name"] == "iris-raw" and body["source"] == "csv" and body["shape"] == [150, 4]
+    assert body["class_counts"] == {"setosa": 50, "versicolor": 50, "virginica": 50}
+
+
+def test_raw_csv_regression_targets_are_continuous(client):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(40, 2)).round(3)
+    text = "a,b,y\n" + "".join(f"{a},{b},{2 * a - b:.3f}\n" for a, b in x)
+    body = created(client.post("/v1/datasets?target=y", data=text, content_type="text/csv"))
+    assert body["target_kind"] == "continuous" and body["class_counts"] is None
+    assert body["target_dtype"] == "float64"
+
+
+def test_npz_upload_keeps_dtype_and_names(client):
+    x, y = load_wine(return_X_y=True)
+    data = npz_bytes(features=x.astype(np.float32), targets=y, feature_names=np.array(load_wine().feature_names))
+    body = created(upload(client, data, "wine.npz"))
+    assert body["source"] == "npz" and body["name"] == "wine.npz"
+    assert body["shape"] == [178, 13] and body["dtype"] == "float32"
+    assert body["feature_names"] == load_wine().feature_names
+    assert body["class_counts"] == {"0": 59, "1": 71, "2": 48}
+
+
+def test_npz_with_x_y_big_endian_and_string_labels(client, sessions):
+    x, y = iris()
+    data = npz_bytes(compressed=True, x=x.astype(">f8"), y=SPECIES[y])
+    body = created(upload(client, data, "iris.npz", task="classification"))
+    assert body["dtype"] == "float64" and body["class_labels"] == SPECIES.tolist()
+    from core.store import dataset_arrays
+
+    with sessions() as s:
+        stored_x, stored_y = dataset_arrays(s.get(Dataset, body["id"]))
+    np.testing.assert_array_equal(stored_x, x)  # byte order made native, values unchanged
+    np.testing.assert_array_equal(stored_y, y)
+
+
+def test_npy_features_with_a_targets_part(client):
+    digits = load_digits()
+    images = (digits.images[:200] * 15).astype(np.uint8)[..., None]  # (200, 8, 8, 1) uint8
+    resp = client.post("/v1/datasets", data={
+        "file": (io.BytesIO(npy_bytes(images)), "digits.npy"),
+        "targets": (io.BytesIO(npy_bytes(digits.target[:200])), "labels.npy")}, content_type="multipart/form-data")
+    body = created(resp)
+    assert body["source"] == "npy" and body["shape"] == [200, 8, 8, 1] and body["feature_shape"] == [8, 8, 1]
+    assert body["dtype"] == "uint8" and len(body["class_counts"]) == 10
+
+
+def test_npy_without_targets_is_refused(client):
+    x, _ = iris()
+    assert_422(upload(client, npy_bytes(x), "x.npy"), "targets", "second .npy part named targets")
+
+
+@pytest.mark.parametrize("where", ["npy", "npz"])
+def test_object_arrays_are_refused_never_unpickled(client, sessions, where):
+    objects = np.array([[{"a": 1}, 2.0], [3.0, [4]]], dtype=object)
+    if where == "npy":
+        resp = client.post("/v1/datasets", data={
+            "file": (io.BytesIO(npy_bytes(objects)), "evil.npy"),
+            "targets": (io.BytesIO(npy_bytes(np.array([0, 1]))), "y.npy")}, content_type="multipart/form-data")
+        path = "file"
+    else:
+        buf = io.BytesIO()
+        np.savez(buf, features=objects, targets=np.array([0, 1]))
+        resp = upload(client, buf.getvalue(), "evil.npz")
+        path = "features"
+    assert_422(resp, path, "dtype=object", "never unpickled")
+    assert count_datasets(sessions) == 0
+
+
+def test_corrupt_and_oversized_numpy_files(client, app):
+    x, y = iris()
+    truncated = npy_bytes(x)[:-40]
+    resp = client.post("/v1/datasets", data={"file": (io.BytesIO(truncated), "x.npy"),
+                                             "targets": (io.BytesIO(npy_bytes(y)), "y.npy")},
+                       content_type="multipart/form-data")
+    assert_422(resp, "file", "truncated")
+    assert_422(upload(client, b"PK\x03\x04 not really a zip", "d.npz"), "file", "not a valid .npz")
+    assert_422(upload(client, npz_bytes(features=x, labels=y), "d.npz"), "file", "'labels.npy'")
+    assert_422(upload(client, npz_bytes(features=x), "d.npz"), "file", "no `targets` array")
+
+    app.config["MAX_CONTENT_LENGTH"] = 50_000  # a small upload that inflates past 4x the limit
+    bomb = npz_bytes(compressed=True, features=np.zeros((30_000, 2)), targets=np.arange(30_000) % 2)
+    assert len(bomb) < 50_000
+    resp = upload(client, bomb, "bomb.npz")
+    assert resp.status_code == 413 and resp.get_json()["code"] == "request_too_large"
+
+
+def test_nested_image_and_sequence_data_keep_their_sample_shape(client):
+    digits = load_digits()
+    images = (digits.images[:60] / 16).round(3)[..., None]
+    body = created(client.post("/v1/datasets", json={"features": images.tolist(),
+                                                     "targets": digits.target[:60].tolist()}))
+    assert body["shape"] == [60, 8, 8, 1] and body["feature_shape"] == [8, 8, 1]
+    seq = np.sin(np.linspace(0, 6, 30 * 5 * 2)).reshape(30, 5, 2).round(4)
+    body = created(client.post("/v1/datasets", json={"features": seq.tolist(),
+                                                     "targets": seq[:, -1, 0].tolist()}))
+    assert body["feature_shape"] == [5, 2] and body["target_kind"] == "continuous"
+
+
+def test_task_hint_decides_what_whole_numbers_are(client):
+    x = np.arange(20, dtype=float).reshape(10, 2).tolist()
+    counts = [3, 0, 7, 1, 2, 9, 4, 4, 5, 8]
+    assert created(client.post("/v1/datasets", json={"features": x, "targets": counts}))["target_kind"] == "classes"
+    body = created(client.post("/v1/datasets", json={"features": x, "targets": counts, "task": "regression"}))
+    assert body["target_kind"] == "continuous" and body["target_dtype"] == "float64"
+    negative = [-3, 1, 2, 5, -1, 0, 4, 4, 2, 1]
+    assert created(client.post("/v1/datasets", json={"features": x, "targets": negative}))["target_kind"] == \
+        "continuous"
+    one_hot = np.eye(2)[[0, 1] * 5].tolist()
+    body = created(client.post("/v1/datasets", json={"features": x, "targets": one_hot}))
+    assert body["target_kind"] == "classes" and body["class_counts"] == {"0": 5, "1": 5}
+
+
+# -- validation -------------------------------------------------------------------------------
+
+HUGE = 123456.789  # written into the raw body as 1e400, which JSON parsers read as infinity
+
+
+def _iris_body(**changes):
+    x, y = iris()
+    body = {"features": x.tolist(), "targets": y.tolist()}
+    for key, change in changes.items():
+        body[key] = change(body[key]) if callable(change) else change
+    return body
+
+
+def _set(i, value):
+    def change(rows):
+        rows[i] = value
+        return rows
+    return change
+
+
+JSON_CASES = [
+    ("non-finite", _iris_body(features=_set(7, [0.1, HUGE, 0.2, 0.3])), "features[7][1]", "finite"),
+    ("ragged rows", _iris_body(features=_set(3, [1.0, 2.0])), "features[3]", "ragged"),
+    ("non-numeric", _iris_body(features=_set(2, [1.0, "x", 2.0, 3.0])), "features[2][1]", "must be a number"),
+    ("empty features", _iris_body(features=[]), "features", "non-empty"),
+    ("samples without values", _iris_body(features=[[]] * 150), "features", "no values"),
+    ("single class", _iris_body(targets=[1] * 150), "targets", "only one class"),
+    ("single string class", _iris_body(targets=["setosa"] * 150), "targets", "only one class ('setosa')"),
+    ("lengths differ", _iris_body(targets=[0, 1, 2]), "targets", "has 3 values but features has 150 rows"),
+    ("mixed labels", _iris_body(targets=lambda _: [*SPECIES[iris()[1]][:4].tolist(), 2]), "targets[4]",
+     "mixes class labels"),
+    ("regression of labels", {**_iris_body(targets=SPECIES[iris()[1]].tolist()), "task": "regression"},
+     "targets", "task=regression needs numbers"),
+    ("fractional class", {**_iris_body(targets=_set(9, 0.5)), "task": "classification"}, "targets[9]",
+     "not a class index"),
+    ("feature names", _iris_body(feature_names=["a", "b"]), "feature_names", "2 names for 4 values"),
+    ("unknown field", _iris_body(labels=[1]), "labels", "unknown field"),
+]
+
+
+@pytest.mark.parametrize("case, body, path, message", JSON_CASES, ids=[c[0] for c in JSON_CASES])
+def test_json_validation_names_the_row_and_column(client, sessions, case, body, path, message):
+    raw = json.dumps(body).replace(str(HUGE), "1e400")
+    assert_422(client.post("/v1/datasets", data=raw, content_type="application/json"), path, message)
+    assert count_datasets(sessions) == 0
+
+
+def _iris_csv_with(line: int, column: int, value: str) -> str:
+    lines = iris_csv().splitlines()
+    cells = lines[line - 1].split(",")
+    cells[column] = value
+    lines[line - 1] = ",".join(cells)
+    return "\n".join(lines) + "\n"
+
+
+CSV_CASES = [
+    ("non-numeric cell", _iris_csv_with(7, 1, "abc"), "species", "line 7, column 'sepal_width'",
+     "'abc' is not a number"),
+    ("nan cell", _iris_csv_with(12, 2, "nan"), "species", "line 12, column 'petal_length'", "not a finite number"),
+    ("empty cell", _iris_csv_with(5, 0, ""), "species", "line 5, column 'sepal_length'", "missing value"),
+    ("empty target", _iris_csv_with(9, 4, " "), "species", "line 9, column 'species'", "missing value"),
+    ("ragged row", "\n".join(iris_csv().splitlines()[:3] + ["1.0,2.0"] + iris_csv().splitlines()[3:]), "species",
+     "line 4", "ragged row: has 2 values, the header (line 1) has 5 columns"),
+    ("no target named", iris_csv(), None, "target", "name the CSV column"),
+    ("unknown target", iris_csv(), "label", "target", "no column 'label'; the columns are 'sepal_length'"),
+    ("header only", "a,b,species\n", "species", "file", "no data rows"),
+    ("empty file", "\n\n", "species", "file", "is empty"),
+    ("target only", "species\nsetosa\nvirginica\n", "species", "file", "no feature columns"),
+    ("repeated column", "a,a,species\n1,2,x\n3,4,y\n", "species", "line 1", "column name 'a' repeats"),
+    ("single class", iris_csv(["virginica"] * 150), "species", "targets", "only one class ('virginica')"),
+    ("not utf-8", "a,species\n\xff\xfe,1\n".encode("latin-1"), "species", "file", "is not utf-8 text"),
+]
+
+
+@pytest.mark.parametrize("case, text, target, path, message", CSV_CASES, ids=[c[0] for c in CSV_CASES])
+def test_csv_validation_names_line_and_column(client, sessions, case, text, target, path, message):
+    fields = {} if target is None else {"target": target}
+    body = assert_422(upload(client, text, "iris.csv", **fields), path, message)
+    assert count_datasets(sessions) == 0
+    if case == "non-numeric cell":
+        assert body["detail"] == "line 7, column 'sepal_width': 'abc' is not a number"
+
+
+def test_csv_regression_task_needs_numeric_targets(client):
+    assert_422(client.post("/v1/datasets?target=species&task=regression", data=iris_csv(), content_type="text/csv"),
+               "line 2, column 'species'", "'setosa' is not a number (task=regression)")
+
+
+def test_request_format_errors(client):
+    resp = client.post("/v1/datasets", data="x", content_type="text/plain")
+    assert resp.status_code == 415 and resp.mimetype == PROBLEM
+    resp = client.post("/v1/datasets", data={"other": (io.BytesIO(b"1"), "a.csv")}, content_type="multipart/form-data")
+    assert_422(resp, "file", "part named file")
+    assert_422(upload(client, iris_csv(), "iris.csv", target="species", colour="blue"), "colour", "unknown field")
+    assert_422(upload(client, npz_bytes(features=np.ones((4, 2)), targets=np.arange(4) % 2), "d.npz",
+                      target="species"), "target", "this file is a .npz")
+    resp = client.post("/v1/datasets?target=species", json=_iris_body())
+    assert_422(resp, "target", "a JSON body gives `targets`")
+
+
+def test_idempotent_upload_is_stored_once(client, sessions):
+    first = upload(client, iris_csv(), "iris.csv", target="species")
+    form = {"file": (io.BytesIO(iris_csv().encode()), "iris.csv"), "target": "species"}
+    a = client.post("/v1/datasets", data=form, content_type="multipart/form-data",
+                    headers={"Idempotency-Key": "k1"})
+    form = {"file": (io.BytesIO(iris_csv().encode()), "iris.csv"), "target": "species"}
+    b = client.post("/v1/datasets", data=form, content_type="multipart/form-data",
+                    headers={"Idempotency-Key": "k1"})
+    assert first.status_code == a.status_code == b.status_code == 201
+    assert b.headers.get("Idempotent-Replayed") == "true" and b.get_json() == a.get_json()
+    assert b.headers["Location"] == a.headers["Location"]
+    assert count_datasets(sessions) == 2
+    form = {"file": (io.BytesIO(iris_csv().encode()), "iris.csv"), "target": "sepal_length"}
+    c = client.post("/v1/datasets", data=form, content_type="multipart/form-data",
+                    headers={"Idempotency-Key": "k1"})
+    assert c.status_code == 422 and c.get_json()["code"] == "idempotency_key_reused"
+    raw = [client.post(f"/v1/datasets?target={t}", data=iris_csv(), content_type="text/csv",
+                       headers={"Idempotency-Key": "k2"}) for t in ("species", "species", "petal_width")]
+    assert [r.status_code for r in raw] == [201, 201, 422] and raw[0].get_json() == raw[1].get_json()
+    assert count_datasets(sessions) == 3
+
+
+# -- listing, reading, tenants ------------------------------------------------------------------
+
+def test_list_is_newest_first_in_cursor_pages(client):
+    x, y = iris()
+    ids = [created(client.post("/v1/datasets", json={"features": x[::10].tolist(), "targets": y[::10].tolist(),
+                                                     "name": f"d{i}"}))["id"] for i in range(5)]
+    seen, cursor, pages = [], None, 0
+    while True:
+        resp = client.get("/v1/datasets?limit=2" + (f"&next={cursor}" if cursor else ""))
+        assert resp.status_code == 200
+        body = resp.get_json()
+        assert len(body["datasets"]) <= 2
+        seen += [d["id"] for d in body["datasets"]]
+        pages += 1
+        cursor = body["next"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1] and pages == 3
+    assert_422(client.get("/v1/datasets?next=bm90LWEtY3Vyc29y"), "next", "not a cursor")
+    assert_422(client.get("/v1/datasets?limit=0"), "limit")
+
+
+def test_unknown_and_other_tenants_datasets_are_404(client, sessions):
+    with sessions.begin() as s:
+        theirs = create_dataset(s, np.ones((4, 2)), np.array([0, 1, 0, 1]), tenant="someone-else", name="theirs",
+                                source="json", target_kind="classes").id
+    for resp in (client.get("/v1/datasets/nope"), client.get(f"/v1/datasets/{theirs}"),
+                 client.delete(f"/v1/datasets/{theirs}")):
+        assert resp.status_code == 404 and resp.mimetype == PROBLEM
+        assert resp.get_json()["code"] == "dataset_not_found"
+    assert client.get("/v1/datasets").get_json()["datasets"] == []
+    job = iris_job()
+    del job["dataset"]
+    job["model"]["input_shape"] = [2]
+    resp = client.post("/v1/jobs", json={**job, "dataset_id": theirs})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
+
+
+def test_inline_job_dataset_is_listed_with_its_tenant_and_targets(client):
+    job = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()
+    ds = client.get(f"/v1/datasets/{job['dataset_id']}").get_json()
+    assert ds["source"] == "inline" and ds["dtype"] == "float32"
+    assert ds["target_kind"] == "classes" and ds["class_counts"] == {"0": 50, "1": 50, "2": 50}
+
+
+# -- deleting, and jobs on a stored dataset -----------------------------------------------------
+
+def job_on(dataset_id: str, epochs: int = 60) -> dict:
+    body = iris_job(epochs=epochs)
+    del body["dataset"]
+    return {**body, "dataset_id": dataset_id}
+
+
+def test_delete_refuses_while_jobs_use_the_dataset(client, sessions):
+    ds = created(upload(client, iris_csv(), "iris.csv", target="species"))["id"]
+    job = client.post("/v1/jobs", json=job_on(ds, epochs=2)).get_json()["id"]
+
+    resp = client.delete(f"/v1/datasets/{ds}")
+    assert resp.status_code == 409 and resp.mimetype == PROBLEM
+    body = resp.get_json()
+    assert body["code"] == "dataset_in_use" and body["active_jobs"] == 1 and body["jobs"] == 1
+    assert body["detail"] == f"dataset {ds} is used by 1 job still queued or running; cancel it, then delete it"
+
+    assert client.post(f"/v1/jobs/{job}/cancel").status_code == 202
+    resp = client.delete(f"/v1/datasets/{ds}")
+    assert resp.status_code == 409
+    assert resp.get_json()["code"] == "dataset_referenced" and resp.get_json()["jobs"] == 1
+
+    assert client.delete(f"/v1/jobs/{job}").status_code == 204
+    assert client.get(f"/v1/datasets/{ds}").status_code == 200  # uploaded datasets outlive their jobs
+    resp = client.delete(f"/v1/datasets/{ds}")
+    assert resp.status_code == 204 and resp.data == b""
+    assert client.get(f"/v1/datasets/{ds}").status_code == 404
+    assert count_datasets(sessions) == 0
+
+
+def test_delete_unused_dataset(client):
+    ds = created(client.post("/v1/datasets", json=_iris_body()))["id"]
+    assert client.delete(f"/v1/datasets/{ds}").status_code == 204
+    assert client.delete(f"/v1/datasets/{ds}").status_code == 404
+
+
+def test_jobs_train_on_a_stored_dataset_and_predict_its_labels(client, sessions):
+    ds = created(upload(client, iris_csv(), "iris.csv", target="species"))["id"]
+    job_ids = []
+    for _ in range(2):  # stored once, used by any number of jobs
+        resp = client.post("/v1/jobs", json=job_on(ds))
+        assert resp.status_code == 202, resp.get_json()
+        job_ids.append(resp.get_json()["id"])
+        run_job(sessions, job_ids[-1])
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 1
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == ds)) == 2
+    job = client.get(f"/v1/jobs/{job_ids[0]}").get_json()
+    assert job["status"] == "succeeded" and job["metrics"]["accuracy"] > 0.9 and job["dataset_id"] == ds
+    x, y = iris()
+    pred = client.post(f"/v1/jobs/{job_ids[1]}/predict", json={"inputs": x.tolist()}).get_json()
+    assert set(pred["predictions"]) <= set(SPECIES)
+    assert np.mean(np.array(pred["predictions"]) == SPECIES[y]) > 0.9
+    assert [j["id"] for j in client.get(f"/v1/jobs?dataset_id={ds}").get_json()["jobs"]] == job_ids[::-1]
+
+
+def test_job_on_a_dataset_of_the_wrong_shape_is_refused_at_submission(client):
+    x, y = load_wine(return_X_y=True)
+    ds = created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}))["id"]
+    resp = client.post("/v1/jobs", json=job_on(ds))
+    assert resp.status_code == 422 and "samples have shape [13]" in resp.get_json()["detail"]
+
+
+def test_openapi_documents_the_datasets_endpoints(app):
+    from flask import Flask
+
+    from app.datasets_api import bp
+    from app.openapi import build_document
+
+    # this blueprint on its own: the whole /openapi.json currently fails on the engine's spec
+    # schema (pydantic cannot resolve its "#/$defs/layer" references), which is not this test's subject
+    only_datasets = Flask("only_datasets")
+    only_datasets.extensions["backprop"] = app.extensions["backprop"]
+    only_datasets.register_blueprint(bp)
+    spec = build_document(only_datasets)
+    create = spec["paths"]["/v1/datasets"]["post"]
+    assert set(create["requestBody"]["content"]) == {"application/json", "multipart/form-data", "text/csv"}
+    assert "file" in create["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"201", "409", "413", "415", "422"} <= set(create["responses"])
+    assert {p["name"] for p in create["parameters"]} == {"target", "name", "task"}
+    assert spec["paths"]["/v1/datasets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/DatasetPage"}
+    item = spec["paths"]["/v1/datasets/{dataset_id}"]
+    assert set(item) == {"get", "delete"} and "409" in item["delete"]["responses"]
+    assert "dataset_referenced" in item["delete"]["description"]
+    assert "DatasetOut" in spec["components"]["schemas"]
+    assert "features" not in spec["components"]["schemas"]["DatasetOut"]["properties"]
