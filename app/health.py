@@ -6,16 +6,19 @@ from flask import Blueprint, current_app
 from sqlalchemy import text
 
 from .errors import ApiError
+from .openapi import doc
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/livez")
+@doc("Liveness: the process answers", tag="health")
 def livez():
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@doc("Readiness: 200 once the database and the broker answer, 503 until then", errors=(503,), tag="health")
 def readyz():
     ext = current_app.extensions["backprop"]
     checks = {}

@@ -3,16 +3,15 @@ a job's history, diagnostics, weights and predictions."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
 from core.db.models import utcnow
@@ -28,6 +27,7 @@ from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .limits import check_active_jobs, check_compute_budget, check_dataset_limits, check_spec_limits
 from .openapi import doc, parse_query
+from .pagination import aware, iso, newest_first, page
 from .predict import models, predict_response
 from .schemas import (
     Diagnostics,
@@ -52,17 +52,6 @@ TAG = "jobs"
 
 def ext() -> dict[str, Any]:
     return current_app.extensions["backprop"]
-
-
-def iso(dt: datetime | None) -> str | None:
-    """UTC timestamps with their offset; SQLite hands them back naive."""
-    if dt is None:
-        return None
-    return aware(dt).isoformat()
-
-
-def aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def eta_seconds(job: Job) -> float | None:
@@ -210,11 +199,6 @@ def _check_targets(net: Network, targets: np.ndarray, path: str) -> None:
         raise validation_error([{"path": path, "message": str(exc)}]) from None
 
 
-def _cursor(job: Job) -> str:
-    raw = f"{iso(job.created_at)}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _parse_time(value: str, path: str) -> datetime:
     try:
         return aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
@@ -240,20 +224,10 @@ def list_jobs():
         stmt = stmt.where(Job.created_at > _parse_time(q.created_after, "created_after"))
     if q.created_before:
         stmt = stmt.where(Job.created_at < _parse_time(q.created_before, "created_before"))
-    if q.next:
-        try:
-            raw = base64.urlsafe_b64decode(q.next + "=" * (-len(q.next) % 4)).decode()
-            at, last_id = raw.split("|", 1)
-            at_dt = _parse_time(at, "next")
-        except (ValueError, UnicodeDecodeError, ApiError):
-            raise validation_error([{"path": "next", "message": "not a cursor this API returned"}]) from None
-        stmt = stmt.where(or_(Job.created_at < at_dt, and_(Job.created_at == at_dt, Job.id < last_id)))
-    stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(q.limit + 1)
+    stmt = newest_first(stmt, Job, q.limit, q.next)
     with ext()["sessions"]() as session:
-        jobs = list(session.scalars(stmt))
-        page = jobs[:q.limit]
-        return {"jobs": [job_json(j) for j in page],
-                "next": _cursor(page[-1]) if len(jobs) > q.limit else None}
+        jobs, cursor = page(list(session.scalars(stmt)), q.limit)
+        return {"jobs": [job_json(j) for j in jobs], "next": cursor}
 
 
 @bp.get("/<job_id>")
@@ -304,6 +278,8 @@ def retry_job(job_id: str):
 def delete_job(job_id: str):
     with ext()["sessions"].begin() as session:
         job = load_job(session, job_id)
+        # lock the row, so a model registration cannot slip in between the check and the delete
+        session.refresh(job, with_for_update=True)
         if job.status not in JobStatus.TERMINAL:
             raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
                            job_status=job.status)

@@ -18,8 +18,9 @@ from core.db import Job, JobStatus, ModelAlias, ModelVersion, RegisteredModel
 from .auth import current_tenant
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
-from .jobs import ext, iso, load_job
+from .jobs import ext, load_job
 from .openapi import doc, parse_query
+from .pagination import iso
 from .predict import models, predict_response
 from .schemas import (
     ALIAS_PATTERN,

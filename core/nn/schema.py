@@ -17,18 +17,18 @@ def layer_schema(type_name: str) -> dict[str, Any]:
     doc = cls.doc or (cls.__doc__ or "").strip().split("\n")[0]
     schema = object_schema({**COMMON_FIELDS, **cls.fields}, description=doc, title=type_name)
     schema["properties"]["type"] = {"const": type_name}
-    if "layers" in schema["properties"]:  # composite blocks hold layers of any type
-        schema["properties"]["layers"] = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}}
+    if "layers" in schema["properties"]:  # composite blocks hold layers of any type (not expanded again)
+        schema["properties"]["layers"] = {"type": "array", "minItems": 1,
+                                          "items": {"type": "object", "required": ["type"],
+                                                    "description": "a layer spec, as in model.layers"}}
     return schema
 
 
 def model_json_schema() -> dict[str, Any]:
+    """Self-contained (no $defs), so it can be embedded in other documents as it is."""
     layer_union = {"oneOf": [layer_schema(t) for t in sorted(LAYERS)]}
-    schema = object_schema(MODEL_FIELDS, extra={
-        "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/layer"}}},
-        title="model", description="The network: input shape, layers in order, and the loss.")
-    schema["$defs"] = {"layer": layer_union}
-    return schema
+    return object_schema(MODEL_FIELDS, extra={"layers": {"type": "array", "minItems": 1, "items": layer_union}},
+                         title="model", description="The network: input shape, layers in order, and the loss.")
 
 
 __all__ = ["model_json_schema", "training_json_schema"]
