@@ -171,6 +171,7 @@ class Trainer:
         self.best_epoch: int | None = None
         self.best_weights: dict[str, np.ndarray] | None = None
         self.wait = 0
+        self.stopped: str | None = None  # why the run ended early; kept in checkpoints
         for layer in walk(net.layers):
             if hasattr(layer, "stochastic"):
                 layer.rng = self.rng
@@ -216,6 +217,9 @@ class Trainer:
         net, cfg = self.net, self.cfg
         self._check_metric_names(validation=xv is not None)
         result = FitResult(history=self.history)
+        if self.stopped:  # resumed from a checkpoint taken as the run was stopping: it stays stopped
+            result.stop_reason, result.best_epoch = self.stopped, self.best_epoch
+            return result
         # layers with trainable weights, in order; gradient norms are reported for these
         trainable_layers = list(dict.fromkeys(k.split("/")[0] for k in net.trainable()))
         while self.epoch < cfg["epochs"]:
@@ -267,7 +271,7 @@ class Trainer:
             self.schedule.observe(record)
             self.epoch = epoch
             self.history.append(record)
-            stop = self._early_stopping(record) or self._target_reached(record)
+            stop = self.stopped = self._early_stopping(record) or self._target_reached(record)
             if stop == "early_stopping" and cfg["early_stopping"]["restore_best_weights"] and self.best_weights:
                 net.set_weights(self.best_weights)
             if on_epoch is not None:
@@ -356,7 +360,7 @@ class Trainer:
             arrays.update({f"best:{k}": v for k, v in self.best_weights.items()})
         meta = {"epoch": self.epoch, "rng": self.rng.bit_generator.state, "optimizer": opt_meta,
                 "schedule": self.schedule.state_dict(), "best": self.best, "best_epoch": self.best_epoch,
-                "wait": self.wait, "history": copy.deepcopy(self.history)}
+                "wait": self.wait, "stopped": self.stopped, "history": copy.deepcopy(self.history)}
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -369,6 +373,7 @@ class Trainer:
         self.epoch, self.best, self.best_epoch, self.wait = (
             meta["epoch"], meta["best"], meta["best_epoch"], meta["wait"])
         self.best_weights = part("best:") or None
+        self.stopped = meta.get("stopped")
         self.history[:] = copy.deepcopy(meta.get("history", []))
 
 

@@ -440,3 +440,30 @@ def test_set_weights_checks_names_and_shapes():
         net.set_weights({**w, "dense_0/bias": np.zeros(99)})
     net.set_weights({"dense_0/bias": np.ones(8)}, strict=False)
     np.testing.assert_array_equal(net.get_weights()["dense_0/bias"], np.ones(8))
+
+
+def test_resume_from_a_checkpoint_taken_when_the_target_was_reached_stays_stopped():
+    from sklearn.datasets import load_iris
+
+
+    x, y = load_iris(return_X_y=True)
+    x = (x - x.mean(0)) / x.std(0)
+    spec = {"input_shape": [4], "layers": [{"type": "dense", "units": 8, "activation": "tanh"},
+                                           {"type": "dense", "units": 3, "activation": "softmax"}],
+            "loss": "categorical_crossentropy"}
+    training = {"epochs": 500, "optimizer": {"type": "adam", "learning_rate": 0.05},
+                "target": {"metric": "accuracy", "value": 0.9}}
+    saved = {}
+
+    def on_epoch(record, trainer):
+        meta, arrays = trainer.state()
+        saved["blob"] = arrays_to_npz(arrays, meta)
+
+    first = Trainer(Network.from_spec(spec, seed=0), training)
+    result = first.fit(x, y, on_epoch=on_epoch)
+    assert result.stop_reason == "target_reached" and first.epoch < 500
+    arrays, meta = arrays_from_npz(saved["blob"])  # the last checkpoint, taken at the stopping epoch
+    resumed = Trainer(Network.from_spec(spec, seed=0), training)
+    resumed.load_state(meta, arrays)
+    again = resumed.fit(x, y)
+    assert again.stop_reason == "target_reached" and resumed.epoch == first.epoch
