@@ -10,11 +10,13 @@ from flask import Flask, g, request
 
 from core.config import Settings, load_settings
 from core.db import make_engine, make_sessionmaker
+from core.logs import configure_logging, job_id_var, request_id_var
 from core.queue import make_celery
 
 from .auth import init_auth
 from .errors import register_error_handlers
 from .limits import init_rate_limit
+from .metrics import init_http_metrics
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
@@ -30,18 +32,21 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         "sessions": make_sessionmaker(engine),
         "celery": make_celery(settings),
     }
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not logging.getLogger().handlers:
+        configure_logging()
     register_error_handlers(app)
     init_request_ids(app)
+    init_http_metrics(app)
     init_rate_limit(app)  # before auth, so failed key guesses are rate limited too
     init_auth(app)
     from .datasets_api import bp as datasets_bp
     from .health import bp as health_bp
     from .jobs import bp as jobs_bp
+    from .metrics import bp as metrics_bp
     from .models_api import bp as models_bp
     from .openapi import bp as openapi_bp
 
-    for blueprint in (jobs_bp, datasets_bp, models_bp, health_bp, openapi_bp):
+    for blueprint in (jobs_bp, datasets_bp, models_bp, health_bp, metrics_bp, openapi_bp):
         app.register_blueprint(blueprint)
     return app
 
@@ -53,6 +58,8 @@ def init_request_ids(app: Flask) -> None:
     def _request_id():
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        request_id_var.set(g.request_id)
+        job_id_var.set((request.view_args or {}).get("job_id"))
 
     @app.after_request
     def _echo(resp):

@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
 from core.db.models import utcnow
+from core.logs import job_id_var
 from core.nn import Network, SpecError, check_training_spec
 from core.nn.serialization import arrays_to_npz
 from core.queue import enqueue_training
@@ -96,6 +97,7 @@ def enqueue(job_id: str) -> None:
     """Send a committed job's id to the broker. If the broker is down the job stays recorded
     with enqueued_at unset, and the workers' reconciler sends it once the broker is back:
     an accepted job is never lost, and the client still gets its 202."""
+    job_id_var.set(job_id)  # the lines below, and the access log, are about this job
     try:
         enqueue_training(ext()["celery"], job_id)
     except Exception as exc:  # noqa: BLE001 - any broker failure

@@ -28,10 +28,20 @@ def alembic_config(url: str | None = None):
 
 
 def serve_command(settings) -> list[str]:
+    from .logs import GUNICORN_ACCESS_FORMAT
+
     return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", "4",
             "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
-            "app:create_app()"]
+            "--access-logformat", GUNICORN_ACCESS_FORMAT, "app:create_app()"]
+
+
+def metrics_env(settings, kind: str) -> dict[str, str]:
+    """Each server gets its own multiprocess metrics directory, emptied at start."""
+    from .metrics import prepare_multiprocess_dir
+
+    path = settings.data_dir / "prometheus" / f"{kind}-{os.getpid()}"
+    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": prepare_multiprocess_dir(path)}
 
 
 def worker_command(settings) -> list[str]:
@@ -112,14 +122,14 @@ def keys_revoke(prefix: str) -> None:
 def serve() -> None:
     """Run the API under gunicorn."""
     settings = load_settings()
-    os.execv(sys.executable, serve_command(settings))
+    os.execve(sys.executable, serve_command(settings), metrics_env(settings, "api"))
 
 
 @main.command()
 def worker() -> None:
     """Run a Celery worker that trains queued jobs."""
     settings = load_settings()
-    os.execv(sys.executable, worker_command(settings))
+    os.execve(sys.executable, worker_command(settings), metrics_env(settings, "worker"))
 
 
 @main.command()
@@ -129,7 +139,8 @@ def run() -> None:
 
     settings = load_settings()
     command.upgrade(alembic_config(settings.database_url), "head")
-    procs = [subprocess.Popen(serve_command(settings)), subprocess.Popen(worker_command(settings))]
+    procs = [subprocess.Popen(serve_command(settings), env=metrics_env(settings, "api")),
+             subprocess.Popen(worker_command(settings), env=metrics_env(settings, "worker"))]
     click.echo(f"backprop API on http://{settings.host}:{settings.port} "
                f"(data in {settings.data_dir}); Ctrl-C stops it")
     stopping = False

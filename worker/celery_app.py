@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
 
 from core.config import load_settings
 from core.db import make_engine, make_sessionmaker
+from core.logs import configure_logging
 from core.queue import make_celery
 
 settings = load_settings()
@@ -22,6 +23,11 @@ def limit_blas_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n)
+
+
+@setup_logging.connect
+def _logging(**_kwargs):
+    configure_logging()  # JSON lines with the job id, instead of Celery's own format
 
 
 @worker_process_init.connect
@@ -41,6 +47,22 @@ def _start_reconciler(**_kwargs):
 
     _reconciler = ReconcilerThread(sessions, celery, settings)
     _reconciler.start()
+    if settings.worker_metrics_port:
+        start_metrics_server(settings.worker_metrics_port)
+
+
+def start_metrics_server(port: int) -> None:
+    """Serve this worker's metrics (all its pool processes together) on its own port."""
+    import os
+
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, addr="0.0.0.0", **({"registry": registry} if registry else {}))
+    log.info("worker metrics on :%d/metrics", port)
 
 
 @worker_shutdown.connect

@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings, load_settings
 from core.db import Checkpoint, EpochRecord, Job, JobStatus
 from core.db.models import utcnow
+from core.logs import job_id_var
+from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
 from core.nn.serialization import arrays_from_npz, arrays_to_npz
 from core.store import add_epoch, dataset_arrays, load_weights, save_weights
@@ -123,6 +125,8 @@ class EpochWriter:
         self.last_weights: dict | None = None
 
     def on_epoch(self, record: dict[str, Any], trainer: Trainer) -> None:
+        EPOCH_DURATION.observe(record["duration"])
+        EPOCHS.inc()
         self.pending.append(record)
         self.last_weights = trainer.net.get_weights()  # what a cancelled job keeps
         now = time.monotonic()
@@ -203,11 +207,20 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
             save_weights(session, job.id, weights)
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+    JOBS_FINISHED.labels(status).inc()
 
 
 def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker",
             settings: Settings | None = None) -> None:
     settings = settings or load_settings()
+    token = job_id_var.set(job_id)
+    try:
+        _run(sessions, job_id, worker, settings)
+    finally:
+        job_id_var.reset(token)
+
+
+def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> None:
     claim = _claim(sessions, job_id, worker, settings)
     if claim is None:
         return

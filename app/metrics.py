@@ -1,0 +1,58 @@
+"""GET /metrics in Prometheus format: HTTP requests by route and status, latencies, and - read
+from the database at scrape time, so every API process agrees - jobs by status and queue depth."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from core.db import Job, JobStatus
+from core.metrics import HTTP_LATENCY, HTTP_REQUESTS, PREDICT_LATENCY, render
+
+from .openapi import doc
+
+bp = Blueprint("metrics", __name__)
+
+
+class JobsCollector:
+    """Jobs by status (all tenants) and the number waiting for a worker."""
+
+    def __init__(self, sessions):
+        self.sessions = sessions
+
+    def collect(self):
+        jobs = GaugeMetricFamily("backprop_jobs", "Jobs by status", labels=["status"])
+        with self.sessions() as session:
+            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        for status in JobStatus.ALL:
+            jobs.add_metric([status], counts.get(status, 0))
+        yield jobs
+        yield GaugeMetricFamily("backprop_queue_depth", "Jobs queued and not yet picked up by a worker",
+                                value=counts.get(JobStatus.QUEUED, 0))
+
+
+@bp.get("/metrics")
+@doc("Prometheus metrics", tag="health", raw_response={"text/plain": {"schema": {"type": "string"}}})
+def metrics():
+    collector = JobsCollector(current_app.extensions["backprop"]["sessions"])
+    return Response(render([collector]), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_http_metrics(app: Flask) -> None:
+    @app.before_request
+    def _start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(resp):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        HTTP_REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
+        HTTP_LATENCY.labels(route).observe(elapsed)
+        if request.endpoint and "predict" in request.endpoint and resp.status_code == 200:
+            PREDICT_LATENCY.observe(elapsed)
+        return resp
