@@ -75,6 +75,30 @@ class Network:
         # training backpropagates no further than into the first layer that has weights
         self._first_weighted = next((i for i, layer in enumerate(self.layers)
                                      if any(sub.params for sub in walk([layer]))), len(self.layers))
+        self._pack()
+
+    def _pack(self) -> None:
+        """Make every trainable array a view into one contiguous vector, `flat_params`, and every
+        gradient a view into `flat_grads` (same layout), so that optimizer steps, clipping and
+        norms cost a few NumPy calls per batch however many arrays the network has. A top-level
+        layer's arrays (its sublayers' included) form one block: `layer_slices[name]`."""
+        self.layer_slices: dict[str, slice] = {}
+        total = sum(p.size for p in self.params().values())
+        self.flat_params = np.empty(total, self.dtype)
+        self.flat_grads = np.zeros(total, self.dtype)
+        offset = 0
+        for top in self.layers:
+            start = offset
+            for layer in walk([top]):  # the same order as params()
+                for key, p in layer.params.items():
+                    end = offset + p.size
+                    view = self.flat_params[offset:end].reshape(p.shape)
+                    view[...] = p
+                    layer.params[key] = view
+                    layer.grads[key] = self.flat_grads[offset:end].reshape(p.shape)
+                    offset = end
+            if offset > start:
+                self.layer_slices[top.name] = slice(start, offset)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None) -> Network:
@@ -182,6 +206,19 @@ class Network:
 
     def trainable(self) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.params().items() if k.split("/")[0] not in self.frozen}
+
+    def trainable_runs(self) -> dict[str, slice]:
+        """Slices of the flat vectors holding the trainable (not frozen) layers, adjacent layers
+        merged: a single run "FIRST..LAST" for the whole network unless a layer inside is frozen."""
+        runs: list[list] = []  # [first layer, last layer, start, stop]
+        for name, sl in self.layer_slices.items():
+            if name in self.frozen:
+                continue
+            if runs and runs[-1][3] == sl.start:
+                runs[-1][1:] = [name, runs[-1][2], sl.stop]
+            else:
+                runs.append([name, name, sl.start, sl.stop])
+        return {(a if a == b else f"{a}..{b}"): slice(start, stop) for a, b, start, stop in runs}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of every array that defines the model: trainable params and buffers."""

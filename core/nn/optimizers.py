@@ -1,5 +1,10 @@
 """Optimizers, looked up by name. Each updates the parameter arrays in place; its state
-(moments, step count) round-trips through `state_dict` so training can resume exactly."""
+(moments, step count) round-trips through `state_dict` so training can resume exactly.
+
+Updates are written with `out=` into a scratch array per parameter, so that a step allocates
+nothing; the comment above each group of calls gives the formula it computes. The trainer
+hands over the network's flat parameter vector (see Network._pack), so one step is a dozen
+NumPy calls for the whole network."""
 
 from __future__ import annotations
 
@@ -16,12 +21,20 @@ class Optimizer:
         self.config = config
         self.t = 0
         self.slots: dict[str, dict[str, np.ndarray]] = {}
+        self._scratch: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # temporaries, not state
 
     def slot(self, kind: str, key: str, like: np.ndarray) -> np.ndarray:
         s = self.slots.setdefault(kind, {})
         if key not in s:
             s[key] = np.zeros_like(like)
         return s[key]
+
+    def scratch(self, key: str, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two temporaries shaped like `like`, reused from step to step."""
+        pair = self._scratch.get(key)
+        if pair is None or pair[0].shape != like.shape or pair[0].dtype != like.dtype:
+            pair = self._scratch[key] = (np.empty_like(like), np.empty_like(like))
+        return pair
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float) -> None:
         self.t += 1
@@ -55,15 +68,19 @@ class SGD(Optimizer):
 
     def update(self, key, p, g, lr):
         mu = self.config["momentum"]
+        step, tmp = self.scratch(key, p)
+        np.multiply(g, lr, out=step)  # lr g
         if not mu:
-            p -= lr * g
+            p -= step
             return
         v = self.slot("velocity", key, p)
         v *= p.dtype.type(mu)
-        v -= lr * g
+        v -= step
         if self.config["nesterov"]:
             # look-ahead form (Sutskever et al.): p += mu*v - lr*g with the updated v
-            p += p.dtype.type(mu) * v - lr * g
+            np.multiply(v, p.dtype.type(mu), out=tmp)
+            tmp -= step
+            p += tmp
         else:
             p += v
 
@@ -86,13 +103,23 @@ class Adam(Optimizer):
             dt = p.dtype.type
             if self.decoupled_weight_decay and self.config["weight_decay"]:
                 p *= dt(1 - lr * self.config["weight_decay"])
-            m = self.slot("m", key, p)
-            v = self.slot("v", key, p)
+            m, v = self.slot("m", key, p), self.slot("v", key, p)
+            num, den = self.scratch(key, p)
+            # m = b1 m + (1 - b1) g
+            np.multiply(g, dt(1 - b1), out=num)
             m *= dt(b1)
-            m += dt(1 - b1) * g
+            m += num
+            # v = b2 v + (1 - b2) g^2
+            np.multiply(g, g, out=num)
+            num *= dt(1 - b2)
             v *= dt(b2)
-            v += dt(1 - b2) * (g * g)
-            p -= dt(step) * m / (np.sqrt(v) + dt(self.config["epsilon"]))
+            v += num
+            # p -= (step m) / (sqrt(v) + eps)
+            np.multiply(m, dt(step), out=num)
+            np.sqrt(v, out=den)
+            den += dt(self.config["epsilon"])
+            num /= den
+            p -= num
 
 
 class AdamW(Adam):
@@ -112,9 +139,18 @@ class RMSprop(Optimizer):
     def update(self, key, p, g, lr):
         dt = p.dtype.type
         s = self.slot("sq", key, p)
+        num, den = self.scratch(key, p)
+        # s = rho s + (1 - rho) g^2
+        np.multiply(g, g, out=num)
+        num *= dt(1 - self.config["rho"])
         s *= dt(self.config["rho"])
-        s += dt(1 - self.config["rho"]) * (g * g)
-        p -= lr * g / (np.sqrt(s) + dt(self.config["epsilon"]))
+        s += num
+        # p -= (lr g) / (sqrt(s) + eps)
+        np.multiply(g, lr, out=num)
+        np.sqrt(s, out=den)
+        den += dt(self.config["epsilon"])
+        num /= den
+        p -= num
 
 
 class Adagrad(Optimizer):
@@ -124,8 +160,15 @@ class Adagrad(Optimizer):
 
     def update(self, key, p, g, lr):
         s = self.slot("sum_sq", key, p)
-        s += g * g
-        p -= lr * g / (np.sqrt(s) + p.dtype.type(self.config["epsilon"]))
+        num, den = self.scratch(key, p)
+        # s += g^2; p -= (lr g) / (sqrt(s) + eps)
+        np.multiply(g, g, out=num)
+        s += num
+        np.multiply(g, lr, out=num)
+        np.sqrt(s, out=den)
+        den += p.dtype.type(self.config["epsilon"])
+        num /= den
+        p -= num
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {c.name: c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}

@@ -220,8 +220,14 @@ class Trainer:
         if self.stopped:  # resumed from a checkpoint taken as the run was stopping: it stays stopped
             result.stop_reason, result.best_epoch = self.stopped, self.best_epoch
             return result
+        # The optimizer updates the trainable runs of the network's flat weight vector (one run
+        # unless a layer inside is frozen), so a step costs the same few calls for any network.
+        runs = net.trainable_runs()
+        params = {k: net.flat_params[sl] for k, sl in runs.items()}
+        grads = {k: net.flat_grads[sl] for k, sl in runs.items()}
         # layers with trainable weights, in order; gradient norms are reported for these
-        trainable_layers = list(dict.fromkeys(k.split("/")[0] for k in net.trainable()))
+        layer_grads = [(name, net.flat_grads[sl]) for name, sl in net.layer_slices.items()
+                       if name not in net.frozen]
         while self.epoch < cfg["epochs"]:
             started = time.perf_counter()
             epoch = self.epoch + 1
@@ -229,10 +235,8 @@ class Trainer:
             order = self.rng.permutation(n) if cfg["shuffle"] else np.arange(n)
             loss_sum, correct, seen = 0.0, 0.0, 0
             reg = None if net.classification else _RegressionStats()
-            grad_sum: dict[str, float] = dict.fromkeys(trainable_layers, 0.0)
+            grad_sum = [0.0] * len(layer_grads)
             batches = 0
-            params = net.trainable()
-            grads = {k: g for k, g in net.gradients().items() if k in params}
             for start in range(0, n, bs):
                 if should_stop is not None and should_stop():
                     result.stop_reason, result.best_epoch = "cancelled", self.best_epoch
@@ -249,9 +253,8 @@ class Trainer:
                     correct += net.loss.accuracy(net.last_output, yb) * m
                 else:
                     reg.add(net.last_output, yb)
-                gnorms = net.layer_norms(grads)
-                for k, v in gnorms.items():
-                    grad_sum[k] += v
+                for i, (_, g) in enumerate(layer_grads):  # each layer's gradient L2 norm
+                    grad_sum[i] += math.sqrt(float(np.vdot(g, g)))
                 self._clip(grads)
                 self.optimizer.step(params, grads, lr)
                 batches += 1
@@ -262,11 +265,11 @@ class Trainer:
                 record.update(reg.result(int(np.prod(net.output_shape))))
             if xv is not None:
                 record.update(self.evaluate(xv, yv, prefix="val_"))
-            weights = net.params()
-            if not all(np.isfinite(v).all() for v in weights.values()):
+            if not np.isfinite(net.flat_params).all():
                 raise TrainingDiverged(epoch, "the weights")
-            record["grad_norms"] = {k: v / batches for k, v in grad_sum.items()}
-            record["weight_norms"] = net.layer_norms(weights)
+            record["grad_norms"] = {name: total / batches
+                                    for (name, _), total in zip(layer_grads, grad_sum, strict=True)}
+            record["weight_norms"] = net.layer_norms(net.params())
             record["duration"] = time.perf_counter() - started
             self.schedule.observe(record)
             self.epoch = epoch
@@ -295,16 +298,24 @@ class Trainer:
                     g *= g.dtype.type(scale)
 
     def evaluate(self, x, y, prefix="") -> dict[str, float]:
-        """Loss and metrics in inference mode (running statistics, no dropout)."""
-        net = self.net
-        z = net.logits(x, training=False)
-        loss, _, a = net.loss(net.output_activation, z, y)
-        out = {f"{prefix}loss": loss}
-        if net.classification:
-            out[f"{prefix}accuracy"] = net.loss.accuracy(a, y)
+        """Loss and metrics in inference mode (running statistics, no dropout), computed in
+        batches of the training batch size: memory stays what training needs (a convolution's
+        im2col matrix grows with the batch)."""
+        net, bs, n = self.net, self.cfg["batch_size"], len(x)
+        loss_sum, correct = 0.0, 0.0
+        reg = None if net.classification else _RegressionStats()
+        for start in range(0, n, bs):
+            xb, yb = x[start:start + bs], y[start:start + bs]
+            loss, _, a = net.loss(net.output_activation, net.logits(xb, training=False), yb)
+            loss_sum += loss * len(xb)
+            if reg is None:
+                correct += net.loss.accuracy(a, yb) * len(xb)
+            else:
+                reg.add(a, yb)
+        out = {f"{prefix}loss": loss_sum / n}
+        if reg is None:
+            out[f"{prefix}accuracy"] = correct / n
         else:
-            reg = _RegressionStats()
-            reg.add(a, y)
             out.update({f"{prefix}{k}": v for k, v in reg.result(int(np.prod(net.output_shape))).items()})
         return out
 

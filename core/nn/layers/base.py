@@ -2,8 +2,10 @@
 
 A layer is a small object with `build`, `forward` and `backward` (deep-learning-from-scratch
 style). `params` and `grads` map the same names to arrays; optimizers update `params` in place,
-so a layer must never rebind them after `build`. `buffers` hold state that is saved with the
-weights but not trained (batch-norm running statistics)."""
+so a layer must never rebind them after `build`: the Network moves them into one flat vector
+each (Network._pack) and a layer writes its gradients into `grads` in place (out=...).
+`buffers` hold state that is saved with the weights but not trained (batch-norm running
+statistics)."""
 
 from __future__ import annotations
 
