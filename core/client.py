@@ -1,0 +1,456 @@
+"""A small Python client for the backprop API, standard library only; the `backprop` command's
+client subcommands are a thin layer over it.
+
+    from core.client import Client
+    c = Client("http://127.0.0.1:8000", api_key=None)
+    ds = c.upload_dataset("iris.csv", target="species")
+    job = c.submit_job({"model": ..., "training": ...}, dataset_id=ds.id)
+    for item in c.follow(job.id):        # Epoch per finished epoch, Job on each status change
+        ...
+    job = c.wait(job.id)
+    c.predict(job.id, rows).predictions
+
+Every failure the server reports becomes an ApiError carrying its RFC 9457 problem details
+(status, code, detail, errors); an unreachable server is a TransportError."""
+
+from __future__ import annotations
+
+import codecs
+import http.client
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = ("succeeded", "failed", "cancelled")
+USER_AGENT = "backprop-client/0.1"
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+class ClientError(Exception):
+    """Anything that stopped a request from succeeding."""
+
+
+class TransportError(ClientError):
+    """The server could not be reached, or the connection broke."""
+
+
+class ApiError(ClientError):
+    """The server answered with an error: its problem details, as sent."""
+
+    def __init__(self, status: int, code: str, detail: str, errors: list[dict[str, Any]] | None = None,
+                 title: str | None = None, body: dict[str, Any] | None = None):
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail, self.title = status, code, detail, title
+        self.errors = errors or []
+        self.body = body or {}
+
+    def lines(self) -> list[str]:
+        """The detail, then one `path: message` line per error, for printing."""
+        out = [f"error {self.status} ({self.code}): {self.detail}"]
+        out += [f"  {e.get('path', '?')}: {e.get('message', '')}" for e in self.errors]
+        return out
+
+
+def error_from_response(status: int, content_type: str | None, body: bytes) -> ApiError:
+    """An ApiError from an error response: problem+json fields when the body has them, else
+    the start of whatever came back (a proxy's HTML page, say)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict) and ("detail" in doc or "code" in doc):
+        errors = doc.get("errors") if isinstance(doc.get("errors"), list) else []
+        errors = [e if isinstance(e, dict) else {"path": "", "message": str(e)} for e in errors]
+        return ApiError(status, str(doc.get("code") or f"http_{status}"),
+                        str(doc.get("detail") or doc.get("title") or f"HTTP {status}"),
+                        errors, doc.get("title"), doc)
+    text = body.decode("utf-8", "replace").strip()
+    kind = (content_type or "no content type").split(";")[0]
+    detail = f"HTTP {status} ({kind})" + (f": {text[:200]}" if text else "")
+    return ApiError(status, f"http_{status}", detail)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: str
+    epoch: int
+    total_epochs: int
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    eta_seconds: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    stop_reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    dataset_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Job:
+        progress = d.get("progress") or {}
+        return cls(id=d["id"], status=d["status"], epoch=int(progress.get("epoch") or 0),
+                   total_epochs=int(progress.get("total_epochs") or 0), created_at=d.get("created_at"),
+                   started_at=d.get("started_at"), finished_at=d.get("finished_at"),
+                   eta_seconds=d.get("eta_seconds"), metrics=dict(d.get("metrics") or {}),
+                   stop_reason=d.get("stop_reason"), error=d.get("error"), attempts=int(d.get("attempts") or 0),
+                   dataset_id=d.get("dataset_id"), raw=d)
+
+
+@dataclass(frozen=True)
+class Epoch:
+    epoch: int
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)  # accuracy, val_loss, val_accuracy, ...
+    duration: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Epoch:
+        skip = {"epoch", "loss", "duration", "grad_norms", "weight_norms"}
+        return cls(epoch=int(d["epoch"]), loss=d["loss"], duration=d.get("duration"),
+                   metrics={k: v for k, v in d.items() if k not in skip}, raw=d)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    name: str | None
+    source: str
+    n_samples: int
+    shape: list[int]
+    feature_names: list[str] | None = None
+    target_kind: str | None = None
+    class_labels: list[Any] | None = None
+    class_counts: dict[str, int] | None = None
+    created_at: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Dataset:
+        return cls(id=d["id"], name=d.get("name"), source=d.get("source", ""), n_samples=int(d["n_samples"]),
+                   shape=list(d.get("shape") or []), feature_names=d.get("feature_names"),
+                   target_kind=d.get("target_kind"), class_labels=d.get("class_labels"),
+                   class_counts=d.get("class_counts"), created_at=d.get("created_at"), raw=d)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predictions: list[Any]
+    probabilities: list[Any] | None = None
+    job_id: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Prediction:
+        return cls(predictions=d["predictions"], probabilities=d.get("probabilities"), job_id=d.get("job_id"),
+                   raw=d)
+
+
+# --- Server-Sent Events -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Lines ended by CRLF, LF or CR, across arbitrary chunk boundaries."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two chunks
+    buf, first = "", True
+    for chunk in chunks:
+        buf += decoder.decode(chunk)
+        if first and buf:
+            buf, first = buf.removeprefix("\ufeff"), False
+        while True:
+            cut = min((i for i in (buf.find("\r"), buf.find("\n")) if i >= 0), default=-1)
+            if cut < 0 or (buf[cut] == "\r" and cut == len(buf) - 1):
+                break  # no full line yet, or a CR that may be half of a CRLF
+            step = 2 if buf.startswith("\r\n", cut) else 1
+            yield buf[:cut]
+            buf = buf[cut + step:]
+    buf += decoder.decode(b"", final=True)
+    if buf:
+        yield buf.rstrip("\r")
+
+
+def parse_sse(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
+    """The event-stream format (WHATWG HTML, server-sent events): `field: value` lines, a blank
+    line dispatches, `:` starts a comment, data lines join with newlines, the id persists. A
+    block with no data is not dispatched; `retry` is reported on the next event."""
+    event, data, last_id, retry = "", [], None, None
+    for line in _lines(chunks):
+        if not line:
+            if data:
+                yield SseEvent(event or "message", "\n".join(data), last_id, retry)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\0" not in value:
+            last_id = value
+        elif name == "retry" and value.isdigit():
+            retry = int(value)
+    # an unterminated final block is dropped, as the spec says
+
+
+# --- the client -------------------------------------------------------------------------------
+
+class Client:
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
+                 stream_timeout: float = 60.0):
+        self.url = (url or os.environ.get("BACKPROP_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("BACKPROP_API_KEY") or None
+        self.timeout, self.stream_timeout = timeout, stream_timeout
+
+    # -- plumbing
+
+    def _open(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: bytes | None = None,
+              content_type: str | None = None, headers: dict[str, str] | None = None,
+              timeout: float | None = None):
+        url = self.url + path
+        query = {k: v for k, v in (query or {}).items() if v is not None}
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        hdrs = {"User-Agent": USER_AGENT, "Accept": "application/json, application/problem+json"}
+        if self.api_key:
+            hdrs["Authorization"] = f"Bearer {self.api_key}"
+        if content_type:
+            hdrs["Content-Type"] = content_type
+        hdrs.update(headers or {})
+        req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+        try:
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+        except urllib.error.HTTPError as err:
+            with err:
+                raise error_from_response(err.code, err.headers.get("Content-Type"), err.read()) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransportError(f"cannot reach {self.url}: {reason}") from None
+
+    def _request(self, method: str, path: str, **kw) -> Any:
+        json_body = kw.pop("json", None)
+        if json_body is not None:
+            kw["body"], kw["content_type"] = json.dumps(json_body).encode(), "application/json"
+        with self._open(method, path, **kw) as resp:
+            try:
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransportError(f"{method} {path}: the connection broke: {exc!r}") from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(200, "invalid_response", f"{method} {path} did not answer JSON: {raw[:200]!r}") from None
+
+    # -- jobs
+
+    def submit_job(self, spec: dict[str, Any], *, dataset_id: str | None = None,
+                   idempotency_key: str | None = None) -> Job:
+        """POST /v1/jobs. `spec` is the job body ({"model", "training"}, optionally init_from,
+        freeze, or an inline dataset); dataset_id, when given, is added to it."""
+        body = dict(spec)
+        if dataset_id is not None:
+            body["dataset_id"] = dataset_id
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return Job.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.from_json(self._request("GET", f"/v1/jobs/{_q(job_id)}"))
+
+    def list_jobs(self, *, status: str | list[str] | None = None, dataset_id: str | None = None,
+                  page_size: int = 50) -> Iterator[Job]:
+        """Every job, newest first, fetching pages (via `next`) as the iterator advances."""
+        if isinstance(status, list | tuple):
+            status = ",".join(status)
+        query = {"status": status, "dataset_id": dataset_id, "limit": page_size}
+        while True:
+            page = self._request("GET", "/v1/jobs", query=query)
+            yield from (Job.from_json(j) for j in page["jobs"])
+            if not page.get("next"):
+                return
+            query["next"] = page["next"]
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job.from_json(self._request("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
+
+    def epochs(self, job_id: str, *, after: int = 0, max_points: int | None = None) -> list[Epoch]:
+        """The job's per-epoch history (every page), or downsampled to max_points."""
+        out: list[Epoch] = []
+        query: dict[str, Any] = {"after": after, "max_points": max_points}
+        while True:
+            page = self._request("GET", f"/v1/jobs/{_q(job_id)}/epochs", query=query)
+            out += [Epoch.from_json(e) for e in page["epochs"]]
+            if page.get("next_after") is None:
+                return out
+            query["after"] = page["next_after"]
+
+    def events(self, job_id: str, *, after: int = 0) -> Iterator[SseEvent]:
+        """One connection to GET /v1/jobs/{id}/events, as raw events."""
+        resp = self._open("GET", f"/v1/jobs/{_q(job_id)}/events", query={"after": after or None},
+                          headers={"Accept": "text/event-stream"}, timeout=self.stream_timeout)
+        with resp:
+            yield from parse_sse(iter(lambda: resp.read1(65536), b""))
+
+    def follow(self, job_id: str, *, after: int = 0, reconnect_delay: float = 1.0,
+               max_failures: int = 5) -> Iterator[Epoch | Job]:
+        """An Epoch for every finished epoch and a Job on every status change, until the job
+        ends. An idle or dropped stream is resumed after the last epoch seen; TransportError
+        after `max_failures` failed connection attempts in a row."""
+        last, failures = after, 0
+        while True:
+            delay = reconnect_delay
+            try:
+                resp = self._open("GET", f"/v1/jobs/{_q(job_id)}/events", query={"after": last or None},
+                                  headers={"Accept": "text/event-stream"}, timeout=self.stream_timeout)
+            except TransportError:
+                failures += 1
+                if failures >= max_failures:
+                    raise
+                time.sleep(delay)
+                continue
+            failures = 0
+            with resp:
+                try:
+                    for ev in parse_sse(iter(lambda: resp.read1(65536), b"")):  # noqa: B023 - used at once
+                        if ev.retry is not None:
+                            delay = ev.retry / 1000
+                        if ev.event == "epoch":
+                            epoch = Epoch.from_json(ev.json())
+                            last = max(last, epoch.epoch)
+                            yield epoch
+                        elif ev.event == "status":
+                            data = ev.json()
+                            if data.get("status") == "deleted":
+                                raise ApiError(404, "job_not_found", f"job {job_id} was deleted while followed")
+                            job = Job.from_json(data)
+                            yield job
+                            if job.finished:
+                                return
+                except (OSError, http.client.HTTPException):
+                    pass  # idle for stream_timeout (a long queue) or dropped: resume
+            time.sleep(min(delay, 5.0))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """Block until the job has ended; its final state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get_job(job_id)
+        if job.finished:
+            return job
+        for item in self.follow(job_id, after=job.epoch):
+            if isinstance(item, Job) and item.finished:
+                return item
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still running after {timeout} s")
+        return self.get_job(job_id)  # pragma: no cover - follow only ends on a finished job
+
+    def predict(self, job_id: str, rows: list[Any]) -> Prediction:
+        return Prediction.from_json(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": rows}))
+
+    def download_weights(self, job_id: str, path: str | os.PathLike | None = None) -> bytes:
+        """The learned weights as .npz bytes (one array per layer parameter); written to `path`
+        when given."""
+        with self._open("GET", f"/v1/jobs/{_q(job_id)}/weights", query={"format": "npz"}) as resp:
+            data = resp.read()
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    # -- datasets
+
+    def upload_dataset(self, source: str | os.PathLike | dict[str, Any], *, target: str | None = None,
+                       name: str | None = None, task: str | None = None,
+                       idempotency_key: str | None = None) -> Dataset:
+        """Store a dataset: a .csv file (with `target` naming the target column), a .npz holding
+        features and targets, a .json file or a dict with features and targets. The format
+        of a file is taken from its suffix."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        query: dict[str, Any] = {"name": name, "task": task}
+        if isinstance(source, dict):
+            body = {**source, **{k: v for k, v in query.items() if v is not None}}
+            return Dataset.from_json(self._request("POST", "/v1/datasets", json=body, headers=headers))
+        path = Path(source)
+        data = path.read_bytes()
+        query["name"] = name or path.name
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            body = {**json.loads(data), **{k: v for k, v in query.items() if v is not None}}
+            return Dataset.from_json(self._request("POST", "/v1/datasets", json=body, headers=headers))
+        if suffix in (".npz", ".npy"):
+            if suffix == ".npy":
+                raise ValueError("a .npy holds only features: save features and targets together in a .npz")
+            body, ctype = multipart({"name": query["name"], "task": task},
+                                    {"file": (path.name, data, "application/octet-stream")})
+            return Dataset.from_json(self._request("POST", "/v1/datasets", body=body, content_type=ctype,
+                                                   headers=headers))
+        query["target"] = target
+        return Dataset.from_json(self._request("POST", "/v1/datasets", query=query, body=data,
+                                               content_type="text/csv; charset=utf-8", headers=headers))
+
+    def list_datasets(self, *, page_size: int = 50) -> Iterator[Dataset]:
+        query: dict[str, Any] = {"limit": page_size}
+        while True:
+            page = self._request("GET", "/v1/datasets", query=query)
+            yield from (Dataset.from_json(d) for d in page["datasets"])
+            if not page.get("next"):
+                return
+            query["next"] = page["next"]
+
+    def get_dataset(self, dataset_id: str) -> Dataset:
+        return Dataset.from_json(self._request("GET", f"/v1/datasets/{_q(dataset_id)}"))
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+def multipart(fields: dict[str, str | None], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its Content-Type."""
+    boundary = f"backprop-{uuid.uuid4().hex}"
+    out = bytearray()
+    for key, value in fields.items():
+        if value is None:
+            continue
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{key}\"\r\n\r\n{value}\r\n").encode()
+    for key, (filename, data, ctype) in files.items():
+        safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{key}\"; filename=\"{safe}\"\r\n"
+                f"Content-Type: {ctype}\r\n\r\n").encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+__all__ = ["ApiError", "Client", "ClientError", "Dataset", "Epoch", "Job", "Prediction", "SseEvent",
+           "TransportError", "error_from_response", "parse_sse"]
