@@ -165,26 +165,28 @@ class CategoricalCrossEntropy(Loss):
             f"one-hot rows of shape (n, {', '.join(map(str, output_shape))}); got {y.shape}")
 
     def __call__(self, activation, z, y, sample_weight=None):
-        n = z.shape[0]
-        shifted = z - z.max(axis=-1, keepdims=True)
-        exp = np.exp(shifted)
-        sums = exp.sum(axis=-1, keepdims=True)
-        p = exp / sums
+        n, k = z.shape[0], z.shape[-1]
+        shifted = z - z.max(axis=-1, keepdims=True)  # no exp can overflow
+        p = np.exp(shifted)
+        sums = p.sum(axis=-1, keepdims=True)
+        p /= sums
         log_sums = np.log(sums)
         if y.dtype.kind in "iu":
-            logp_true = np.take_along_axis(shifted, y[..., None], axis=-1)[..., 0] - log_sums[..., 0]
-            per_elem = -logp_true
+            # row r's true class is picks[1][r]: -log p_y = log(sum e^shifted) - shifted_y
+            picks = (np.arange(y.size), y.reshape(-1))
+            per_elem = (log_sums.reshape(-1) - shifted.reshape(-1, k)[picks]).reshape(y.shape)
             dz = p.copy()
-            np.put_along_axis(dz, y[..., None], np.take_along_axis(dz, y[..., None], -1) - 1, -1)
+            dz.reshape(-1, k)[picks] -= 1  # fused softmax + cross-entropy gradient: p - onehot(y)
         else:
             per_elem = -(y * (shifted - log_sums)).sum(axis=-1)
             dz = p - y  # fused softmax + cross-entropy gradient
-        steps = per_elem[0].size
-        loss, scale = _weighted_mean(per_elem.reshape(n, -1).mean(axis=1), sample_weight, z.dtype)
+        steps = per_elem[0].size  # sequence outputs: the loss is a mean over steps too
+        per_sample = per_elem if steps == 1 else per_elem.reshape(n, -1).mean(axis=1)
+        loss, scale = _weighted_mean(per_sample, sample_weight, z.dtype)
         dz *= _expand(scale, dz) / steps
         return loss, dz, p
 
     def accuracy(self, a, y):
         pred = a.argmax(axis=-1)
         true = y if y.dtype.kind in "iu" else y.argmax(axis=-1)
-        return float((pred == true).mean())
+        return np.count_nonzero(pred == true) / pred.size
