@@ -1,0 +1,274 @@
+"""`make bench` / `python -m bench.run`: the engine against scikit-learn and PyTorch (when installed)
+on the same work, in one process; a table, then one JSON object on the last line.
+
+Timing: systems are interleaved round by round (one epoch -- or a group of tiny epochs -- of
+each system per round, in a rotating order), so that a noisy neighbour on a shared machine
+slows every system alike; the first round is warm-up and is dropped; each figure is the median
+over the remaining rounds. All systems use the same number of BLAS / intra-op threads
+(--threads, default: the worker's BACKPROP_BLAS_THREADS, 1), set with threadpoolctl and
+torch.set_num_threads.
+
+Options: --threads N, --rounds N, --quick (small sizes, a smoke run), --only mlp,digits,...,
+--no-torch, --no-service, --no-memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from . import workloads as W
+
+BARS = {  # the targets of issue 4, as ratios (higher is better unless named *_max)
+    "mlp": {"sklearn": 1.5, "torch": 1.2},
+    "digits": {"sklearn": 2.0, "torch": 2.0},
+    "conv": {"torch": 0.7},
+    "lstm": {"torch": 0.7},
+    "mlp_fraction_of_peak": 0.60,
+    "float64_over_float32_time_max": 2.2,
+}
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def measure(runners: list, rounds: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """samples per wall-clock second and per CPU second (all threads of this process) of each
+    runner per round, interleaved, warm-up rounds dropped. CPU time does not count time spent
+    descheduled, so on a busy machine it is the steadier of the two."""
+    wall: dict[str, list[float]] = {r.system: [] for r in runners}
+    cpu: dict[str, list[float]] = {r.system: [] for r in runners}
+    for i in range(warmup + rounds):
+        k = i % len(runners)
+        for r in runners[k:] + runners[:k]:
+            t, c = time.perf_counter(), time.process_time()
+            n = r.epoch()
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            if i >= warmup:
+                wall[r.system].append(n / dt)
+                cpu[r.system].append(n / dc)
+    return wall, cpu
+
+
+def matmul_peak(sizes=(1024, 2048), reps: int = 7) -> dict[str, float]:
+    """float32 GEMM GFLOP/s of square products, by size: the fastest of `reps` (a peak is what
+    the machine can do; noise only ever slows a product down)."""
+    per_size = {}
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty((n, n), np.float32)
+        np.matmul(a, b, out=c)
+        best = math.inf
+        for _ in range(reps):
+            t = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t)
+        per_size[n] = 2 * n**3 / best / 1e9
+    return per_size
+
+
+def blas_summary() -> list[dict[str, Any]]:
+    keep = ("internal_api", "num_threads", "architecture", "version", "threading_layer")
+    return [{k: i.get(k) for k in keep} for i in threadpool_info()]
+
+
+# -- peak memory: workload 1 on the engine alone, in a fresh process ----------------------------
+
+def memory_child(epochs: int, quick: bool) -> None:
+    """Runs in a subprocess that imports only NumPy and the engine; prints one JSON line."""
+    def status_mb(field):  # VmRSS (now) or VmHWM (peak) of this process image, from /proc (Linux)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+    base = status_mb("VmRSS")
+    wl = W.mlp_synthetic(n=2000 if quick else 20_000)
+    runner = W.EngineRunner(wl)
+    net, opt = runner.net, runner.trainer.optimizer
+    for _ in range(epochs):
+        runner.epoch()
+    params = sum(p.nbytes for p in net.params().values())
+    slots = sum(a.nbytes for s in opt.slots.values() for a in s.values())
+    widths = [784, 256, 128, 10]  # one batch: the input and every layer's output (z and a)
+    acts = wl.batch_size * (widths[0] + 2 * sum(widths[1:])) * 4
+    data = wl.x.nbytes + wl.y.nbytes
+    needed = data + params + slots + acts
+    # not getrusage's ru_maxrss: Linux carries it over fork + exec, so it would report the parent
+    peak = status_mb("VmHWM")
+    print(json.dumps({"peak_rss_mb": round(peak, 1), "rss_after_imports_mb": round(base, 1),
+                      "dataset_mb": round(data / 2**20, 1), "weights_mb": round(params / 2**20, 2),
+                      "optimizer_state_mb": round(slots / 2**20, 2), "batch_activations_mb": round(acts / 2**20, 2),
+                      "budget_mb": round(2 * needed / 2**20 + 150, 1)}))
+
+
+def peak_memory(threads: int, quick: bool) -> dict[str, Any]:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--memory-child", *(["--quick"] if quick else [])],
+                         capture_output=True, text=True, check=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["within_budget"] = result["peak_rss_mb"] <= result["budget_mb"]
+    return result
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def run(args) -> dict[str, Any]:
+    use_torch = not args.no_torch and torch_available()
+    if use_torch:
+        import torch
+        torch.set_num_threads(args.threads)
+    only = set(args.only.split(",")) if args.only else {"mlp", "digits", "conv", "lstm"}
+    out: dict[str, Any] = {"threads": args.threads, "blas": blas_summary(), "rounds": args.rounds,
+                           "torch": torch.__version__ if use_torch else None, "workloads": {}}
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if os.environ.get(var):
+            out.setdefault("env", {})[var] = os.environ[var]
+    sizes = (512,) if args.quick else (1024, 2048)
+    peak_before = matmul_peak(sizes)
+
+    makers = {"mlp": lambda: W.mlp_synthetic(n=2000 if args.quick else 20_000),
+              "digits": lambda: W.mlp_digits(epochs_per_round=2 if args.quick else 10),
+              "conv": lambda: W.conv_synthetic(n=256 if args.quick else 4096),
+              "lstm": lambda: W.lstm_synthetic(n=256 if args.quick else 4096)}
+    for name, make in makers.items():
+        if name not in only:
+            continue
+        wl = make()
+        runners: list = [W.EngineRunner(wl)]
+        if name == "mlp":  # float64 on the same work, to compare with float32
+            f64 = W.EngineRunner(wl, dtype="float64")
+            f64.system = "engine_float64"
+            runners.append(f64)
+        if wl.sklearn_hidden:
+            runners.append(W.SklearnRunner(wl))
+        if use_torch:
+            runners.append(W.TorchRunner(wl))
+        wall, cpu = measure(runners, args.rounds)
+        med = {s: statistics.median(v) for s, v in wall.items()}
+        med_cpu = {s: statistics.median(v) for s, v in cpu.items()}
+        entry: dict[str, Any] = {"title": wl.title, "samples_per_s": {s: round(v, 1) for s, v in med.items()},
+                                 "spread": {s: [round(min(v)), round(max(v))] for s, v in wall.items()},
+                                 "samples_per_cpu_s": {s: round(v, 1) for s, v in med_cpu.items()}}
+        for other in ("sklearn", "torch"):
+            if other in med:
+                entry[f"engine_vs_{other}"] = round(med["engine"] / med[other], 3)
+                entry[f"engine_vs_{other}_cpu"] = round(med_cpu["engine"] / med_cpu[other], 3)
+        if name == "mlp":
+            entry["flops_per_sample"] = dict(zip(("6p", "exact"), W.mlp_gemm_flops(wl.spec), strict=True))
+            entry["float64_over_float32_time"] = round(med["engine"] / med["engine_float64"], 3)
+            entry["float64_over_float32_time_cpu"] = round(med_cpu["engine"] / med_cpu["engine_float64"], 3)
+        out["workloads"][name] = entry
+
+    peak_after = matmul_peak(sizes)  # measured again: a busy spell at the start must not lower the peak
+    per_size = {n: round(max(peak_before[n], peak_after[n]), 1) for n in sizes}
+    peak = max(per_size.values())
+    out["matmul_peak"] = {"gflops": peak, "per_size": per_size}
+    if "mlp" in out["workloads"]:
+        e = out["workloads"]["mlp"]
+        for kind, flops in e["flops_per_sample"].items():
+            e[f"gflops_{kind}"] = round(e["samples_per_s"]["engine"] * flops / 1e9, 2)
+            e[f"fraction_of_peak_{kind}"] = round(e[f"gflops_{kind}"] / peak, 3)
+
+    if not args.no_memory and "mlp" in only:
+        out["memory"] = peak_memory(args.threads, args.quick)
+    if not args.no_service:
+        from .service import service_overhead
+        out["service"] = service_overhead(epochs=5 if args.quick else 150, repeats=1 if args.quick else 3)
+    out["bars"] = bars(out)
+    return out
+
+
+def bars(out: dict[str, Any]) -> dict[str, bool]:
+    got: dict[str, bool] = {}
+    wls = out["workloads"]
+    for name, wl in wls.items():
+        for other, bar in BARS.get(name, {}).items():
+            if f"engine_vs_{other}" in wl:
+                got[f"{name}_vs_{other}>={bar}"] = wl[f"engine_vs_{other}"] >= bar
+    if "mlp" in wls:
+        got["mlp_fraction_of_peak_6p>=0.6"] = wls["mlp"]["fraction_of_peak_6p"] >= 0.6
+        got["mlp_fraction_of_peak_exact>=0.6"] = wls["mlp"]["fraction_of_peak_exact"] >= 0.6
+        got["float64_time<=2.2x_float32"] = wls["mlp"]["float64_over_float32_time"] <= 2.2
+    if "memory" in out:
+        got["peak_rss_within_budget"] = out["memory"]["within_budget"]
+    if "service" in out:
+        got["service_within_1.05x+0.5s"] = out["service"]["within_bound"]
+    return got
+
+
+def table(out: dict[str, Any]) -> str:
+    lines = [f"threads: {out['threads']} (BLAS: " + ", ".join(f"{b['internal_api']} {b['architecture']} "
+                                                           f"x{b['num_threads']}" for b in out["blas"])
+             + (f"; torch {out['torch']})" if out["torch"] else "; torch not installed)"),
+             f"float32 matmul peak: {out['matmul_peak']['gflops']:.1f} GFLOP/s {out['matmul_peak']['per_size']}",
+             "",
+             f"{'workload':<8} {'system':<15} {'samples/s':>10} {'min..max':>17} {'engine is':>10}"
+             f" {'per CPU-s':>10} {'engine is':>10}"]
+    for name, wl in out["workloads"].items():
+        for system, rate in wl["samples_per_s"].items():
+            lo, hi = wl["spread"][system]
+            ratio = ratio_cpu = ""
+            if system in ("sklearn", "torch"):
+                ratio = f"{wl[f'engine_vs_{system}']:.2f}x"
+                ratio_cpu = f"{wl[f'engine_vs_{system}_cpu']:.2f}x"
+            lines.append(f"{name:<8} {system:<15} {rate:>10,.0f} {f'{lo:,}..{hi:,}':>17} {ratio:>10}"
+                         f" {wl['samples_per_cpu_s'][system]:>10,.0f} {ratio_cpu:>10}")
+    mlp = out["workloads"].get("mlp")
+    if mlp:
+        lines += ["", f"mlp: {mlp['gflops_6p']:.1f} GFLOP/s counting 6 x params "
+                      f"({mlp['fraction_of_peak_6p']:.0%} of peak), {mlp['gflops_exact']:.1f} counting "
+                      f"the GEMMs done ({mlp['fraction_of_peak_exact']:.0%})",
+                  f"mlp float64 / float32 time: {mlp['float64_over_float32_time']:.2f}x "
+                  f"({mlp['float64_over_float32_time_cpu']:.2f}x in CPU time)"]
+    if "memory" in out:
+        m = out["memory"]
+        lines.append(f"mlp peak RSS (engine alone, subprocess): {m['peak_rss_mb']:.0f} MB, "
+                     f"budget {m['budget_mb']:.0f} MB (dataset {m['dataset_mb']} MB; "
+                     f"{m['rss_after_imports_mb']:.0f} MB after imports)")
+    if "service" in out:
+        s = out["service"]
+        lines.append(f"service: job running->succeeded {s['job_seconds']:.2f} s vs engine alone "
+                     f"{s['engine_seconds']:.2f} s ({s['ratio']:.3f}x; bound {s['bound_seconds']:.2f} s)")
+    lines += ["", "bars: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["bars"].items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BACKPROP_BLAS_THREADS", "1")))
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds per workload (after 1 warm-up)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    p.add_argument("--only", default="", help="comma-separated: mlp,digits,conv,lstm")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--no-service", action="store_true")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    with threadpool_limits(limits=args.threads):
+        if args.memory_child:
+            memory_child(epochs=1 if args.quick else 3, quick=args.quick)
+            return 0
+        out = run(args)
+    print(table(out))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
