@@ -67,3 +67,18 @@ def assert_gradients_match(net: Network, x, y, sample_weight=None, tol: float = 
     for key, (analytic, numeric) in numerical_gradients(net, x, y, sample_weight, **kw).items():
         err = relative_error(analytic, numeric)
         assert err <= tol, f"{key}: relative error {err:.2e} > {tol:.0e}"
+
+
+TOL = 1e-6
+
+
+def make(layers, input_shape, loss="mse", seed=1, dtype="float64") -> Network:
+    """A network from a list of layer specs, float64 by default for gradient checks."""
+    return Network.from_spec({"input_shape": list(input_shape), "loss": loss, "layers": layers},
+                             seed=seed, dtype=dtype)
+
+
+def check_gradients(net: Network, x, y, tol: float = TOL) -> None:
+    """Weights and inputs both: dL/dw and dL/dx against central differences."""
+    assert_gradients_match(net, x, y, tol=tol)
+    assert input_gradient_check(net, x, y) <= tol

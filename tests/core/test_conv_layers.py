@@ -10,19 +10,7 @@ import pytest
 
 from core.nn import LAYERS, Network, SpecError, train
 from core.nn.layers.base import layer_json_schemas
-from tests.core.gradcheck import assert_gradients_match, input_gradient_check
-
-TOL = 1e-6
-
-
-def make(layers, input_shape, loss="mse", seed=1, dtype="float64"):
-    return Network.from_spec({"input_shape": list(input_shape), "loss": loss, "layers": layers},
-                             seed=seed, dtype=dtype)
-
-
-def check_gradients(net, x, y):
-    assert_gradients_match(net, x, y, tol=TOL)
-    assert input_gradient_check(net, x, y) <= TOL
+from tests.core.gradcheck import check_gradients, make
 
 
 def distinct(shape, seed=0):
