@@ -8,6 +8,7 @@ import csv
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,6 +258,7 @@ class ProgressPrinter:
         line, now = self._line(e), time.monotonic()
         self.last_epoch = e
         if self.tty:
+            line = line[:max(shutil.get_terminal_size().columns - 1, 20)]  # a wrapped line cannot be redrawn
             pad = " " * max(len(self.last_line) - len(line), 0)
             click.echo(f"\r{line}{pad}", nl=False)
             self.drawn, self.last_line = True, line

@@ -1,0 +1,229 @@
+"""The `backprop` client commands as a user runs them: the real console script in a subprocess,
+talking to a real stack (gunicorn + a Celery worker) over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_iris
+
+from .stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+BACKPROP = str(Path(sys.executable).with_name("backprop"))
+FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def spec(epochs: int = 30, **optimizer) -> dict:
+    return {"model": {"input_shape": [4],
+                      "layers": [{"type": "dense", "units": 16, "activation": "relu"},
+                                 {"type": "dense", "units": 3, "activation": "softmax"}],
+                      "loss": "categorical_crossentropy"},
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.02, **optimizer}, "epochs": epochs,
+                         "batch_size": 16, "validation_split": 0.2, "seed": 0}}
+
+
+def write_iris(path: Path, rows=None) -> list[str]:
+    """Iris as CSV with a header and string labels in `species`; the labels written."""
+    data = load_iris()
+    idx = range(len(data.target)) if rows is None else rows
+    labels = [str(data.target_names[data.target[i]]) for i in idx]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*FEATURES, "species"])
+        for i, label in zip(idx, labels, strict=True):
+            w.writerow([*data.data[i], label])
+    return labels
+
+
+def cli(stack: Stack, *args: str, api_key: str | None = None, cwd: Path | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("BACKPROP_API_KEY", "BACKPROP_URL")}
+    env["BACKPROP_URL"] = stack.url
+    if api_key:
+        env["BACKPROP_API_KEY"] = api_key
+    return subprocess.run([BACKPROP, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def job_id(out: str) -> str:
+    return re.search(r"^job (\w+) (queued|running) \(", out, re.M).group(1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("cli-stack"), {"BACKPROP_HEARTBEAT_SECONDS": "0.2"})  # quick cancel
+    try:
+        yield s.up()
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli-files")
+    write_iris(d / "iris.csv")
+    (d / "spec.json").write_text(json.dumps(spec()))
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(stack, files):
+    """One `train --follow` run shared by the read-only commands' tests."""
+    run = cli(stack, "train", str(files / "spec.json"), "--data", str(files / "iris.csv"), "--target", "species",
+              "--follow")
+    return run, job_id(run.stdout)
+
+
+def test_train_follow_shows_progress_and_succeeds(trained):
+    run, _ = trained
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert "uploaded dataset" in out and "setosa (50)" in out
+    assert re.search(r"^epoch 1/30  loss [\d.]+  .*val_loss [\d.]+  val_accuracy [\d.]+  eta ", out, re.M), out
+    assert re.search(r"^epoch 30/30 ", out, re.M), out
+    assert re.search(r"^job \w+ succeeded \(completed\) after 30/30 epochs: loss ", out, re.M), out
+    assert "\r" not in out  # not a terminal: plain lines
+
+
+def test_jobs_list_show_and_epochs(stack, trained):
+    _, ident = trained
+    listed = cli(stack, "jobs", "list")
+    assert listed.returncode == 0
+    assert re.search(rf"^{ident}\s+succeeded\s+30/30 ", listed.stdout, re.M), listed.stdout
+    as_json = json.loads(cli(stack, "jobs", "list", "--json", "--status", "succeeded").stdout)
+    assert ident in [j["id"] for j in as_json]
+
+    shown = cli(stack, "jobs", "show", ident)
+    assert shown.returncode == 0
+    assert re.search(r"^status:\s+succeeded$", shown.stdout, re.M)
+    assert re.search(r"^progress:\s+30/30 epochs$", shown.stdout, re.M)
+
+    epochs = cli(stack, "jobs", "epochs", ident)
+    assert epochs.returncode == 0
+    lines = epochs.stdout.splitlines()
+    assert lines[0].split()[:2] == ["EPOCH", "LOSS"] and "VAL_ACCURACY" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [str(n) for n in range(1, 31)]
+    sampled = json.loads(cli(stack, "jobs", "epochs", ident, "--max-points", "5", "--json").stdout)
+    assert [e["epoch"] for e in sampled][0::4] == [1, 30] and len(sampled) == 5
+
+
+def test_predict_answers_with_the_string_labels(stack, trained, tmp_path):
+    _, ident = trained
+    rows = [0, 1, 60, 120, 149]
+    labels = write_iris(tmp_path / "rows.csv", rows)  # with the species column: it is ignored
+    run = cli(stack, "predict", ident, "--input", str(tmp_path / "rows.csv"))
+    assert run.returncode == 0, run.stderr
+    predicted = run.stdout.split()
+    assert set(predicted) <= {"setosa", "versicolor", "virginica"} and len(predicted) == 5
+    assert sum(p == t for p, t in zip(predicted, labels, strict=True)) >= 4, (predicted, labels)
+
+    out = tmp_path / "pred.csv"
+    assert cli(stack, "predict", ident, "--input", str(tmp_path / "rows.csv"), "--output", str(out)).returncode == 0
+    with out.open() as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["prediction", "probability_setosa", "probability_versicolor", "probability_virginica"]
+    assert [r["prediction"] for r in table] == predicted
+
+    x = load_iris().data[rows]
+    (tmp_path / "rows.json").write_text(json.dumps([dict(zip(FEATURES, r, strict=True)) for r in x.tolist()]))
+    assert cli(stack, "predict", ident, "--input", str(tmp_path / "rows.json")).stdout.split() == predicted
+
+
+def test_weights_download_loads_without_pickle(stack, trained, tmp_path):
+    _, ident = trained
+    run = cli(stack, "weights", ident, "--out", str(tmp_path / "w.npz"))
+    assert run.returncode == 0, run.stderr
+    with np.load(tmp_path / "w.npz", allow_pickle=False) as npz:
+        assert npz["dense_0/kernel"].shape == (4, 16) and npz["dense_1/bias"].shape == (3,)
+    assert "dense_0/kernel" in run.stdout
+    assert cli(stack, "weights", ident, cwd=tmp_path).returncode == 0  # default file name
+    assert (tmp_path / f"job-{ident}-weights.npz").exists()
+
+
+def test_datasets_upload_and_list(stack, trained, files, tmp_path):
+    data = load_iris()
+    np.savez(tmp_path / "iris.npz", features=data.data, targets=data.target_names[data.target])
+    up = cli(stack, "datasets", "upload", str(tmp_path / "iris.npz"), "--json")
+    assert up.returncode == 0, up.stderr
+    ds = json.loads(up.stdout)
+    assert ds["source"] == "npz" and ds["class_labels"] == ["setosa", "versicolor", "virginica"]
+
+    listed = cli(stack, "datasets", "list")
+    assert listed.returncode == 0
+    assert re.search(rf"^{ds['id']}\s+iris.npz\s+npz\s+150x4\s+setosa, versicolor, virginica", listed.stdout, re.M)
+    assert re.search(r"\s+iris.csv\s+csv\s+150x4\s", listed.stdout), listed.stdout  # the one `train` uploaded
+
+    missing_target = cli(stack, "datasets", "upload", str(files / "iris.csv"))
+    assert missing_target.returncode == 2 and "--target" in missing_target.stderr
+
+
+def test_diverging_job_exits_non_zero_with_the_reason(stack, tmp_path):
+    bad = spec(epochs=20)
+    bad["model"]["layers"][0]["activation"] = "linear"
+    bad["training"]["optimizer"] = {"type": "sgd", "learning_rate": 1e6}
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    write_iris(tmp_path / "iris.csv")
+    run = cli(stack, "train", str(tmp_path / "bad.json"), "--data", str(tmp_path / "iris.csv"), "--target",
+              "species", "--follow")
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert re.search(r"job \w+ failed after \d+/20 epochs: .*non-finite", run.stderr), run.stderr
+
+
+def test_invalid_spec_prints_the_errors_with_their_paths(stack, tmp_path):
+    bad = spec()
+    bad["model"]["layers"][0]["units"] = 0
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    write_iris(tmp_path / "iris.csv")
+    run = cli(stack, "train", str(tmp_path / "bad.json"), "--data", str(tmp_path / "iris.csv"), "--target", "species")
+    assert run.returncode == 1
+    assert run.stderr.startswith("error 422 (validation_error): model.layers[0].units: ")
+    assert re.search(r"^  model\.layers\[0\]\.units: must be", run.stderr, re.M), run.stderr
+    assert "retry with --dataset-id" in run.stderr
+
+    unknown = cli(stack, "jobs", "show", "nope")
+    assert unknown.returncode == 1 and "error 404 (job_not_found)" in unknown.stderr
+
+
+def test_cancel_a_running_job(stack, files, tmp_path):
+    (tmp_path / "long.json").write_text(json.dumps(spec(epochs=100_000)))
+    started = cli(stack, "train", str(tmp_path / "long.json"), "--data", str(files / "iris.csv"),
+                  "--target", "species")
+    assert started.returncode == 0, started.stderr
+    ident = job_id(started.stdout)
+    cancel = cli(stack, "jobs", "cancel", ident)
+    assert cancel.returncode == 0 and re.match(rf"job {ident} (cancelling|cancelled)$", cancel.stdout.strip())
+    follow = cli(stack, "jobs", "follow", ident)
+    assert follow.returncode == 3 and f"job {ident} cancelled" in follow.stderr
+    again = cli(stack, "jobs", "cancel", ident)
+    assert again.returncode == 1 and "409 (job_finished)" in again.stderr
+
+
+def test_api_key(tmp_path):
+    s = Stack(tmp_path, {"BACKPROP_AUTH": "on"})
+    try:
+        s.up()
+        write_iris(tmp_path / "iris.csv")
+        (tmp_path / "spec.json").write_text(json.dumps(spec(epochs=5)))
+        anonymous = cli(s, "datasets", "list")
+        assert anonymous.returncode == 1
+        assert "error 401 (unauthorized): send a valid API key" in anonymous.stderr
+        assert "BACKPROP_API_KEY" in anonymous.stderr
+        wrong = cli(s, "jobs", "list", "--api-key", "bp_nope_nope")
+        assert wrong.returncode == 1 and "401" in wrong.stderr
+
+        run = cli(s, "train", str(tmp_path / "spec.json"), "--data", str(tmp_path / "iris.csv"), "--target",
+                  "species", "--follow", api_key=s.api_key)
+        assert run.returncode == 0, run.stdout + run.stderr + s.logs()
+        assert re.search(r"^job \w+ succeeded", run.stdout, re.M)
+        assert job_id(run.stdout) in cli(s, "jobs", "list", "--api-key", s.api_key).stdout
+    finally:
+        s.down()
