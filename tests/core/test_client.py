@@ -121,6 +121,8 @@ class FakeApi(BaseHTTPRequestHandler):
             return self.send(200, {"jobs": [job(i, "succeeded") for i in ids[0]], "next": ids[1]})
         if url.path == "/v1/jobs/j1/events":
             return self.events(int(q.get("after", 0)))
+        if url.path == "/v1/jobs/j1":
+            return self.send(200, {**job("j1", "running"), "progress": {"epoch": 3, "total_epochs": 4}})
         if url.path == "/v1/jobs/missing":
             return self.send(404, {"status": 404, "code": "job_not_found", "detail": "no job with id 'missing'"},
                              "application/problem+json")
@@ -188,6 +190,12 @@ def test_follow_resumes_after_the_last_epoch_when_the_stream_drops(fake_api):
     assert [i.epoch for i in items if isinstance(i, Epoch)] == [1, 2, 3, 4]
     assert isinstance(items[-1], Job) and items[-1].status == "succeeded"
     assert [p for _, p, _ in FakeApi.requests] == ["/v1/jobs/j1/events", "/v1/jobs/j1/events?after=2"]
+
+
+def test_wait_returns_the_final_job_following_from_its_current_epoch(fake_api):
+    final = Client(fake_api).wait("j1")
+    assert (final.id, final.status, final.finished) == ("j1", "succeeded", True)
+    assert [p for _, p, _ in FakeApi.requests] == ["/v1/jobs/j1", "/v1/jobs/j1/events?after=3"]
 
 
 def test_unreachable_server_is_a_transport_error():
