@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .constants import zeros
+
 
 class Activation:
     name = ""
@@ -73,7 +75,7 @@ class Relu(Activation):
     name = "relu"
 
     def forward(self, z):
-        return np.maximum(z, 0)
+        return np.maximum(z, zeros(z.shape, z.dtype))  # max(z, 0); see constants.py
 
     def backward(self, z, a, da):
         return da * (z > 0)

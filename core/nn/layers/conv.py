@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..constants import column_sums
 from ..spec import REQUIRED, Field
 from .base import (
     ACTIVATION_FIELD,
@@ -173,17 +174,31 @@ class Conv2D(Spatial2D, ActivatedLayer):
 
     def forward(self, x, training):
         xp = self.pad(self.to_last(x))
-        (kh, kw), (sh, sw) = self.window, self.strides
         n, oh, ow = len(xp), self.out_h, self.out_w
         kernel = self.params["kernel"]
-        # im2col: every (kh, kw, c) patch becomes one row, so the convolution is cols @ W
-        win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-        self._cols = win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)  # copies once
+        self._cols = self.im2col(xp)
         self._padded_shape = xp.shape
         z = self._cols @ kernel.reshape(-1, kernel.shape[-1])
         if "bias" in self.params:
             z += self.params["bias"]
         return self.from_last(self.activate(z.reshape(n, oh, ow, -1)))
+
+    def im2col(self, xp: np.ndarray) -> np.ndarray:
+        """Every (kh, kw, c) patch of the padded input as one row of an (n*oh*ow, kh*kw*c)
+        matrix, so that the convolution is one GEMM: cols @ W.
+
+        Built row by row, the copy moves c values at a time, which is slow for few channels (an
+        image's first layer); then the matrix is built column by column instead, one strided
+        slice per window offset and channel, and returned transposed: the same matrix."""
+        (kh, kw), (sh, sw) = self.window, self.strides
+        n, c, oh, ow = len(xp), xp.shape[-1], self.out_h, self.out_w
+        if c >= 4:
+            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+            return win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)  # copies once
+        cols_t = np.empty((kh, kw, c, n, oh, ow), xp.dtype)
+        for i, j, index in self.window_slices():
+            cols_t[i, j] = xp[index].transpose(3, 0, 1, 2)
+        return cols_t.reshape(kh * kw * c, n * oh * ow).T
 
     def backward_params(self, dy):
         self._weight_grads(dy)
@@ -194,20 +209,20 @@ class Conv2D(Spatial2D, ActivatedLayer):
         dz2 = self.activation_backward(self.to_last(dy)).reshape(-1, f)
         np.matmul(self._cols.T, dz2, out=self.grads["kernel"].reshape(-1, f))
         if "bias" in self.params:
-            dz2.sum(axis=0, out=self.grads["bias"])
+            column_sums(dz2, out=self.grads["bias"])
         return dz2
 
     def backward(self, dy):
         kernel = self.params["kernel"]
-        kh, kw, c, f = kernel.shape
+        c = kernel.shape[2]
         dz2 = self._weight_grads(dy)
-        n = len(dy)
-        # dL/dcols = dz W^T
-        dcols = (dz2 @ kernel.reshape(-1, f).T).reshape(n, self.out_h, self.out_w, kh, kw, c)
-        # col2im: each patch entry adds back onto the input pixel it was copied from
-        dxp = np.zeros(self._padded_shape, dtype=dcols.dtype)
+        # dL/dcols = dz W^T, taken one window offset (i, j) at a time: dz W[i, j]^T is the
+        # gradient of the input pixels that offset saw, added back where they came from (col2im)
+        dxp = np.zeros(self._padded_shape, dtype=dz2.dtype)
+        part = np.empty((len(dz2), c), dz2.dtype)
         for i, j, index in self.window_slices():
-            dxp[index] += dcols[:, :, :, i, j, :]
+            np.matmul(dz2, kernel[i, j].T, out=part)
+            dxp[index] += part.reshape(len(dy), self.out_h, self.out_w, c)
         return self.from_last(self.crop(dxp))
 
 
@@ -237,18 +252,29 @@ class MaxPool2D(Pool2D):
 
     def forward(self, x, training):
         xp = self.pad(self.to_last(x), -np.inf)  # padding never wins a max
-        # the window offsets stacked on a leading axis, so max/argmax reduce over whole planes
-        stack = np.stack([xp[index] for _, _, index in self.window_slices()])
-        self._arg = stack.argmax(axis=0)
-        self._padded_shape = xp.shape
-        return self.from_last(stack.max(axis=0))
+        # the maximum over window offsets, one strided slice (every window's pixel at that offset) at a time
+        offsets = [index for _, _, index in self.window_slices()]
+        out = xp[offsets[0]].copy()
+        for index in offsets[1:]:
+            np.maximum(out, xp[index], out=out)
+        self._xp, self._out = xp, out
+        return self.from_last(out)
 
     def backward(self, dy):
         dy = self.to_last(dy)
-        dxp = np.zeros(self._padded_shape, dtype=dy.dtype)
-        zero = dy.dtype.type(0)
-        for k, (_, _, index) in enumerate(self.window_slices()):
-            dxp[index] += np.where(self._arg == k, dy, zero)
+        xp, out = self._xp, self._out
+        dxp = np.zeros(xp.shape, dtype=dy.dtype)
+        (kh, kw), (sh, sw) = self.window, self.strides
+        overlapping = sh < kh or sw < kw  # then a pixel can win in two windows: add, not assign
+        pending = np.ones(out.shape, bool)  # windows whose maximum is still to be found
+        for _, _, index in self.window_slices():
+            win = xp[index] == out  # this offset holds its window's maximum...
+            win &= pending  # ...and is the first offset that does: one winner per window
+            pending ^= win
+            if overlapping:
+                dxp[index] += dy * win
+            else:
+                np.multiply(dy, win, out=dxp[index])
         return self.from_last(self.crop(dxp))
 
 

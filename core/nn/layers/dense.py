@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import column_sums
 from ..spec import Field
 from .base import (
     ACTIVATION_FIELD,
@@ -58,7 +59,7 @@ class Dense(ActivatedLayer):
         dz2 = dz.reshape(-1, dz.shape[-1])
         np.matmul(x2.T, dz2, out=self.grads["kernel"])
         if "bias" in self.params:
-            dz2.sum(axis=0, out=self.grads["bias"])
+            column_sums(dz2, out=self.grads["bias"])
         return dz
 
 
