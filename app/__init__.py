@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     init_http_metrics(app)
     init_rate_limit(app)  # before auth, so failed key guesses are rate limited too
     init_auth(app)
+    from .dashboard import bp as dashboard_bp
     from .datasets_api import bp as datasets_bp
     from .health import bp as health_bp
     from .jobs import bp as jobs_bp
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     from .models_api import bp as models_bp
     from .openapi import bp as openapi_bp
 
-    for blueprint in (jobs_bp, datasets_bp, models_bp, health_bp, metrics_bp, openapi_bp):
+    for blueprint in (jobs_bp, datasets_bp, models_bp, health_bp, metrics_bp, openapi_bp, dashboard_bp):
         app.register_blueprint(blueprint)
     return app
 
