@@ -37,10 +37,15 @@ def _dense(units, activation):
     return {"type": "dense", "units": units, "activation": activation}
 
 
-def _teacher_labels(x2: np.ndarray, classes: int, rng) -> np.ndarray:
-    """Labels from a random linear teacher, so the task is learnable and classes are balanced-ish."""
+def _teacher_labels(x2: np.ndarray, classes: int, rng, noise: float = 0.2) -> np.ndarray:
+    """Labels from a random linear teacher, a fraction `noise` of them replaced by random ones:
+    learnable, yet never fitted so well that softmax outputs and gradients sink into float32
+    denormals (which would time the CPU's denormal path instead of the training)."""
     w = rng.standard_normal((x2.shape[1], classes), dtype=np.float32)
-    return np.asarray((x2 @ w).argmax(axis=1), dtype=np.intp)
+    y = np.asarray((x2 @ w).argmax(axis=1), dtype=np.intp)
+    flip = rng.random(len(y)) < noise
+    y[flip] = rng.integers(0, classes, int(flip.sum()))
+    return y
 
 
 def mlp_synthetic(n: int = 20_000, seed: int = 0) -> Workload:
