@@ -32,9 +32,12 @@ from .pagination import aware, iso, newest_first, page
 from .predict import models, predict_response
 from .schemas import (
     Diagnostics,
+    EpochOut,
     EpochPage,
     EpochQuery,
+    EventsQuery,
     JobCreate,
+    JobGone,
     JobListQuery,
     JobOut,
     JobPage,
@@ -372,21 +375,44 @@ def get_diagnostics(job_id: str):
 
 
 SSE_POLL_SECONDS = 0.5
+SSE_KEEPALIVE_SECONDS = 15
+
+
+def _sse_event(name: str, data: Any, description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description, "required": ["event", "data"], "properties": {
+        "event": {"const": name}, "id": {"type": "string"}, "retry": {"type": "integer"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
+# one event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes each event)
+SSE_EVENTS = {"text/event-stream": {"schema": {"oneOf": [
+    _sse_event("epoch", EpochOut, "a finished epoch; its `id` is the epoch number"),
+    _sse_event("status", {"anyOf": [JobOut, JobGone]},
+               "the job whenever its status changes, first at once; the last is a terminal status "
+               "(or `deleted`)"),
+]}}}
 
 
 @bp.get("/<job_id>/events")
 @doc("Follow a job as Server-Sent Events: `epoch` and `status` events, ending with the terminal status",
-     errors=(404,), tag=TAG, raw_response={"text/event-stream": {"schema": {"type": "string"}}})
+     query=EventsQuery, errors=(404,), tag=TAG, raw_response=SSE_EVENTS,
+     description="Every epoch once, in order, then the job at each status change; the stream ends after the "
+                 "terminal status. A comment line is sent every few seconds while nothing happens. A client "
+                 "that reconnects with `Last-Event-ID` (or `?after=N`) gets the epochs after that one.")
 def job_events(job_id: str):
+    q = parse_query(EventsQuery)
     sessions = ext()["sessions"]
     with sessions() as session:
         load_job(session, job_id)
-    after = request.args.get("after", "0")
-    last_epoch = int(after) if after.isdigit() else 0
+    last_epoch = q.after
+    if last_epoch is None:
+        header = request.headers.get("Last-Event-ID", "")
+        last_epoch = int(header) if header.isdigit() else 0
 
     def events():
         nonlocal last_epoch
         last_status = None
+        quiet_since = time.monotonic()
         yield "retry: 2000\n\n"
         while True:
             with sessions() as session:
@@ -405,6 +431,12 @@ def job_events(job_id: str):
                 yield _sse("status", snapshot)
             if last_status in JobStatus.TERMINAL:
                 return
+            if rows:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_SECONDS:
+                # a write is how a closed connection is noticed: the stream then stops polling
+                yield ": keep-alive\n\n"
+                quiet_since = time.monotonic()
             time.sleep(SSE_POLL_SECONDS)
 
     return Response(stream_with_context(events()), mimetype="text/event-stream",

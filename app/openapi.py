@@ -66,6 +66,16 @@ class _Components:
         self.schemas[model.__name__] = schema
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
+    def resolve(self, value: Any) -> Any:
+        """A hand-written schema fragment with the pydantic models in it replaced by references."""
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return self.ref(value)
+        if isinstance(value, dict):
+            return {k: self.resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        return value
+
 
 def _parameters(rule, query: type[BaseModel] | None) -> list[dict[str, Any]]:
     params = [{"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
@@ -99,12 +109,12 @@ def build_document(app: Flask) -> dict[str, Any]:
                 op["requestBody"] = {"required": True,
                                      "content": {"application/json": {"schema": components.ref(meta["body"])}}}
             elif meta["raw_body"] is not None:
-                op["requestBody"] = {"required": True, "content": meta["raw_body"]}
+                op["requestBody"] = {"required": True, "content": components.resolve(meta["raw_body"])}
             ok: dict[str, Any] = {"description": "OK" if meta["status"] < 300 else "Accepted"}
             if meta["response"] is not None:
                 ok["content"] = {"application/json": {"schema": components.ref(meta["response"])}}
             elif meta["raw_response"] is not None:
-                ok["content"] = meta["raw_response"]
+                ok["content"] = components.resolve(meta["raw_response"])
             op["responses"][str(meta["status"])] = ok
             statuses = set(meta["errors"]) | {500}
             if rule.rule.startswith("/v1/") and app.extensions["backprop"]["settings"].auth_enabled:

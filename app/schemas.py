@@ -26,7 +26,18 @@ class InlineDataset(Strict):
     feature_names: list[str] | None = None
 
 
+JOB_EXAMPLE = {
+    "model": {"input_shape": [2], "layers": [{"type": "dense", "units": 8, "activation": "tanh"},
+                                             {"type": "dense", "units": 2, "activation": "softmax"}],
+              "loss": "categorical_crossentropy"},
+    "training": {"optimizer": {"type": "adam", "learning_rate": 0.05}, "epochs": 200, "batch_size": 4, "seed": 0},
+    "dataset": {"features": [[0, 0], [0, 1], [1, 0], [1, 1]], "targets": [0, 1, 1, 0]},
+}
+
+
 class JobCreate(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_EXAMPLE]})
+
     model: ModelSpec = Field(description="the network: input_shape, layers, loss")
     training: TrainingSpec = Field(default_factory=dict, description="optimizer, epochs, batch_size, ...")
     dataset: InlineDataset | None = Field(default=None, description="inline data; or give dataset_id")
@@ -76,6 +87,13 @@ class JobPage(BaseModel):
     next: str | None = Field(description="pass as ?next= for the following page; null on the last page")
 
 
+class JobGone(BaseModel):
+    """The last `status` event of a stream whose job was deleted while it was followed."""
+
+    id: str
+    status: Literal["deleted"]
+
+
 class JobListQuery(Strict):
     status: str | None = Field(default=None, description="comma-separated statuses")
     dataset_id: str | None = None
@@ -99,6 +117,11 @@ class EpochQuery(Strict):
     limit: int = Field(default=1000, ge=1, le=10000)
     max_points: int | None = Field(default=None, ge=2, le=10000,
                                    description="downsample to at most this many epochs, keeping first and last")
+
+
+class EventsQuery(Strict):
+    after: int | None = Field(default=None, ge=0, description="send only epochs after this one; a reconnecting "
+                              "EventSource sends the same as its Last-Event-ID header, which is honoured too")
 
 
 class EpochPage(BaseModel):
