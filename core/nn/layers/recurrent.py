@@ -32,6 +32,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..activations import ACTIVATIONS, get_activation
+from ..constants import column_sums
 from ..initializers import INITIALIZERS
 from ..spec import Field
 from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register
@@ -154,7 +155,7 @@ class _Recurrent(Layer):
         return dP2
 
     def _bias_grad(self, dP2, dQ2) -> None:
-        dP2.sum(axis=0, out=self.grads["bias"])
+        column_sums(dP2, out=self.grads["bias"])
 
     @staticmethod
     def _dh_from(dy_t, last, t, steps, dh_next):
@@ -328,8 +329,8 @@ class GRU(_Recurrent):
         return self.params["bias"][0]
 
     def _bias_grad(self, dP2, dQ2):
-        dP2.sum(axis=0, out=self.grads["bias"][0])
-        dQ2.sum(axis=0, out=self.grads["bias"][1])
+        column_sums(dP2, out=self.grads["bias"][0])
+        column_sums(dQ2, out=self.grads["bias"][1])
 
     def _run(self, P):
         H, U, act, rec = self._H, self.params["recurrent_kernel"], self.act, self.rec
