@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -124,7 +125,15 @@ def memory_child(epochs: int, quick: bool) -> None:
     needed = data + params + slots + acts
     # not getrusage's ru_maxrss: Linux carries it over fork + exec, so it would report the parent
     peak = status_mb("VmHWM")
+    # what one more epoch allocates on top of what is live (NumPy reports to tracemalloc):
+    # a batch's copies, activations and temporaries, the epoch's shuffled order
+    tracemalloc.start()
+    live = tracemalloc.get_traced_memory()[0]
+    runner.epoch()
+    workspace = tracemalloc.get_traced_memory()[1] - live
+    tracemalloc.stop()
     print(json.dumps({"peak_rss_mb": round(peak, 1), "rss_after_imports_mb": round(base, 1),
+                      "training_workspace_mb": round(workspace / 2**20, 2),
                       "dataset_mb": round(data / 2**20, 1), "weights_mb": round(params / 2**20, 2),
                       "optimizer_state_mb": round(slots / 2**20, 2), "batch_activations_mb": round(acts / 2**20, 2),
                       "budget_mb": round(2 * needed / 2**20 + 150, 1)}))
@@ -255,7 +264,8 @@ def table(out: dict[str, Any]) -> str:
         m = out["memory"]
         lines.append(f"mlp peak RSS (engine alone, subprocess): {m['peak_rss_mb']:.0f} MB, "
                      f"budget {m['budget_mb']:.0f} MB (dataset {m['dataset_mb']} MB; "
-                     f"{m['rss_after_imports_mb']:.0f} MB after imports)")
+                     f"{m['rss_after_imports_mb']:.0f} MB after imports; "
+                     f"{m['training_workspace_mb']:.1f} MB allocated per epoch beyond live arrays)")
     if "service" in out:
         s = out["service"]
         lines.append(f"service: job running->succeeded {s['job_seconds']:.2f} s vs engine alone "
