@@ -1,25 +1,36 @@
 """`Idempotency-Key` on creates: the same key with the same body answers with the first
-result; the same key with a different body is refused."""
+result; the same key with a different body is refused. The key is claimed before the request
+runs, so concurrent requests with one key create one resource: the others are told to come
+back (409 `idempotency_key_in_use`) and then get the first result."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+from datetime import UTC, timedelta
 
 from flask import current_app, request
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 
 from core.db import IdempotencyRecord
+from core.db.models import utcnow
 
 from .auth import current_tenant
 from .errors import ApiError
+
+PENDING = 0  # the status_code of a key whose first request is still being answered
+ABANDONED_AFTER = timedelta(minutes=5)  # a reservation this old was left by a process that died
 
 
 def _stored(record: IdempotencyRecord, digest: str):
     if record.request_hash != digest:
         raise ApiError(422, "idempotency_key_reused",
                        "this Idempotency-Key was used with a different request body")
+    if record.status_code == PENDING:
+        raise ApiError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is still being "
+                       "answered; send it again in a moment", headers={"Retry-After": "1"})
     resp = current_app.response_class(current_app.json.dumps(record.response), status=record.status_code,
                                       mimetype="application/json")
     if record.location:
@@ -47,6 +58,37 @@ def request_digest() -> str:
     return h.hexdigest()
 
 
+def _reserve(sessions, tenant: str, key: str, digest: str) -> IdempotencyRecord | None:
+    """Claim the key before the request runs, so that of concurrent requests with one key only
+    one does the work. None when claimed; else the record that holds the key."""
+    for _ in range(2):
+        try:
+            with sessions.begin() as session:
+                session.add(IdempotencyRecord(tenant=tenant, key=key, request_hash=digest, status_code=PENDING,
+                                              response={}, created_at=utcnow()))
+            return None
+        except IntegrityError:
+            pass
+        with sessions.begin() as session:
+            found = session.get(IdempotencyRecord, (tenant, key))
+            if found is None:  # released meanwhile: claim it again
+                continue
+            created = found.created_at if found.created_at.tzinfo else found.created_at.replace(tzinfo=UTC)
+            if found.status_code != PENDING or utcnow() - created < ABANDONED_AFTER:
+                session.expunge(found)
+                return found
+            session.delete(found)  # abandoned by a crashed request: take it over
+    raise ApiError(409, "idempotency_key_in_use", "requests with this Idempotency-Key are racing; send it "
+                   "again in a moment", headers={"Retry-After": "1"})
+
+
+def _release(sessions, tenant: str, key: str) -> None:
+    with sessions.begin() as session:
+        session.execute(delete(IdempotencyRecord).where(
+            IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key,
+            IdempotencyRecord.status_code == PENDING))
+
+
 def idempotent(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
@@ -58,19 +100,23 @@ def idempotent(view):
                            errors=[{"path": "Idempotency-Key", "message": "at most 255 characters"}])
         digest = request_digest()
         sessions = current_app.extensions["backprop"]["sessions"]
-        with sessions() as session:
-            found = session.get(IdempotencyRecord, (current_tenant(), key))
-            if found is not None:
-                return _stored(found, digest)
-        resp = current_app.make_response(view(*args, **kwargs))
+        tenant = current_tenant()
+        found = _reserve(sessions, tenant, key, digest)
+        if found is not None:
+            return _stored(found, digest)
+        try:
+            resp = current_app.make_response(view(*args, **kwargs))
+        except BaseException:
+            _release(sessions, tenant, key)  # a refused request does not use up its key
+            raise
         if 200 <= resp.status_code < 300 and resp.is_json:
-            try:
-                with sessions.begin() as session:
-                    session.add(IdempotencyRecord(tenant=current_tenant(), key=key, request_hash=digest,
-                                                  status_code=resp.status_code, response=resp.get_json(),
-                                                  location=resp.headers.get("Location")))
-            except IntegrityError:  # a concurrent request with the same key won the race
-                with sessions() as session:
-                    return _stored(session.get(IdempotencyRecord, (current_tenant(), key)), digest)
+            with sessions.begin() as session:
+                session.execute(update(IdempotencyRecord).where(
+                    IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key).values(
+                    status_code=resp.status_code, response=resp.get_json(),
+                    location=resp.headers.get("Location")))
+        else:
+            _release(sessions, tenant, key)
         return resp
+    wrapper._idempotent = True  # the OpenAPI document lists the Idempotency-Key header for it
     return wrapper

@@ -5,6 +5,7 @@ and from the engine's spec declarations: views carry their metadata with `@doc(.
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -32,15 +33,34 @@ class Problem(BaseModel):
     errors: list[dict[str, str]] | None = None
 
 
+REQUEST_ID_PARAM = {"name": "X-Request-ID", "in": "header", "required": False,
+                    "description": "your id for this request, echoed back and written to the logs (1-128 "
+                                   "printable characters); one is made when absent",
+                    "schema": {"type": "string"}}
+IDEMPOTENCY_KEY_PARAM = {"name": "Idempotency-Key", "in": "header", "required": False,
+                         "description": "retry safely: the same key with the same request answers with the first "
+                                        "result (and `Idempotent-Replayed: true`); the same key with another "
+                                        "request is refused with 422 `idempotency_key_reused`",
+                         "schema": {"type": "string", "maxLength": 255}}
+REQUEST_ID_HEADER = {"description": "the request's id: the caller's X-Request-ID, or one made for it",
+                     "required": True, "schema": {"type": "string"}}
+LOCATION_HEADER = {"description": "the created or affected resource", "schema": {"type": "string"}}
+REPLAYED_HEADER = {"description": "`true` when this is the stored answer to an earlier request with the same "
+                                  "Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}}
+RETRY_AFTER_HEADER = {"description": "seconds to wait before trying again", "schema": {"type": "string"}}
+
+
 def doc(summary: str, *, body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None, status: int = 200, errors: tuple[int, ...] = (),
         tag: str | None = None, raw_body: dict[str, Any] | None = None,
-        raw_response: dict[str, Any] | None = None, description: str = ""):
+        raw_response: dict[str, Any] | None = None, headers: tuple[dict[str, Any], ...] = (),
+        description: str = ""):
     """Attach OpenAPI metadata to a view."""
     def deco(view):
         view._openapi = {"summary": summary, "body": body, "query": query, "response": response,
                          "status": status, "errors": errors, "tag": tag, "raw_body": raw_body,
-                         "raw_response": raw_response, "description": description or (view.__doc__ or "")}
+                         "raw_response": raw_response, "headers": list(headers),
+                         "description": description or (view.__doc__ or "")}
         return view
     return deco
 
@@ -93,39 +113,58 @@ def build_document(app: Flask) -> dict[str, Any]:
     components = _Components()
     components.ref(Problem)
     paths: dict[str, Any] = {}
+    auth_enabled = app.extensions["backprop"]["settings"].auth_enabled
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         meta = getattr(app.view_functions[rule.endpoint], "_openapi", None)
         if meta is None:
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        view = app.view_functions[rule.endpoint]
+        v1 = rule.rule.startswith("/v1/")
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             op: dict[str, Any] = {"operationId": rule.endpoint.replace(".", "_"), "summary": meta["summary"],
-                                  "parameters": _parameters(rule, meta["query"]), "responses": {}}
+                                  "parameters": [*_parameters(rule, meta["query"]), *meta["headers"],
+                                                 REQUEST_ID_PARAM], "responses": {}}
+            if getattr(view, "_idempotent", False):
+                op["parameters"].insert(-1, IDEMPOTENCY_KEY_PARAM)
             if meta["description"].strip():
                 op["description"] = meta["description"].strip()
             if meta["tag"]:
                 op["tags"] = [meta["tag"]]
+            if not v1 and auth_enabled:
+                op["security"] = []  # probes and the document itself need no key
             if meta["body"] is not None:
                 op["requestBody"] = {"required": True,
                                      "content": {"application/json": {"schema": components.ref(meta["body"])}}}
             elif meta["raw_body"] is not None:
                 op["requestBody"] = {"required": True, "content": components.resolve(meta["raw_body"])}
-            ok: dict[str, Any] = {"description": "OK" if meta["status"] < 300 else "Accepted"}
+            ok: dict[str, Any] = {"description": HTTPStatus(meta["status"]).phrase,
+                                  "headers": {"X-Request-ID": REQUEST_ID_HEADER}}
+            if meta["status"] in (201, 202):
+                ok["headers"]["Location"] = LOCATION_HEADER
+            if getattr(view, "_idempotent", False):
+                ok["headers"]["Idempotent-Replayed"] = REPLAYED_HEADER
             if meta["response"] is not None:
                 ok["content"] = {"application/json": {"schema": components.ref(meta["response"])}}
             elif meta["raw_response"] is not None:
                 ok["content"] = components.resolve(meta["raw_response"])
             op["responses"][str(meta["status"])] = ok
             statuses = set(meta["errors"]) | {500}
-            if rule.rule.startswith("/v1/") and app.extensions["backprop"]["settings"].auth_enabled:
-                statuses.add(401)
+            if v1:
+                statuses.add(429)  # the per-key rate limit covers every /v1 request
+                if auth_enabled:
+                    statuses.add(401)
             if meta["body"] is not None or meta["raw_body"] is not None:
                 statuses |= {400, 413, 415, 422}
             if meta["query"] is not None:
                 statuses.add(422)
+            if getattr(view, "_idempotent", False):
+                statuses |= {409, 422}  # key in use by a request still running; key reused
             for code in sorted(statuses):
                 op["responses"][str(code)] = {
                     "description": ERROR_STATUSES[code],
+                    "headers": {"X-Request-ID": REQUEST_ID_HEADER,
+                                **({"Retry-After": RETRY_AFTER_HEADER} if code in (409, 429) else {})},
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             paths.setdefault(path, {})[method.lower()] = op
     doc_: dict[str, Any] = {
@@ -135,7 +174,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components.schemas},
     }
-    if app.extensions["backprop"]["settings"].auth_enabled:
+    if auth_enabled:
         doc_["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
         doc_["security"] = [{"apiKey": []}]
     return doc_

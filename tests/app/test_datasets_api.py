@@ -484,7 +484,8 @@ def test_openapi_documents_the_datasets_endpoints(app):
     assert set(create["requestBody"]["content"]) == {"application/json", "multipart/form-data", "text/csv"}
     assert "file" in create["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"201", "409", "413", "415", "422"} <= set(create["responses"])
-    assert {p["name"] for p in create["parameters"]} == {"target", "name", "task"}
+    assert {p["name"] for p in create["parameters"] if p["in"] == "query"} == {"target", "name", "task"}
+    assert {p["name"] for p in create["parameters"] if p["in"] == "header"} == {"Idempotency-Key", "X-Request-ID"}
     assert spec["paths"]["/v1/datasets"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == \
         {"$ref": "#/components/schemas/DatasetPage"}
     item = spec["paths"]["/v1/datasets/{dataset_id}"]
