@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -205,9 +206,12 @@ def _check_targets(net: Network, targets: np.ndarray, path: str) -> None:
 
 
 def _parse_time(value: str, path: str) -> datetime:
+    """An ISO 8601 timestamp as UTC (the database compares the digits, so the offset must be
+    applied first); naive means UTC. A `+` sent unencoded in a query string arrives as a space."""
+    value = re.sub(r" (\d{2}(:?\d{2})?)$", r"+\1", value.strip()).replace("Z", "+00:00")
     try:
-        return aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
-    except ValueError:
+        return aware(datetime.fromisoformat(value)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise validation_error([{"path": path, "message": "must be an ISO 8601 timestamp"}]) from None
 
 
@@ -288,6 +292,12 @@ def delete_job(job_id: str):
         if job.status not in JobStatus.TERMINAL:
             raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
                            job_status=job.status)
+        heir = session.scalar(select(Job.id).where(Job.init_from == job_id, Job.status.in_(JobStatus.ACTIVE))
+                              .limit(1))
+        if heir:
+            # until it finished, a job may (re)start from its parent's weights at any attempt
+            raise ApiError(409, "job_in_use", f"job {heir} fine-tunes from job {job_id} and is still active; "
+                           "delete this one once that job has finished", job_id=heir)
         registered = session.execute(
             select(RegisteredModel.name, ModelVersion.version).join(ModelVersion)
             .where(ModelVersion.job_id == job_id)).first()
@@ -384,6 +394,9 @@ def _sse_event(name: str, data: Any, description: str) -> dict[str, Any]:
         "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
 
 
+LAST_EVENT_ID_PARAM = {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                       "description": "sent by a reconnecting EventSource: the last epoch it received"}
+
 # one event of the stream (OpenAPI 3.1: the schema of a text/event-stream describes each event)
 SSE_EVENTS = {"text/event-stream": {"schema": {"oneOf": [
     _sse_event("epoch", EpochOut, "a finished epoch; its `id` is the epoch number"),
@@ -395,7 +408,7 @@ SSE_EVENTS = {"text/event-stream": {"schema": {"oneOf": [
 
 @bp.get("/<job_id>/events")
 @doc("Follow a job as Server-Sent Events: `epoch` and `status` events, ending with the terminal status",
-     query=EventsQuery, errors=(404,), tag=TAG, raw_response=SSE_EVENTS,
+     query=EventsQuery, errors=(404,), tag=TAG, raw_response=SSE_EVENTS, headers=(LAST_EVENT_ID_PARAM,),
      description="Every epoch once, in order, then the job at each status change; the stream ends after the "
                  "terminal status. A comment line is sent every few seconds while nothing happens. A client "
                  "that reconnects with `Last-Event-ID` (or `?after=N`) gets the epochs after that one.")

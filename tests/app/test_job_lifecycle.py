@@ -1,0 +1,757 @@
+"""The jobs API beyond submit-and-train: list filters and cursor pages, cancel, retry, delete,
+ETA, paged and downsampled epochs, diagnostics, fine-tuning, Idempotency-Key, X-Request-ID,
+readiness, and the OpenAPI document. A job is trained by calling the worker's own run_job,
+as the Celery task does (in a thread when a test needs it running)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta, timezone
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, update
+
+from core.db import Checkpoint, Dataset, EpochRecord, IdempotencyRecord, Job, JobStatus, WeightArray
+from core.db.models import utcnow
+from tests.data import iris, iris_job
+from worker.training import run_job
+
+PROBLEM = "application/problem+json"
+
+
+def submit(client, body, **headers):
+    return client.post("/v1/jobs", data=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def queued_job(client, body=None) -> str:
+    resp = submit(client, body or iris_job(epochs=5))
+    assert resp.status_code == 202, resp.get_json()
+    return resp.get_json()["id"]
+
+
+def trained_job(client, sessions, body=None) -> str:
+    job_id = queued_job(client, body)
+    run_job(sessions, job_id)
+    return job_id
+
+
+def set_job(sessions, job_id, **values) -> None:
+    with sessions.begin() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def problem(resp, status: int, code: str) -> dict:
+    assert resp.status_code == status, (resp.status_code, resp.get_data(as_text=True))
+    assert resp.mimetype == PROBLEM
+    body = resp.get_json()
+    assert body["status"] == status and body["code"] == code, body
+    assert body["type"].endswith(code) and body["title"] and body["detail"]
+    return body
+
+
+def error_paths(body: dict) -> list[str]:
+    return [e["path"] for e in body["errors"]]
+
+
+# -- list: filters and cursor pages --------------------------------------------------------------
+
+
+@pytest.fixture
+def six_jobs(client, sessions):
+    """Six jobs, created a minute apart (oldest first), in several states and on two datasets."""
+    ids = [queued_job(client) for _ in range(6)]
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    for i, job_id in enumerate(ids):
+        set_job(sessions, job_id, created_at=base + timedelta(minutes=i))
+    for i in (0, 2, 3):
+        set_job(sessions, ids[i], status=JobStatus.SUCCEEDED, finished_at=utcnow())
+    set_job(sessions, ids[4], status=JobStatus.FAILED, finished_at=utcnow())
+    return ids, base
+
+
+def listed(client, query: str = "") -> tuple[list[str], str | None]:
+    resp = client.get(f"/v1/jobs{query}")
+    assert resp.status_code == 200, resp.get_json()
+    body = resp.get_json()
+    return [j["id"] for j in body["jobs"]], body["next"]
+
+
+def test_list_is_newest_first_in_cursor_pages(client, six_jobs):
+    ids, _ = six_jobs
+    newest_first = ids[::-1]
+    assert listed(client)[0] == newest_first
+    seen, cursor, pages = [], None, 0
+    while True:
+        page, cursor = listed(client, "?limit=4" + (f"&next={cursor}" if cursor else ""))
+        seen += page
+        pages += 1
+        if cursor is None:
+            break
+    assert seen == newest_first and pages == 2
+
+
+def test_status_filter_applies_before_the_limit(client, six_jobs):
+    ids, _ = six_jobs
+    succeeded = [ids[3], ids[2], ids[0]]
+    first, cursor = listed(client, "?status=succeeded&limit=2")
+    assert first == succeeded[:2] and cursor
+    rest, cursor = listed(client, f"?status=succeeded&limit=2&next={cursor}")
+    assert rest == succeeded[2:] and cursor is None
+    both, _ = listed(client, "?status=failed,queued")
+    assert both == [ids[5], ids[4], ids[1]]
+
+
+def test_created_after_and_before(client, six_jobs):
+    ids, base = six_jobs
+    after = quote((base + timedelta(minutes=1, seconds=30)).isoformat())
+    before = (base + timedelta(minutes=4, seconds=30)).isoformat().replace("+00:00", "Z")
+    assert listed(client, f"?created_after={after}")[0] == [ids[5], ids[4], ids[3], ids[2]]
+    assert listed(client, f"?created_before={before}")[0] == [ids[4], ids[3], ids[2], ids[1], ids[0]]
+    window, _ = listed(client, f"?created_after={after}&created_before={before}&limit=1")
+    assert window == [ids[4]]
+
+
+def test_created_after_in_another_utc_offset_means_the_same_instant(client, six_jobs):
+    ids, base = six_jobs
+    instant = base + timedelta(minutes=3, seconds=30)
+    utc, _ = listed(client, "?created_after=" + instant.isoformat().replace("+00:00", "Z"))
+    tokyo = instant.astimezone(timezone(timedelta(hours=9)))
+    offset, _ = listed(client, "?created_after=" + quote(tokyo.isoformat()))
+    assert tokyo.isoformat().endswith("+09:00")
+    assert utc == offset == [ids[5], ids[4]]
+    # a "+" left unencoded arrives as a space; the offset is still unambiguous
+    unencoded, _ = listed(client, "?created_after=" + tokyo.isoformat())
+    assert unencoded == utc
+
+
+def test_dataset_filter(client, sessions):
+    first = queued_job(client)
+    dataset_id = client.get(f"/v1/jobs/{first}").get_json()["dataset_id"]
+    body = iris_job(epochs=5)
+    del body["dataset"]
+    body["dataset_id"] = dataset_id
+    second = queued_job(client, body)
+    other = queued_job(client)
+    assert listed(client, f"?dataset_id={dataset_id}")[0] == [second, first]
+    assert listed(client, "?dataset_id=nope")[0] == []
+    assert other in listed(client)[0]
+
+
+@pytest.mark.parametrize("query, path", [
+    ("?next=garbage!!", "next"),
+    ("?next=" + "bm90IGEgY3Vyc29y", "next"),  # base64 of "not a cursor"
+    ("?status=finished", "status"),
+    ("?created_after=yesterday", "created_after"),
+    ("?created_before=2030-13-01", "created_before"),
+    ("?limit=0", "limit"),
+    ("?limit=201", "limit"),
+    ("?sort=asc", "sort"),
+])
+def test_bad_list_parameters_are_422(client, query, path):
+    body = problem(client.get(f"/v1/jobs{query}"), 422, "validation_error")
+    assert path in error_paths(body)
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_is_immediate(client, sessions):
+    job_id = queued_job(client)
+    resp = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202 and resp.headers["Location"] == f"/v1/jobs/{job_id}"
+    body = resp.get_json()
+    assert body["status"] == "cancelled" and body["stop_reason"] == "cancelled" and body["finished_at"]
+    run_job(sessions, job_id)  # the message still in the queue is a no-op
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    with sessions() as s:
+        assert s.get(Job, job_id).attempts == 0
+
+
+def slow_job(epochs: int = 100_000) -> dict:
+    """An iris job whose epochs take long enough (tens of ms) to be told apart from the
+    worker's heartbeat, which is how a running job learns that it was cancelled."""
+    body = iris_job(epochs=epochs)
+    x, y = iris()
+    rows = np.repeat(x, 40, axis=0)
+    body["dataset"] = {"features": rows.round(3).tolist(), "targets": np.repeat(y, 40).tolist()}
+    body["model"]["layers"][0]["units"] = 128
+    body["training"]["batch_size"] = 32
+    return body
+
+
+class Running:
+    """run_job in a thread, with a heartbeat much shorter than an epoch; records when each
+    epoch finished."""
+
+    def __init__(self, sessions, settings, job_id: str, monkeypatch):
+        from worker import training
+
+        fast = dataclasses.replace(settings, heartbeat_seconds=0.01)
+        self.thread = threading.Thread(target=run_job, args=(sessions, job_id), kwargs={"settings": fast})
+        self.sessions, self.job_id = sessions, job_id
+        self.finished: list[tuple[int, float]] = []
+        on_epoch = training.EpochWriter.on_epoch
+
+        def spy(writer, record, trainer):
+            self.finished.append((record["epoch"], time.monotonic()))
+            on_epoch(writer, record, trainer)
+
+        monkeypatch.setattr(training.EpochWriter, "on_epoch", spy)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def wait_epochs(self, n: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.sessions() as s:
+                if s.get(Job, self.job_id).epochs_done >= n:
+                    return
+            time.sleep(0.01)
+        raise TimeoutError(f"job {self.job_id} did not reach epoch {n}")
+
+    def __exit__(self, *exc):
+        with self.sessions.begin() as s:  # however the test ended, stop the worker thread
+            s.execute(update(Job).where(Job.id == self.job_id).values(cancel_requested=True))
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def test_cancel_a_running_job_keeps_the_last_finished_epochs_weights(client, sessions, migrated, monkeypatch):
+    job_id = queued_job(client, slow_job())
+    with Running(sessions, migrated, job_id, monkeypatch) as run:
+        run.wait_epochs(2)
+        cancelled_at = time.monotonic()
+        resp = client.post(f"/v1/jobs/{job_id}/cancel")
+        assert resp.status_code == 202
+        assert resp.get_json()["status"] == "cancelling"
+        assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] in ("cancelling", "cancelled")
+        again = client.post(f"/v1/jobs/{job_id}/cancel")  # harmless: still cancelling, or 409 once cancelled
+        said = again.get_json()["code" if again.status_code == 409 else "status"]
+        assert (again.status_code, said) in ((202, "cancelling"), (409, "job_finished"))
+        run.thread.join(timeout=60)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled" and job["stop_reason"] == "cancelled" and job["finished_at"]
+    after_cancel = [epoch for epoch, at in run.finished if at > cancelled_at]
+    assert len(after_cancel) <= 1, after_cancel  # stopped within one epoch
+    done = job["progress"]["epoch"]
+    assert done == run.finished[-1][0]  # every finished epoch was recorded
+
+    weights = client.get(f"/v1/jobs/{job_id}/weights")
+    assert weights.status_code == 200 and weights.get_json()["status"] == "cancelled"
+    norms: dict[str, float] = {}
+    for w in weights.get_json()["weights"]:
+        norms[w["layer"]] = norms.get(w["layer"], 0.0) + float(np.sum(np.square(w["values"], dtype=np.float64)))
+    last = client.get(f"/v1/jobs/{job_id}/epochs?after={done - 1}").get_json()["epochs"]
+    assert [e["epoch"] for e in last] == [done]
+    for layer, norm in last[0]["weight_norms"].items():  # the stored weights are that epoch's
+        assert np.sqrt(norms[layer]) == pytest.approx(norm, rel=1e-5)
+
+
+def test_cancel_a_finished_job_is_409(client, sessions):
+    job_id = trained_job(client, sessions, iris_job(epochs=2))
+    body = problem(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "job_finished")
+    assert body["job_status"] == "succeeded"
+    problem(client.post("/v1/jobs/nope/cancel"), 404, "job_not_found")
+
+
+# -- retry --------------------------------------------------------------------------------------
+
+
+def test_retry_a_failed_job_makes_a_new_job(client, sessions, migrated):
+    job_id = queued_job(client)
+    set_job(sessions, job_id, status=JobStatus.FAILED, error="boom", stop_reason="error", finished_at=utcnow())
+    resp = client.post(f"/v1/jobs/{job_id}/retry")
+    assert resp.status_code == 202
+    new = resp.get_json()
+    assert new["id"] != job_id and new["retry_of"] == job_id and new["status"] == "queued"
+    assert resp.headers["Location"] == f"/v1/jobs/{new['id']}"
+    old = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert (new["model"], new["training"], new["dataset_id"]) == (old["model"], old["training"], old["dataset_id"])
+    assert old["status"] == "failed"  # the failed job stays as it was
+    run_job(sessions, new["id"])
+    assert client.get(f"/v1/jobs/{new['id']}").get_json()["status"] == "succeeded"
+
+
+def test_retry_a_cancelled_job(client):
+    job_id = queued_job(client)
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    resp = client.post(f"/v1/jobs/{job_id}/retry")
+    assert resp.status_code == 202 and resp.get_json()["retry_of"] == job_id
+
+
+def test_retry_needs_a_failed_or_cancelled_job(client, sessions):
+    done = trained_job(client, sessions, iris_job(epochs=2))
+    assert problem(client.post(f"/v1/jobs/{done}/retry"), 409, "job_not_retryable")["job_status"] == "succeeded"
+    queued = queued_job(client)
+    problem(client.post(f"/v1/jobs/{queued}/retry"), 409, "job_not_retryable")
+    problem(client.post("/v1/jobs/nope/retry"), 404, "job_not_found")
+
+
+# -- delete -------------------------------------------------------------------------------------
+
+
+def test_delete_a_finished_job_removes_it_and_its_data(client, sessions):
+    job_id = trained_job(client, sessions, iris_job(epochs=3))
+    dataset_id = client.get(f"/v1/jobs/{job_id}").get_json()["dataset_id"]
+    resp = client.delete(f"/v1/jobs/{job_id}")
+    assert resp.status_code == 204 and resp.data == b""
+    problem(client.get(f"/v1/jobs/{job_id}"), 404, "job_not_found")
+    problem(client.get(f"/v1/jobs/{job_id}/epochs"), 404, "job_not_found")
+    problem(client.delete(f"/v1/jobs/{job_id}"), 404, "job_not_found")
+    with sessions() as s:
+        for table in (EpochRecord, WeightArray, Checkpoint):
+            assert s.scalar(select(func.count()).select_from(table).where(table.job_id == job_id)) == 0
+        assert s.get(Dataset, dataset_id) is None  # its inline dataset went with it
+
+
+def test_delete_an_active_job_is_409(client, sessions):
+    job_id = queued_job(client)
+    set_job(sessions, job_id, status=JobStatus.RUNNING, started_at=utcnow())
+    assert problem(client.delete(f"/v1/jobs/{job_id}"), 409, "job_active")["job_status"] == "running"
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_a_job_others_fine_tune_from_is_kept_until_they_ran(client, sessions):
+    parent = trained_job(client, sessions, iris_job(epochs=3))
+    body = iris_job(epochs=3)
+    body["init_from"] = parent
+    child = queued_job(client, body)
+    problem(client.delete(f"/v1/jobs/{parent}"), 409, "job_in_use")
+    run_job(sessions, child)
+    assert client.delete(f"/v1/jobs/{parent}").status_code == 204
+    assert client.get(f"/v1/jobs/{child}").get_json()["init_from"] is None
+
+
+# -- status, ETA, attempts, worker --------------------------------------------------------------
+
+
+def test_eta_while_running(client, sessions):
+    job_id = queued_job(client, iris_job(epochs=60))
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["eta_seconds"] is None
+    set_job(sessions, job_id, status=JobStatus.RUNNING, started_at=utcnow() - timedelta(seconds=10),
+            epochs_done=5, attempts=1, worker="w1@host")
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["eta_seconds"] == pytest.approx(10 / 5 * 55, rel=0.05)  # 2 s an epoch, 55 to go
+    assert job["attempts"] == 1 and job["worker"] == "w1@host" and job["progress"]["epoch"] == 5
+    set_job(sessions, job_id, status=JobStatus.SUCCEEDED, finished_at=utcnow(), epochs_done=60)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["eta_seconds"] is None
+
+
+def test_a_trained_job_names_its_worker_and_attempts(client, sessions):
+    job_id = queued_job(client, iris_job(epochs=2))
+    run_job(sessions, job_id, worker="celery@box")
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["worker"] == "celery@box" and job["attempts"] == 1 and job["eta_seconds"] is None
+
+
+# -- epochs: pages and downsampling -------------------------------------------------------------
+
+
+@pytest.fixture
+def sixty(client, sessions) -> str:
+    return trained_job(client, sessions, iris_job(epochs=60))
+
+
+def epochs(client, job_id, query="") -> dict:
+    resp = client.get(f"/v1/jobs/{job_id}/epochs{query}")
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def test_epochs_in_pages(client, sixty):
+    got, after, pages = [], 0, []
+    while after is not None:
+        page = epochs(client, sixty, f"?after={after}&limit=25")
+        assert page["downsampled"] is False
+        got += [e["epoch"] for e in page["epochs"]]
+        pages.append((len(page["epochs"]), page["total"]))
+        after = page["next_after"]
+    assert got == list(range(1, 61))
+    assert pages == [(25, 60), (25, 35), (10, 10)]
+    assert epochs(client, sixty, "?after=60") == {"job_id": sixty, "epochs": [], "total": 0,
+                                                  "downsampled": False, "next_after": None}
+    assert epochs(client, sixty, "?limit=60")["next_after"] is None
+
+
+def test_max_points_downsamples_keeping_first_and_last(client, sixty):
+    page = epochs(client, sixty, "?max_points=7")
+    numbers = [e["epoch"] for e in page["epochs"]]
+    assert page["downsampled"] is True and page["next_after"] is None and page["total"] == 60
+    assert len(numbers) == 7 and numbers[0] == 1 and numbers[-1] == 60 and numbers == sorted(set(numbers))
+    full = {e["epoch"]: e for e in epochs(client, sixty)["epochs"]}
+    assert all(e == full[e["epoch"]] for e in page["epochs"])  # real epochs, not averages
+    short = epochs(client, sixty, "?max_points=100")
+    assert short["downsampled"] is False and len(short["epochs"]) == 60
+    tail = epochs(client, sixty, "?after=40&max_points=3")
+    assert [e["epoch"] for e in tail["epochs"]] == [41, 51, 60] and tail["downsampled"] is True
+
+
+@pytest.mark.parametrize("query, path", [
+    ("?limit=0", "limit"), ("?after=-1", "after"), ("?max_points=1", "max_points"),
+    ("?max_points=x", "max_points"), ("?page=2", "page"),
+])
+def test_bad_epoch_parameters_are_422(client, sixty, query, path):
+    assert path in error_paths(problem(client.get(f"/v1/jobs/{sixty}/epochs{query}"), 422, "validation_error"))
+
+
+# -- diagnostics --------------------------------------------------------------------------------
+
+
+def deep(activation: str, depth: int, init: str, **training) -> dict:
+    body = iris_job(epochs=3, **training)
+    hidden = [{"type": "dense", "units": 16, "activation": activation, "kernel_initializer": init}
+              for _ in range(depth)]
+    body["model"]["layers"] = hidden + [{"type": "dense", "units": 3, "activation": "softmax"}]
+    return body
+
+
+def diagnostics(client, job_id) -> dict:
+    resp = client.get(f"/v1/jobs/{job_id}/diagnostics")
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def test_diagnostics_per_layer_norms_per_epoch(client, sessions):
+    job_id = trained_job(client, sessions, deep("relu", 2, "he_normal"))
+    d = diagnostics(client, job_id)
+    assert d["job_id"] == job_id and d["epochs"] == [1, 2, 3]
+    assert [layer["layer"] for layer in d["layers"]] == ["dense_0", "dense_1", "dense_2"]
+    for layer in d["layers"]:
+        assert len(layer["grad_norms"]) == len(layer["weight_norms"]) == 3
+        assert all(g > 0 for g in layer["grad_norms"]) and all(w > 0 for w in layer["weight_norms"])
+    assert d["flags"] == []
+
+
+def test_vanishing_gradients_are_flagged_in_plain_words(client, sessions):
+    job_id = trained_job(client, sessions, deep("sigmoid", 10, "lecun_normal"))
+    d = diagnostics(client, job_id)
+    last = [layer["grad_norms"][-1] for layer in d["layers"]]
+    assert last[0] < 1e-3 * max(last)  # the first layers barely get a gradient
+    flags = [f for f in d["flags"] if f["kind"] == "vanishing_gradients"]
+    assert flags and flags[0]["layer"] == "dense_0"
+    assert "vanishing" in flags[0]["message"] and "dense_0" in flags[0]["message"]
+
+
+def test_exploding_gradients_are_flagged(client, sessions):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    body = {"model": {"input_shape": [3], "layers": [{"type": "dense", "units": 8, "activation": "relu"},
+                                                     {"type": "dense", "units": 1}], "loss": "mse"},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 1e-9}, "epochs": 2, "clip_norm": 1.0},
+            "dataset": {"features": x.round(4).tolist(), "targets": (x.sum(1) * 1e6).round(1).tolist()}}
+    job_id = trained_job(client, sessions, body)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
+    flags = diagnostics(client, job_id)["flags"]
+    assert {f["kind"] for f in flags} == {"exploding_gradients"}
+    assert "exploding" in flags[0]["message"] and "clip_norm" in flags[0]["message"]
+
+
+def test_gradient_flags_rules():
+    from app.jobs import gradient_flags
+
+    layers = ["a", "b", "c"]
+    assert gradient_flags(layers, {"a": [1.0], "b": [0.5], "c": [2.0]}) == []
+    vanishing = gradient_flags(layers, {"a": [1e-7], "b": [1e-2], "c": [1.0]})
+    assert [(f["kind"], f["layer"]) for f in vanishing] == [("vanishing_gradients", "a")]
+    exploding = gradient_flags(layers, {"a": [5e3], "b": [float("inf")], "c": [1.0]})
+    assert {(f["kind"], f["layer"]) for f in exploding} >= {("exploding_gradients", "a"),
+                                                             ("exploding_gradients", "b")}
+    assert gradient_flags([], {}) == []
+    assert gradient_flags(["a"], {"a": [0.0]}) == []  # nothing learns at all: no ratio to speak of
+
+
+def test_diagnostics_of_a_job_without_epochs(client):
+    job_id = queued_job(client)
+    d = diagnostics(client, job_id)
+    assert d["epochs"] == [] and d["flags"] == []
+    assert all(layer["grad_norms"] == [] for layer in d["layers"])
+    problem(client.get("/v1/jobs/nope/diagnostics"), 404, "job_not_found")
+
+
+# -- fine-tuning --------------------------------------------------------------------------------
+
+
+def first_loss(client, job_id) -> float:
+    return epochs(client, job_id, "?limit=1")["epochs"][0]["loss"]
+
+
+def test_fine_tuning_starts_from_the_parents_weights(client, sessions):
+    parent = trained_job(client, sessions, iris_job(epochs=80))
+    parent_final = epochs(client, parent, "?after=79")["epochs"][0]["loss"]
+    fresh = trained_job(client, sessions, iris_job(epochs=3, seed=1))
+    body = iris_job(epochs=3, seed=1)
+    body["init_from"] = parent
+    child = queued_job(client, body)
+    assert client.get(f"/v1/jobs/{child}").get_json()["init_from"] == parent
+    run_job(sessions, child)
+    child_first, fresh_first = first_loss(client, child), first_loss(client, fresh)
+    assert child_first < 1.5 * parent_final  # where the parent left off ...
+    assert child_first < 0.5 * fresh_first  # ... not where a new network starts
+    assert parent_final < 0.3 < fresh_first
+
+
+def test_freeze_keeps_a_layers_weights_bit_identical(client, sessions):
+    parent = trained_job(client, sessions, iris_job(epochs=5))
+    body = iris_job(epochs=5)
+    body["init_from"], body["freeze"] = parent, ["dense_0"]
+    child = trained_job(client, sessions, body)
+    assert client.get(f"/v1/jobs/{child}").get_json()["freeze"] == ["dense_0"]
+
+    def weights(job_id):
+        return {w["name"]: w["values"] for w in client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]}
+
+    before, after = weights(parent), weights(child)
+    assert after["dense_0/kernel"] == before["dense_0/kernel"] and after["dense_0/bias"] == before["dense_0/bias"]
+    assert after["dense_1/kernel"] != before["dense_1/kernel"]
+    assert all(layer["grad_norms"] == [0.0] * 5 for layer in diagnostics(client, child)["layers"]
+               if layer["layer"] == "dense_0") or "dense_0" not in [
+        layer["layer"] for layer in diagnostics(client, child)["layers"]]
+
+
+def test_a_different_architecture_is_refused_naming_the_mismatch(client, sessions):
+    parent = trained_job(client, sessions, iris_job(epochs=2))
+    body = iris_job(epochs=2)
+    body["model"]["layers"][0]["units"] = 32
+    body["init_from"] = parent
+    err = problem(submit(client, body), 422, "validation_error")
+    messages = " | ".join(e["message"] for e in err["errors"])
+    assert set(error_paths(err)) == {"model"}
+    assert "dense_0/kernel" in messages and "[4, 16]" in messages and "[4, 32]" in messages
+    assert "dense_1/kernel" in messages
+    body["model"]["layers"].insert(1, {"type": "dense", "units": 32, "activation": "relu"})
+    messages = " | ".join(e["message"] for e in problem(submit(client, body), 422, "validation_error")["errors"])
+    assert "dense_2" in messages and "new in this spec" in messages
+
+
+def test_fine_tuning_rules(client, sessions):
+    body = iris_job(epochs=2)
+    body["freeze"] = ["dense_0"]
+    assert error_paths(problem(submit(client, body), 422, "validation_error")) == ["freeze"]
+    parent = trained_job(client, sessions, iris_job(epochs=2))
+    body["init_from"], body["freeze"] = parent, ["dense_0", "dense_9"]
+    err = problem(submit(client, body), 422, "validation_error")
+    assert error_paths(err) == ["freeze[1]"] and "dense_9" in err["detail"]
+    body["init_from"], body["freeze"] = "nope", None
+    assert error_paths(problem(submit(client, body), 404, "job_not_found")) == ["init_from"]
+    body["init_from"] = queued_job(client)
+    problem(submit(client, body), 409, "job_not_finished")
+    with sessions() as s:  # none of the refused requests left a job behind
+        assert s.scalar(select(func.count()).select_from(Job)) == 2
+
+
+# -- Idempotency-Key ----------------------------------------------------------------------------
+
+
+def count_jobs(sessions) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Job))
+
+
+def test_same_key_same_body_answers_with_the_first_result(client, sessions, migrated):
+    body = iris_job(epochs=2)
+    first = submit(client, body, **{"Idempotency-Key": "k-1"})
+    again = submit(client, body, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first.headers
+    assert again.headers["Location"] == first.headers["Location"]
+    assert count_jobs(sessions) == 1
+    other = submit(client, body, **{"Idempotency-Key": "k-2"})
+    assert other.get_json()["id"] != first.get_json()["id"] and count_jobs(sessions) == 2
+
+
+def test_same_key_different_body_is_refused(client, sessions):
+    submit(client, iris_job(epochs=2), **{"Idempotency-Key": "k"})
+    problem(submit(client, iris_job(epochs=3), **{"Idempotency-Key": "k"}), 422, "idempotency_key_reused")
+    assert count_jobs(sessions) == 1
+    job_id = client.get("/v1/jobs").get_json()["jobs"][0]["id"]
+    # and the same key on another endpoint is another request
+    problem(client.post(f"/v1/jobs/{job_id}/retry", headers={"Idempotency-Key": "k"}), 422,
+            "idempotency_key_reused")
+
+
+def test_a_refused_request_does_not_use_up_its_key(client, sessions):
+    bad = iris_job(epochs=2)
+    bad["model"]["layers"][0]["units"] = 0
+    problem(submit(client, bad, **{"Idempotency-Key": "k"}), 422, "validation_error")
+    assert submit(client, iris_job(epochs=2), **{"Idempotency-Key": "k"}).status_code == 202
+
+
+def test_idempotent_retry(client, sessions):
+    job_id = queued_job(client)
+    client.post(f"/v1/jobs/{job_id}/cancel")
+    first = client.post(f"/v1/jobs/{job_id}/retry", headers={"Idempotency-Key": "r"})
+    again = client.post(f"/v1/jobs/{job_id}/retry", headers={"Idempotency-Key": "r"})
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["id"] == again.get_json()["id"] and count_jobs(sessions) == 2
+
+
+def test_concurrent_requests_with_one_key_create_one_job(app, sessions):
+    body = json.dumps(iris_job(epochs=2))
+    barrier = threading.Barrier(4)
+    results: list = []
+
+    def post():
+        c = app.test_client()
+        barrier.wait()
+        r = c.post("/v1/jobs", data=body, content_type="application/json", headers={"Idempotency-Key": "race"})
+        results.append((r.status_code, r.get_json()))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert count_jobs(sessions) == 1, results
+    ids = {b["id"] for status, b in results if status == 202}
+    assert len(ids) == 1
+    # the others either got the same answer or were told to come back
+    assert all(status == 202 or (status == 409 and b["code"] == "idempotency_key_in_use") for status, b in results)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(IdempotencyRecord)) == 1
+
+
+def test_overlong_idempotency_key(client):
+    problem(submit(client, iris_job(epochs=2), **{"Idempotency-Key": "k" * 256}), 422, "validation_error")
+
+
+# -- request ids --------------------------------------------------------------------------------
+
+
+def test_request_id_is_echoed_or_made_on_every_response(client, caplog):
+    for resp in (client.get("/v1/jobs", headers={"X-Request-ID": "abc-123"}),
+                 client.get("/v1/jobs/nope", headers={"X-Request-ID": "abc-123"}),
+                 client.delete("/v1/jobs", headers={"X-Request-ID": "abc-123"})):
+        assert resp.headers["X-Request-ID"] == "abc-123"
+    made = {client.get(path).headers["X-Request-ID"] for path in ("/v1/jobs", "/livez", "/v1/jobs/nope")}
+    assert len(made) == 3 and all(len(r) >= 16 for r in made)
+    assert client.get("/livez", headers={"X-Request-ID": "x" * 500}).headers["X-Request-ID"] != "x" * 500
+
+
+def test_request_id_is_in_the_log_lines_of_the_request(client, caplog):
+    from core.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO):
+        resp = submit(client, iris_job(epochs=2), **{"X-Request-ID": "trace-me-42"})
+    assert resp.status_code == 202
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    assert any(line["request_id"] == "trace-me-42" and resp.get_json()["id"] in line["message"] for line in lines)
+
+
+# -- errors, health, documentation --------------------------------------------------------------
+
+
+def test_every_error_is_problem_json(migrated):
+    from app import create_app
+
+    app = create_app(dataclasses.replace(migrated, max_request_bytes=1000))
+
+    @app.get("/v1/boom")
+    def boom():
+        raise RuntimeError("kaput")
+
+    c = app.test_client()
+    problem(c.get("/v1/boom"), 500, "internal_error")
+    problem(c.get("/v1/nothing"), 404, "not_found")
+    problem(c.put("/v1/jobs"), 405, "method_not_allowed")
+    problem(c.post("/v1/jobs", data="x" * 5000, content_type="application/json"), 413, "request_too_large")
+    problem(c.post("/v1/jobs", data="x", content_type="text/plain"), 415, "unsupported_media_type")
+    problem(c.post("/v1/jobs", data="{", content_type="application/json"), 400, "invalid_json")
+    err = problem(c.post("/v1/jobs", json={"model": {}}), 422, "validation_error")
+    assert all(set(e) == {"path", "message"} for e in err["errors"])
+    assert "kaput" not in c.get("/v1/boom").get_data(as_text=True)  # internals stay in the log
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_readyz_is_503_until_the_broker_answers(migrated):
+    from app import create_app
+
+    app = create_app(dataclasses.replace(migrated, broker_url="redis://127.0.0.1:1/0", auth="off"))
+    c = app.test_client()
+    assert c.get("/livez").status_code == 200
+    started = time.monotonic()
+    body = problem(c.get("/readyz"), 503, "not_ready")
+    assert time.monotonic() - started < 15
+    assert body["checks"]["database"] == "ok" and body["checks"]["broker"].startswith("error")
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_docs_page(client):
+    resp = client.get("/docs")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert "/openapi.json" in resp.get_data(as_text=True)
+
+
+def documented_operations(app) -> set[tuple[str, str]]:
+    ops = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/v1/") or rule.rule in ("/livez", "/readyz"):
+            path = rule.rule.replace("<", "{").replace(">", "}")
+            ops |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    return ops
+
+
+@pytest.mark.parametrize("auth", ["off", "on"])
+def test_openapi_documents_every_operation_parameter_and_error(migrated, auth):
+    from openapi_spec_validator import validate
+
+    from app import create_app
+    from app.openapi import Problem
+
+    app = create_app(dataclasses.replace(migrated, auth=auth))
+    doc = app.test_client().get("/openapi.json").get_json()
+    validate(doc)  # a valid OpenAPI 3.1 document
+    assert doc["openapi"].startswith("3.1")
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert documented_operations(app) <= documented
+    assert set(doc["components"]["schemas"]["Problem"]["properties"]) == set(Problem.model_fields)
+    for (path, method) in documented_operations(app):
+        op = doc["paths"][path][method]
+        params = {(p["in"], p["name"]) for p in op["parameters"]}
+        for name in path.split("{")[1:]:
+            assert ("path", name.split("}")[0]) in params, (path, method)
+        assert ("header", "X-Request-ID") in params
+        errors = {code: r for code, r in op["responses"].items() if int(code) >= 400}
+        assert "500" in errors, (path, method)
+        for r in errors.values():
+            assert r["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        if path.startswith("/v1/"):
+            assert "429" in errors
+            assert ("401" in errors) == (auth == "on"), (path, method)
+        if "requestBody" in op:
+            assert {"400", "413", "415", "422"} <= set(errors), (path, method)
+        if any(p["in"] == "query" for p in op["parameters"]):
+            assert "422" in errors, (path, method)
+        if (path, method) in {("/v1/jobs", "post"), ("/v1/jobs/{job_id}/retry", "post"),
+                              ("/v1/datasets", "post"), ("/v1/models", "post")}:
+            assert ("header", "Idempotency-Key") in params and "422" in errors, (path, method)
+        if auth == "on" and not path.startswith("/v1/"):
+            assert op["security"] == []
+    jobs = doc["paths"]["/v1/jobs"]["get"]
+    assert {p["name"] for p in jobs["parameters"] if p["in"] == "query"} == {
+        "status", "dataset_id", "created_after", "created_before", "limit", "next"}
+    events = doc["paths"]["/v1/jobs/{job_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert {p["name"] for p in events["parameters"]} >= {"after", "Last-Event-ID"}
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_openapi_request_schemas_are_the_validating_models(client):
+    from app.schemas import JobCreate
+
+    doc = client.get("/openapi.json").get_json()
+    schema = doc["components"]["schemas"]["JobCreate"]
+    assert set(schema["properties"]) == set(JobCreate.model_fields)
+    assert schema["additionalProperties"] is False  # the model forbids unknown fields, and says so
+    body = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/JobCreate"}
+    example = schema["examples"][0]
+    assert submit(client, example).status_code == 202  # the documented example is accepted
