@@ -6,10 +6,11 @@ each system per round, in a rotating order), so that a noisy neighbour on a shar
 slows every system alike; the first round is warm-up and is dropped; each figure is the median
 over the remaining rounds. All systems use the same number of BLAS / intra-op threads
 (--threads, default: the worker's BACKPROP_BLAS_THREADS, 1), set with threadpoolctl and
-torch.set_num_threads.
+torch.set_num_threads. glibc's malloc thresholds are pinned (see fix_malloc_thresholds), so
+that no system's speed depends on what allocated and freed before it in the process.
 
 Options: --threads N, --rounds N, --quick (small sizes, a smoke run), --only mlp,digits,...,
---no-torch, --no-service, --no-memory."""
+--no-torch, --no-service, --no-memory, --default-malloc."""
 
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def run(args) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     only = set(args.only.split(",")) if args.only else {"mlp", "digits", "conv", "lstm"}
     out: dict[str, Any] = {"threads": args.threads, "blas": blas_summary(), "rounds": args.rounds,
-                           "torch": torch.__version__ if use_torch else None, "malloc": fix_malloc_thresholds(),
+                           "torch": torch.__version__ if use_torch else None,
+                           "malloc": {"pinned": False} if args.default_malloc else fix_malloc_thresholds(),
                            "workloads": {}}
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
@@ -284,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-service", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's mmap/trim thresholds dynamic (results then depend on allocation history)")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     with threadpool_limits(limits=args.threads):
