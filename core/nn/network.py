@@ -75,6 +75,7 @@ class Network:
         # training backpropagates no further than into the first layer that has weights
         self._first_weighted = next((i for i, layer in enumerate(self.layers)
                                      if any(sub.params for sub in walk([layer]))), len(self.layers))
+        self._penalized = [layer for layer in walk(self.layers) if layer.l1 or layer.l2]
         self._pack()
 
     def _pack(self) -> None:
@@ -155,9 +156,7 @@ class Network:
     def _add_penalties(self) -> float:
         """L1/L2 penalties on kernels: added to the loss and to the gradients already computed."""
         extra = 0.0
-        for layer in walk(self.layers):
-            if not (layer.l1 or layer.l2):
-                continue
+        for layer in self._penalized:
             for key in layer.regularized:
                 w, g = layer.params[key], layer.grads[key]
                 if layer.l2:
