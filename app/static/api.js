@@ -95,7 +95,8 @@ async function readEvents(jobId, after, signal, onEvent) {
 
 /** Live updates of one job from epoch `after` on: onEpoch(record) for each new epoch,
  * onStatus(job) when the job changes, onMode('stream' | 'poll') to say how. Streams the
- * SSE endpoint; if streaming fails, polls /epochs?after=N and the job every second.
+ * SSE endpoint; if streaming fails (or is turned off), polls /epochs?after=N and the job
+ * every second.
  * Stops by itself at a terminal status; returns a function that stops it sooner. */
 export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, onError = () => {}}) {
   const ctl = new AbortController();
@@ -128,6 +129,8 @@ export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, o
 
   (async () => {
     try {
+      // localStorage 'backprop.live' = 'poll' skips streaming (e.g. behind a proxy that buffers)
+      if (localStorage.getItem('backprop.live') === 'poll') throw new Error('streaming turned off');
       await stream();
     } catch (err) {
       if (signal.aborted || err.status === 401 || err.status === 404) { if (!signal.aborted) onError(err); return; }

@@ -248,7 +248,10 @@ async function jobPage(ctx, root, jobId) {
     h('p', {}, h('a', {href: '#/jobs'}, '← All jobs')),
     head,
     h('div', {class: 'grid2'},
-      card('Loss', h('p', {class: 'hint'}, 'Training loss (solid) and validation loss (dashed), per epoch. Validation rising while training falls means overfitting.'), lossBox),
+      h('section', {class: 'card'},
+        h('div', {class: 'title-row'}, h('h3', {}, 'Loss'),
+          h('label', {class: 'toggle small'}, h('input', {type: 'checkbox', id: 'loss-log', onchange: ev => charts.loss.setLogY(ev.target.checked)}), ' log scale')),
+        h('p', {class: 'hint'}, 'Training loss (solid) and validation loss (dashed), per epoch. Validation rising while training falls means overfitting.'), lossBox),
       h('section', {class: 'card'}, accTitle, h('p', {class: 'hint'}, 'On the training data (solid) and the held-out validation data (dashed).'), accBox)),
     h('div', {class: 'grid2'},
       card('Gradient norm per layer (log scale)',
@@ -303,8 +306,8 @@ async function jobPage(ctx, root, jobId) {
           ['failed', 'cancelled'].includes(job.status) ? h('button', {type: 'button', onclick: retry}, 'Retry as a new job') : null)),
       h('div', {class: 'progress-row'}, progressBar(job),
         h('span', {class: 'muted small'}, active
-          ? [job.eta_seconds != null ? `about ${duration(job.eta_seconds)} left · ` : '', mode ? `live (${mode === 'stream' ? 'streaming events' : 'polling every second'})` : '']
-          : `${job.status}${job.stop_reason ? ` (${job.stop_reason})` : ''}`)),
+          ? [job.eta_seconds != null ? `about ${duration(job.eta_seconds)} left · ` : '', {stream: 'live (streaming events)', poll: 'live (polling every second)', paused: 'paused while the tab is hidden'}[mode] || '']
+          : `${job.status}${job.stop_reason && job.stop_reason !== job.status ? ` (${job.stop_reason.replace(/_/g, ' ')})` : ''}`)),
       job.error ? h('div', {class: 'error'}, job.error) : null,
       latest.length ? h('div', {class: 'metrics'}, latest) : null,
       h('dl', {class: 'facts'}, facts.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v)))),
@@ -340,7 +343,7 @@ async function jobPage(ctx, root, jobId) {
   if (TERMINAL.includes(job.status)) { finished(); return; }
   loadFlags().catch(() => {});
   let lastFlags = Date.now();
-  const stop = followJob(jobId, xs.length ? xs[xs.length - 1] : 0, {
+  const handlers = {
     onEpoch(rec) {
       push(rec);
       redraw();
@@ -350,12 +353,23 @@ async function jobPage(ctx, root, jobId) {
       if (j.status === 'deleted') { head.append(h('div', {class: 'error'}, 'This job was deleted.')); return; }
       job = j;
       renderHead();
-      if (TERMINAL.includes(job.status)) finished();
+      if (TERMINAL.includes(job.status)) { stopFollowing(); finished(); }
     },
     onMode(m) { mode = m; renderHead(); },
     onError(err) { head.append(errorBox(err)); },
-  });
-  ctx.onDispose(stop);
+  };
+  // follow only while the tab is visible: an open stream holds one of the API's threads
+  let stop = null;
+  const stopFollowing = () => { if (stop) stop(); stop = null; };
+  const follow = () => {
+    if (!stop && !document.hidden && !TERMINAL.includes(job.status)) {
+      stop = followJob(jobId, xs.length ? xs[xs.length - 1] : 0, handlers);
+    }
+  };
+  const onVisibility = () => { if (document.hidden) { stopFollowing(); mode = 'paused'; renderHead(); } else follow(); };
+  document.addEventListener('visibilitychange', onVisibility);
+  ctx.onDispose(() => { document.removeEventListener('visibilitychange', onVisibility); stopFollowing(); });
+  follow();
 }
 
 async function loadWeights(ctx, path, box) {

@@ -83,6 +83,8 @@ export class LineChart {
     }));
   }
 
+  setLogY(on) { this.opts.logY = on; this.draw(); }
+
   color(i) { return this.series[i].color || PALETTE[i % PALETTE.length]; }
 
   draw() {
