@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -74,7 +75,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "id": job.id, "status": job.status, "created_at": iso(job.created_at),
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "progress": {"epoch": job.epochs_done, "total_epochs": job.total_epochs},
-        "eta_seconds": eta_seconds(job), "metrics": job.metrics, "stop_reason": job.stop_reason,
+        "eta_seconds": eta_seconds(job), "metrics": finite(job.metrics), "stop_reason": job.stop_reason,
         "error": job.error, "attempts": job.attempts, "worker": job.worker, "dataset_id": job.dataset_id,
         "init_from": job.init_from, "freeze": job.freeze, "retry_of": job.retry_of,
         "model": job.model_spec, "training": job.training_spec, "links": links,
@@ -249,7 +250,7 @@ def get_job(job_id: str):
 @bp.post("/<job_id>/cancel")
 @doc("Cancel a queued or running job", response=JobOut, status=202, errors=(404, 409), tag=TAG,
      description="A queued job is cancelled at once; a running one becomes `cancelling` and stops within "
-                 "an epoch, keeping the weights of its last finished epoch.")
+                 "an epoch, keeping the weights of its last finished epoch. 409 `job_finished` once it ended.")
 def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
         job = load_job(session, job_id)
@@ -265,7 +266,9 @@ def cancel_job(job_id: str):
 
 @bp.post("/<job_id>/retry")
 @doc("Run a failed or cancelled job again, as a new job", response=JobOut, status=202, errors=(404, 409),
-     tag=TAG)
+     tag=TAG, description="The new job has the same spec and data, and `retry_of` naming this one; answers 202 "
+                          "with its Location. 409 `job_not_retryable` unless this job failed or was cancelled; "
+                          "409 `init_from_deleted` for a job with frozen layers whose parent was deleted.")
 @idempotent
 def retry_job(job_id: str):
     with ext()["sessions"].begin() as session:
@@ -273,6 +276,9 @@ def retry_job(job_id: str):
         if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise ApiError(409, "job_not_retryable", f"job {job_id} is {old.status}; only failed or cancelled "
                            "jobs can be retried", job_status=old.status)
+        if old.freeze and old.init_from is None:
+            raise ApiError(409, "init_from_deleted", f"job {job_id} fine-tuned from a job that has been deleted "
+                           "since: run again, its frozen layers would keep random weights", job_status=old.status)
         check_active_jobs(session, old.tenant)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
@@ -283,7 +289,10 @@ def retry_job(job_id: str):
 
 
 @bp.delete("/<job_id>")
-@doc("Delete a finished job with its history and weights", status=204, errors=(404, 409), tag=TAG)
+@doc("Delete a finished job with its history and weights", status=204, errors=(404, 409), tag=TAG,
+     description="Its inline dataset goes too unless another job uses it. 409 `job_active` while it is queued, "
+                 "running or cancelling (cancel it first), `job_registered` while it is a model version, "
+                 "`job_in_use` while an active job fine-tunes from it.")
 def delete_job(job_id: str):
     with ext()["sessions"].begin() as session:
         job = load_job(session, job_id)
@@ -334,9 +343,21 @@ def get_epochs(job_id: str):
                 "downsampled": downsampled, "next_after": next_after}
 
 
+def finite(value: Any) -> Any:
+    """`value` with every infinite or NaN float as None: JSON has no such numbers, and a float32
+    norm or metric can overflow (say a gradient norm past 3.4e38 that clip_norm then tamed)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
 def epoch_json(r: EpochRecord) -> dict[str, Any]:
-    return {"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
-            "grad_norms": r.grad_norms, "weight_norms": r.weight_norms}
+    return finite({"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
+                   "grad_norms": r.grad_norms, "weight_norms": r.weight_norms})
 
 
 VANISHING_RATIO = 1e-3
@@ -361,7 +382,8 @@ def gradient_flags(layers: list[str], grads: dict[str, list[float]]) -> list[dic
                                      "Try relu-family activations, batch_norm, residual blocks or he initialisation."})
         if norm > EXPLODING_NORM or not np.isfinite(norm):
             flags.append({"kind": "exploding_gradients", "layer": name,
-                          "message": f"gradients are exploding: layer {name}'s gradient norm is {norm:.2e}. "
+                          "message": f"gradients are exploding: layer {name}'s gradient norm is "
+                                     f"{f'{norm:.2e}' if np.isfinite(norm) else 'beyond float range'}. "
                                      "Lower the learning rate or set training.clip_norm."})
     return flags
 
@@ -380,7 +402,7 @@ def get_diagnostics(job_id: str):
     out_layers = [{"layer": n, "grad_norms": grads[n],
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
     trainable = [n for n in names if any(grads[n])] if rows else []
-    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": out_layers,
+    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": finite(out_layers),
             "flags": gradient_flags(trainable, grads) if rows else []}
 
 

@@ -68,7 +68,8 @@ class JobOut(BaseModel):
     finished_at: str | None
     progress: Progress
     eta_seconds: float | None = Field(description="estimated seconds left, while running")
-    metrics: dict[str, float] | None = Field(description="the latest finished epoch's metrics")
+    metrics: dict[str, float | None] | None = Field(description="the latest finished epoch's metrics; a metric is "
+                                                               "null where it overflowed (was not finite)")
     stop_reason: str | None = Field(description="completed, early_stopping, target_reached, cancelled, error")
     error: str | None
     attempts: int
@@ -104,12 +105,16 @@ class JobListQuery(Strict):
 
 
 class EpochOut(BaseModel):
+    """One finished epoch: its loss, its metrics (lr, accuracy or mae and r2, val_* ...), and the L2
+    norms of each layer's gradient (averaged over the epoch's batches) and weights. A value is null
+    where it overflowed (was not finite)."""
+
     model_config = ConfigDict(extra="allow")
     epoch: int
     loss: float
     duration: float
-    grad_norms: dict[str, float]
-    weight_norms: dict[str, float]
+    grad_norms: dict[str, float | None]
+    weight_norms: dict[str, float | None]
 
 
 class EpochQuery(Strict):
@@ -127,15 +132,16 @@ class EventsQuery(Strict):
 class EpochPage(BaseModel):
     job_id: str
     epochs: list[EpochOut]
-    total: int
-    downsampled: bool
-    next_after: int | None
+    total: int = Field(description="how many epochs are recorded after `after`")
+    downsampled: bool = Field(description="true when `max_points` thinned the history (first and last epoch kept)")
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last page "
+                                               "(and when downsampled)")
 
 
 class LayerDiagnostics(BaseModel):
     layer: str
-    grad_norms: list[float]
-    weight_norms: list[float]
+    grad_norms: list[float | None] = Field(description="null where the value overflowed (was not finite)")
+    weight_norms: list[float | None] = Field(description="null where the value overflowed (was not finite)")
 
 
 class Diagnostics(BaseModel):

@@ -295,6 +295,17 @@ def test_retry_needs_a_failed_or_cancelled_job(client, sessions):
     problem(client.post("/v1/jobs/nope/retry"), 404, "job_not_found")
 
 
+def test_retry_of_a_frozen_fine_tune_whose_parent_is_gone_is_409(client, sessions):
+    parent = trained_job(client, sessions, iris_job(epochs=2))
+    body = iris_job(epochs=2)
+    body["init_from"], body["freeze"] = parent, ["dense_0"]
+    child = trained_job(client, sessions, body)
+    set_job(sessions, child, status=JobStatus.FAILED, stop_reason="error")
+    assert client.delete(f"/v1/jobs/{parent}").status_code == 204
+    assert client.get(f"/v1/jobs/{child}").get_json()["init_from"] is None
+    problem(client.post(f"/v1/jobs/{child}/retry"), 409, "init_from_deleted")
+
+
 # -- delete -------------------------------------------------------------------------------------
 
 
@@ -454,6 +465,34 @@ def test_exploding_gradients_are_flagged(client, sessions):
     assert "exploding" in flags[0]["message"] and "clip_norm" in flags[0]["message"]
 
 
+def strict_json(resp) -> dict:
+    """The body parsed as strict JSON: Infinity and NaN are not JSON, and many clients refuse them."""
+    def refuse(name):
+        raise AssertionError(f"{name} in {resp.request.path}")
+    return json.loads(resp.get_data(as_text=True), parse_constant=refuse)
+
+
+def test_overflowing_norms_are_null_never_infinity(client, sessions):
+    """A float32 gradient norm can overflow while clip_norm keeps the weights finite; the
+    answers must stay valid JSON, and the flag still says what happened."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)) * 1e3
+    body = {"model": {"input_shape": [3], "layers": [{"type": "dense", "units": 1}], "loss": "mse"},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 1e-9}, "epochs": 2, "clip_norm": 1.0},
+            "dataset": {"features": x.round(4).tolist(), "targets": (x.sum(1) * 1e15).round(1).tolist()}}
+    job_id = trained_job(client, sessions, body)
+    assert strict_json(client.get(f"/v1/jobs/{job_id}"))["status"] == "succeeded"
+    page = strict_json(client.get(f"/v1/jobs/{job_id}/epochs"))
+    norm = page["epochs"][0]["grad_norms"]["dense_0"]
+    assert norm is None or norm > 1e18  # None: it overflowed (as the engine's float32 norm does today)
+    d = strict_json(client.get(f"/v1/jobs/{job_id}/diagnostics"))
+    assert d["layers"][0]["grad_norms"][0] == norm
+    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("exploding_gradients", "dense_0")]
+    assert norm is not None or "beyond float range" in d["flags"][0]["message"]
+    events = client.get(f"/v1/jobs/{job_id}/events").get_data(as_text=True)
+    assert "Infinity" not in events and "NaN" not in events
+
+
 def test_gradient_flags_rules():
     from app.jobs import gradient_flags
 
@@ -474,6 +513,37 @@ def test_diagnostics_of_a_job_without_epochs(client):
     assert d["epochs"] == [] and d["flags"] == []
     assert all(layer["grad_norms"] == [] for layer in d["layers"])
     problem(client.get("/v1/jobs/nope/diagnostics"), 404, "job_not_found")
+
+
+# -- events (in process; tests/e2e/test_sse.py reads a real job's stream from gunicorn) ---------
+
+
+def test_events_of_a_quiet_job_send_keep_alives(client, monkeypatch):
+    from app import jobs
+
+    monkeypatch.setattr(jobs, "SSE_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(jobs, "SSE_KEEPALIVE_SECONDS", 0.05)
+    job_id = queued_job(client)
+    resp = client.get(f"/v1/jobs/{job_id}/events", buffered=False)
+    assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
+    chunks = iter(resp.response)
+    seen = ""
+    while ": keep-alive" not in seen:
+        seen += next(chunks).decode()
+    resp.close()  # the client went away: the stream stops
+    assert seen.startswith("retry: 2000\n\n") and "event: status" in seen and '"status":"queued"' in seen
+
+
+def test_events_resume_after_last_event_id(client, sessions):
+    job_id = trained_job(client, sessions, iris_job(epochs=5))
+    text = client.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "3"}).get_data(as_text=True)
+    assert [line for line in text.splitlines() if line.startswith("id:")] == ["id: 4", "id: 5"]
+    text = client.get(f"/v1/jobs/{job_id}/events?after=4", headers={"Last-Event-ID": "1"}).get_data(as_text=True)
+    assert [line for line in text.splitlines() if line.startswith("id:")] == ["id: 5"]  # the query wins
+    assert '"status":"succeeded"' in text.rstrip().splitlines()[-1]  # it ends with the terminal status
+    assert "after" in error_paths(problem(client.get(f"/v1/jobs/{job_id}/events?after=-1"), 422,
+                                          "validation_error"))
+    problem(client.get("/v1/jobs/nope/events"), 404, "job_not_found")
 
 
 # -- fine-tuning --------------------------------------------------------------------------------
@@ -511,9 +581,8 @@ def test_freeze_keeps_a_layers_weights_bit_identical(client, sessions):
     before, after = weights(parent), weights(child)
     assert after["dense_0/kernel"] == before["dense_0/kernel"] and after["dense_0/bias"] == before["dense_0/bias"]
     assert after["dense_1/kernel"] != before["dense_1/kernel"]
-    assert all(layer["grad_norms"] == [0.0] * 5 for layer in diagnostics(client, child)["layers"]
-               if layer["layer"] == "dense_0") or "dense_0" not in [
-        layer["layer"] for layer in diagnostics(client, child)["layers"]]
+    frozen = [layer for layer in diagnostics(client, child)["layers"] if layer["layer"] == "dense_0"]
+    assert frozen[0]["grad_norms"] == [0.0] * 5  # no gradient reported for a frozen layer
 
 
 def test_a_different_architecture_is_refused_naming_the_mismatch(client, sessions):
