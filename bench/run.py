@@ -215,7 +215,7 @@ def run(args) -> dict[str, Any]:
         out["memory"] = peak_memory(args.threads, args.quick)
     if not args.no_service:
         from .service import service_overhead
-        out["service"] = service_overhead(epochs=5 if args.quick else 400, repeats=1 if args.quick else 3)
+        out["service"] = service_overhead(epochs=5 if args.quick else 300, repeats=1 if args.quick else 5)
     out["bars"] = bars(out)
     return out
 
@@ -272,7 +272,8 @@ def table(out: dict[str, Any]) -> str:
         s = out["service"]
         lines.append(f"service: job running->succeeded {s['job_seconds']:.2f} s vs engine alone "
                      f"{s['engine_seconds']:.2f} s ({s['ratio']:.3f}x, {s['overhead_ms_per_epoch']:.2f} ms per epoch; "
-                     f"bound {s['bound_seconds']:.2f} s) [{s['workload']}]")
+                     f"bound {s['bound_seconds']:.2f} s) [{s['workload']}]; CPU {s['job_cpu_seconds']:.2f} s vs "
+                     f"{s['engine_cpu_seconds']:.2f} s")
     lines += ["", "bars: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in out["bars"].items())]
     return "\n".join(lines)
 
