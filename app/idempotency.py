@@ -77,7 +77,11 @@ def _reserve(sessions, tenant: str, key: str, digest: str) -> IdempotencyRecord 
             if found.status_code != PENDING or utcnow() - created < ABANDONED_AFTER:
                 session.expunge(found)
                 return found
-            session.delete(found)  # abandoned by a crashed request: take it over
+            # abandoned by a request that died: take it over (a statement, so that two takers
+            # racing here both go on to the insert, where only one wins)
+            session.execute(delete(IdempotencyRecord).where(
+                IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key,
+                IdempotencyRecord.status_code == PENDING, IdempotencyRecord.created_at == found.created_at))
     raise ApiError(409, "idempotency_key_in_use", "requests with this Idempotency-Key are racing; send it "
                    "again in a moment", headers={"Retry-After": "1"})
 

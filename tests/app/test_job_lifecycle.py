@@ -688,6 +688,28 @@ def test_concurrent_requests_with_one_key_create_one_job(app, sessions):
         assert s.scalar(select(func.count()).select_from(IdempotencyRecord)) == 1
 
 
+def test_a_key_whose_first_request_is_still_running(app, client, sessions):
+    from app.idempotency import PENDING, request_digest
+    from core.db import DEFAULT_TENANT
+
+    raw = json.dumps(iris_job(epochs=2))
+    with app.test_request_context("/v1/jobs", method="POST", data=raw, content_type="application/json"):
+        digest = request_digest()
+    with sessions.begin() as s:
+        s.add(IdempotencyRecord(tenant=DEFAULT_TENANT, key="slow", request_hash=digest, status_code=PENDING,
+                                response={}, created_at=utcnow()))
+    post = lambda: client.post("/v1/jobs", data=raw, content_type="application/json",  # noqa: E731
+                               headers={"Idempotency-Key": "slow"})
+    resp = post()
+    problem(resp, 409, "idempotency_key_in_use")
+    assert int(resp.headers["Retry-After"]) >= 1 and count_jobs(sessions) == 0
+    with sessions.begin() as s:  # a claim left by a process that died is taken over after a while
+        s.execute(update(IdempotencyRecord).values(created_at=utcnow() - timedelta(minutes=10)))
+    first = post()
+    assert first.status_code == 202 and count_jobs(sessions) == 1
+    assert post().get_json()["id"] == first.get_json()["id"] and count_jobs(sessions) == 1
+
+
 def test_overlong_idempotency_key(client):
     problem(submit(client, iris_job(epochs=2), **{"Idempotency-Key": "k" * 256}), 422, "validation_error")
 
