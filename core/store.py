@@ -4,10 +4,11 @@ Functions take the session first and never commit: the caller owns the transacti
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from .db import Dataset, EpochRecord, Job, WeightArray
@@ -71,14 +72,27 @@ def load_weights(session: Session, job_id: str) -> dict[str, np.ndarray]:
 PER_LAYER_KEYS = ("grad_norms", "weight_norms")
 
 
-def add_epoch(session: Session, job: Job, record: dict[str, Any]) -> EpochRecord:
-    """One finished epoch: its history row, and the job's progress and latest metrics."""
-    metrics = {k: v for k, v in record.items()
-               if k not in ("epoch", "loss", "duration", *PER_LAYER_KEYS)}
-    row = EpochRecord(job_id=job.id, epoch=record["epoch"], loss=record["loss"], metrics=metrics,
-                      grad_norms=record.get("grad_norms", {}), weight_norms=record.get("weight_norms", {}),
-                      duration=record["duration"])
-    session.add(row)
-    job.epochs_done = record["epoch"]
-    job.metrics = {"loss": record["loss"], **metrics}
-    return row
+def _json_number(v: Any) -> Any:
+    """JSON has no NaN or infinity (PostgreSQL refuses them): an overflowed value is stored as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_number(x) for k, x in v.items()}
+    return v
+
+
+def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> None:
+    """Finished epochs in one multi-row INSERT, and the job's progress and latest metrics."""
+    if not records:
+        return
+    rows = []
+    for record in records:
+        metrics = {k: _json_number(v) for k, v in record.items()
+                   if k not in ("epoch", "loss", "duration", *PER_LAYER_KEYS)}
+        rows.append({"job_id": job.id, "epoch": record["epoch"], "loss": record["loss"], "metrics": metrics,
+                     "grad_norms": _json_number(record.get("grad_norms", {})),
+                     "weight_norms": _json_number(record.get("weight_norms", {})),
+                     "duration": record["duration"]})
+    session.execute(insert(EpochRecord), rows)
+    job.epochs_done = records[-1]["epoch"]
+    job.metrics = {"loss": records[-1]["loss"], **rows[-1]["metrics"]}

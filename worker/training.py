@@ -27,7 +27,7 @@ from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
 from core.nn.serialization import arrays_from_npz, arrays_to_npz
-from core.store import add_epoch, dataset_arrays, load_weights, save_weights
+from core.store import add_epochs, dataset_arrays, load_weights, save_weights
 
 log = logging.getLogger("backprop.worker")
 
@@ -139,8 +139,7 @@ class EpochWriter:
     def flush(self, checkpoint: tuple[int, bytes] | None = None) -> None:
         if self.pending or checkpoint:
             with self.attempt.write() as (session, job):
-                for record in self.pending:
-                    add_epoch(session, job, record)
+                add_epochs(session, job, self.pending)
                 if checkpoint is not None:
                     epoch, blob = checkpoint
                     session.merge(Checkpoint(job_id=job.id, epoch=epoch, attempt=self.attempt.number,
