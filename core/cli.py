@@ -42,12 +42,18 @@ def serve_command(settings) -> list[str]:
             "--access-logformat", GUNICORN_ACCESS_FORMAT, "app:create_app()"]
 
 
-def metrics_env(settings, kind: str) -> dict[str, str]:
-    """Each server gets its own multiprocess metrics directory, emptied at start."""
+def process_env(settings, kind: str) -> dict[str, str]:
+    """The environment of a server process: its own multiprocess metrics directory (emptied at
+    start) and, for workers, glibc malloc thresholds pinned as `make bench` measures them: by
+    default glibc returns large blocks to the kernel and page-faults them back on every batch."""
     from .metrics import prepare_multiprocess_dir
 
     path = settings.data_dir / "prometheus" / f"{kind}-{os.getpid()}"
-    return {**os.environ, "PROMETHEUS_MULTIPROC_DIR": prepare_multiprocess_dir(path)}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": prepare_multiprocess_dir(path)}
+    if kind == "worker":
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(64 << 20))
+    return env
 
 
 def worker_command(settings) -> list[str]:
@@ -128,14 +134,14 @@ def keys_revoke(prefix: str) -> None:
 def serve() -> None:
     """Run the API under gunicorn."""
     settings = load_settings()
-    os.execve(sys.executable, serve_command(settings), metrics_env(settings, "api"))
+    os.execve(sys.executable, serve_command(settings), process_env(settings, "api"))
 
 
 @main.command()
 def worker() -> None:
     """Run a Celery worker that trains queued jobs."""
     settings = load_settings()
-    os.execve(sys.executable, worker_command(settings), metrics_env(settings, "worker"))
+    os.execve(sys.executable, worker_command(settings), process_env(settings, "worker"))
 
 
 @main.command()
@@ -145,8 +151,8 @@ def run() -> None:
 
     settings = load_settings()
     command.upgrade(alembic_config(settings.database_url), "head")
-    procs = [subprocess.Popen(serve_command(settings), env=metrics_env(settings, "api")),
-             subprocess.Popen(worker_command(settings), env=metrics_env(settings, "worker"))]
+    procs = [subprocess.Popen(serve_command(settings), env=process_env(settings, "api")),
+             subprocess.Popen(worker_command(settings), env=process_env(settings, "worker"))]
     click.echo(f"backprop API on http://{settings.host}:{settings.port} "
                f"(data in {settings.data_dir}); Ctrl-C stops it")
     stopping = False
