@@ -254,14 +254,24 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
         job = load_job(session, job_id)
-        if job.status in JobStatus.TERMINAL:
+        # each change is guarded by the status it expects, so a worker that claims or finishes the
+        # job at this very moment is never overwritten (a finished job stays finished)
+        cancelled = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.CANCELLED, stop_reason="cancelled", finished_at=utcnow(), cancel_requested=True)
+            .execution_options(synchronize_session=False)).rowcount
+        if not cancelled:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+                .values(status=JobStatus.CANCELLING, cancel_requested=True)
+                .execution_options(synchronize_session=False))
+        session.refresh(job)
+        if job.status in JobStatus.TERMINAL and not cancelled:
             raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}", job_status=job.status)
-        job.cancel_requested = True
-        if job.status == JobStatus.QUEUED:
-            job.status, job.stop_reason, job.finished_at = JobStatus.CANCELLED, "cancelled", utcnow()
-        else:
-            job.status = JobStatus.CANCELLING
-    return accepted(job_id)
+        body = job_json(job)  # the state this request left, whatever a worker does next
+    resp = current_app.response_class(current_app.json.dumps(body), status=202, mimetype="application/json")
+    resp.headers["Location"] = body["links"]["self"]
+    return resp
 
 
 @bp.post("/<job_id>/retry")
