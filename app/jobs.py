@@ -380,7 +380,7 @@ def gradient_flags(layers: list[str], grads: dict[str, list[float]]) -> list[dic
         return []
     flags = []
     last = {name: grads[name][-1] for name in layers if grads[name]}
-    top = max(last.values(), default=0.0)
+    top = max((v for v in last.values() if np.isfinite(v)), default=0.0)  # an overflow is no yardstick
     for name in layers:
         norm = last.get(name)
         if norm is None:
@@ -408,7 +408,8 @@ def get_diagnostics(job_id: str):
                                     .order_by(EpochRecord.epoch)))
     layers = [layer.get("name") for layer in job.model_spec["layers"]]
     names = list(rows[0].weight_norms) if rows else [n for n in layers if n]
-    grads = {n: [r.grad_norms.get(n, 0.0) for r in rows] for n in names}
+    # a norm stored as null overflowed: for the flags it is an infinite one
+    grads = {n: [math.inf if g is None else g for g in (r.grad_norms.get(n, 0.0) for r in rows)] for n in names}
     out_layers = [{"layer": n, "grad_norms": grads[n],
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
     trainable = [n for n in names if any(grads[n])] if rows else []

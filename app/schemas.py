@@ -320,7 +320,8 @@ class ModelVersionOut(BaseModel):
     created_at: str = Field(description="when the version was registered")
     aliases: list[str] = Field(description="aliases pointing at this version, `latest` included")
     job_status: JobStatusName
-    metrics: dict[str, float] | None = Field(description="the job's final metrics (its last epoch's)")
+    metrics: dict[str, float | None] | None = Field(description="the job's final metrics (its last epoch's); "
+                                                               "null where a value overflowed")
     links: ModelVersionLinks
 
 

@@ -512,6 +512,18 @@ def test_overflowing_norms_are_null_never_infinity(client, sessions):
     assert "Infinity" not in events and "NaN" not in events
 
 
+def test_diagnostics_with_an_overflowed_norm_stored_as_null(client, sessions):
+    job_id = queued_job(client)
+    with sessions.begin() as s:
+        s.add(EpochRecord(job_id=job_id, epoch=1, loss=1.0, metrics={"r2": None}, duration=0.1,
+                          grad_norms={"dense_0": None, "dense_1": 0.5}, weight_norms={"dense_0": 2.0, "dense_1": None}))
+    d = strict_json(client.get(f"/v1/jobs/{job_id}/diagnostics"))
+    assert [(x["layer"], x["grad_norms"], x["weight_norms"]) for x in d["layers"]] == [
+        ("dense_0", [None], [2.0]), ("dense_1", [0.5], [None])]
+    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("exploding_gradients", "dense_0")]
+    assert strict_json(client.get(f"/v1/jobs/{job_id}/epochs"))["epochs"][0]["r2"] is None
+
+
 def test_gradient_flags_rules():
     from app.jobs import gradient_flags
 
