@@ -57,6 +57,7 @@ class Attempt:
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, number: int):
         self.sessions, self.job_id, self.number = sessions, job_id, number
+        self.cancel_requested = False  # seen on the job row by the last write
 
     @contextmanager
     def write(self) -> Iterator[tuple[Session, Job]]:
@@ -65,6 +66,7 @@ class Attempt:
             if job is None or job.attempts != self.number or job.status not in (JobStatus.RUNNING,
                                                                                 JobStatus.CANCELLING):
                 raise Superseded(self.job_id)
+            self.cancel_requested = job.cancel_requested
             yield session, job
 
 
@@ -80,6 +82,9 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{attempt.job_id[:8]}", daemon=True)
 
     def should_stop(self) -> bool:
+        # epoch writes (every <= 0.25 s) also read the cancel flag, so short epochs stop promptly
+        if self.reason is None and self.attempt.cancel_requested:
+            self.reason = "cancelled"
         return self.reason is not None
 
     def start(self) -> Monitor:
@@ -194,7 +199,13 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id, EpochRecord.epoch > done))
         job.epochs_done = done
         x, y = dataset_arrays(job.dataset)
-        start = load_weights(session, job.init_from) if job.init_from and checkpoint is None else None
+        start = None
+        if job.init_from and checkpoint is None:
+            start = load_weights(session, job.init_from)
+            if not start:  # never train "fine-tuning" from random weights without saying so
+                job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
+                job.error = f"init_from job {job.init_from} has no stored weights to start from"
+                return None
         started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
         return Claim(job.attempts, job.model_spec, job.training_spec, x, y, start, job.freeze,
                      checkpoint.data if checkpoint is not None else None, started)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from core.db import Checkpoint, EpochRecord, Job
+from core.db import Checkpoint, EpochRecord, Job, WeightArray
 from core.db.models import utcnow
 from core.nn import Network, Trainer
 from core.store import dataset_arrays, load_weights
@@ -183,3 +183,31 @@ def test_missing_job_is_dropped(sessions, fast):
     run_job(sessions, "0" * 32, settings=fast)  # no exception, nothing written
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_cancel_is_seen_by_epoch_writes_without_waiting_for_a_heartbeat(client, sessions, migrated, monkeypatch):
+    slow_heartbeat = dataclasses.replace(migrated, heartbeat_seconds=600)
+    job_id = submit(client, iris_job(epochs=100000))
+    original = training.EpochWriter.on_epoch
+
+    def on_epoch(self, record, trainer):
+        original(self, record, trainer)
+        if record["epoch"] == 5:
+            client.post(f"/v1/jobs/{job_id}/cancel")
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    run_job(sessions, job_id, settings=slow_heartbeat)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled"
+    assert job["progress"]["epoch"] < 5000  # stopped at the next write (<= 0.25 s), not at epoch 100000
+
+
+def test_fine_tuning_from_a_job_whose_weights_are_gone_fails_instead_of_starting_fresh(client, sessions, fast):
+    parent = submit(client, iris_job(epochs=2))
+    run_job(sessions, parent, settings=fast)
+    child = submit(client, {**iris_job(epochs=2), "init_from": parent})
+    with sessions.begin() as s:
+        s.execute(WeightArray.__table__.delete().where(WeightArray.job_id == parent))
+    run_job(sessions, child, settings=fast)
+    job = client.get(f"/v1/jobs/{child}").get_json()
+    assert job["status"] == "failed" and "no stored weights" in job["error"]
