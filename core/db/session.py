@@ -1,5 +1,7 @@
 """Engine and session factory. SQLite gets WAL and a busy timeout so the API and the workers
-can read and write the same file concurrently."""
+can read and write the same file concurrently, and every transaction begins IMMEDIATE: SQLite
+has no SELECT ... FOR UPDATE, so this is what makes a read-then-write transaction (claiming a
+job, the attempt fence, registrations) atomic there, as row locks make it on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,16 +16,21 @@ def make_engine(url: str, **kwargs) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 15}, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # the driver must not issue its own deferred BEGIN
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA busy_timeout=15000")  # below the stale-heartbeat threshold (30 s)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

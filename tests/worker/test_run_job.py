@@ -211,3 +211,37 @@ def test_fine_tuning_from_a_job_whose_weights_are_gone_fails_instead_of_starting
     run_job(sessions, child, settings=fast)
     job = client.get(f"/v1/jobs/{child}").get_json()
     assert job["status"] == "failed" and "no stored weights" in job["error"]
+
+
+def test_two_workers_claiming_at_once_get_one_attempt_between_them(client, sessions, fast, monkeypatch):
+    """A duplicate message delivered to two idle workers at the same moment: one claim wins."""
+    import threading
+
+    from core import store
+
+    job_id = submit(client, iris_job(epochs=2))
+    barrier = threading.Barrier(2, timeout=10)
+    loading = store.dataset_arrays
+
+    def slow_load(ds):  # both claims are inside their transaction at the same time
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return loading(ds)
+
+    monkeypatch.setattr(training, "dataset_arrays", slow_load)
+    barrier_timeout = threading.Timer(3, barrier.abort)
+    barrier_timeout.start()
+    claims = []
+    patient = dataclasses.replace(fast, stale_after_seconds=60)  # the first claim's heartbeat stays fresh
+    threads = [threading.Thread(target=lambda: claims.append(training._claim(sessions, job_id, "w", patient)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    barrier_timeout.cancel()
+    assert sum(c is not None for c in claims) == 1
+    with sessions() as s:
+        assert s.get(Job, job_id).attempts == 1
