@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ApiError, validation_error
+from .limits import check_dataset_limits
 
 
 def _find_bad_cell(value: list, path: str) -> dict[str, str]:
@@ -334,6 +335,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
     Targets are classes when they are class labels (strings), one-hot rows, or whole numbers
     >= 0 in one column, unless task="regression"; task="classification" insists on one of those."""
     fpath, tpath = paths
+    check_dataset_limits(len(features), int(features[0].size) if len(features) else 0, fpath)
     if len(features) != len(targets):
         raise _npy_problem(tpath, f"has {len(targets)} values but {fpath} has {len(features)} rows")
     if feature_names is not None and len(feature_names) != features[0].size:

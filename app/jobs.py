@@ -14,21 +14,30 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import defer
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
 from core.db.models import utcnow
 from core.logs import job_id_var
-from core.nn import Network, SpecError, check_training_spec
+from core.nn import Network, SpecError, Trainer, check_training_spec
+from core.nn.network import count_parameters
 from core.nn.serialization import arrays_to_npz
+from core.nn.training import stratified_split
 from core.queue import enqueue_training
-from core.store import create_dataset, load_weights
+from core.store import create_dataset, dataset_targets, load_weights
 
 from . import limits
 from .auth import current_tenant
 from .datasets import check_dataset_fits, dataset_summary_fields, not_found, numeric_array, parse_targets
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
-from .limits import check_active_jobs, check_compute_budget, check_dataset_limits, check_spec_limits
+from .limits import (
+    check_active_jobs,
+    check_compute_budget,
+    check_dataset_limits,
+    check_parameter_count,
+    check_spec_limits,
+)
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
 from .predict import models, predict_response
@@ -154,10 +163,13 @@ def create_job():
     body = parse(JobCreate, read_json_body())
     check_spec_limits(body.model, body.training)
     try:
+        check_parameter_count(count_parameters(body.model))  # before any weight is allocated
         net = Network.from_spec(body.model)
         training = check_training_spec(body.training)
     except SpecError as exc:
         raise validation_error(exc.errors) from None
+    except (ValueError, MemoryError) as exc:  # a shape the layers cannot build at all
+        raise validation_error([{"path": "model", "message": f"cannot build this network: {exc}"}]) from None
     if (body.dataset is None) == (body.dataset_id is None):
         raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
     sessions = ext()["sessions"]
@@ -171,7 +183,7 @@ def create_job():
             check_dataset_limits(features.shape[0], features[0].size, "dataset.features")
             targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
             check_dataset_fits(features, targets, net.input_shape)
-            _check_targets(net, targets, "dataset.targets")
+            _check_training_fits(net, training, targets, labels, "dataset.targets")
             names = body.dataset.feature_names
             if names is not None and len(names) != features[0].size:
                 raise validation_error([{"path": "dataset.feature_names",
@@ -180,15 +192,14 @@ def create_job():
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))
         else:
-            ds = session.get(Dataset, body.dataset_id)
+            ds = session.get(Dataset, body.dataset_id, options=[defer(Dataset.features), defer(Dataset.targets)])
             if ds is None or ds.tenant != current_tenant():
                 raise validation_error([{"path": "dataset_id", "message": f"no dataset with id {body.dataset_id!r}"}])
             if ds.feature_shape != list(net.input_shape):
                 raise validation_error([{"path": "dataset_id", "message":
                                          f"samples have shape {ds.feature_shape}, model.input_shape is "
                                          f"{list(net.input_shape)}"}])
-            from core.store import dataset_arrays
-            _check_targets(net, dataset_arrays(ds)[1], "dataset_id")
+            _check_training_fits(net, training, dataset_targets(session, ds.id), ds.class_labels, "dataset_id")
         check_compute_budget(net.parameter_count, ds.n_samples, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
@@ -199,11 +210,30 @@ def create_job():
     return accepted(job.id)
 
 
-def _check_targets(net: Network, targets: np.ndarray, path: str) -> None:
+def _check_training_fits(net: Network, training: dict[str, Any], targets: np.ndarray,
+                         labels: list[Any] | None, path: str) -> None:
+    """Everything the worker would otherwise only find out after the job was queued: targets
+    that do not fit the output, class labels with a regression loss, a validation split that
+    leaves no validation samples, and monitors that name metrics this run will not record."""
+    if labels is not None and not net.classification:
+        raise validation_error([{"path": path, "message": f"class labels need a classification loss, "
+                                                          f"not {net.spec['loss']}"}])
     try:
-        net.loss.prepare_targets(targets, net.output_shape, net.dtype)
+        y = net.loss.prepare_targets(targets, net.output_shape, net.dtype)
     except ValueError as exc:
         raise validation_error([{"path": path, "message": str(exc)}]) from None
+    validation = training["validation_split"] > 0
+    if validation:
+        split_rng = np.random.default_rng([training["seed"], 1])  # the worker's split, exactly
+        train_idx, val_idx = stratified_split(y, training["validation_split"], split_rng, net.classification)
+        if len(val_idx) == 0 or len(train_idx) == 0:
+            raise validation_error([{"path": "training.validation_split", "message":
+                                     f"leaves {len(train_idx)} training and {len(val_idx)} validation samples "
+                                     f"of {len(y)}"}])
+    try:
+        Trainer(net, training).check_metric_names(validation)
+    except SpecError as exc:
+        raise validation_error(exc.errors) from None
 
 
 def _parse_time(value: str, path: str) -> datetime:

@@ -22,6 +22,22 @@ def settings() -> Settings:
     return current_app.extensions["backprop"]["settings"]
 
 
+MAX_WINDOW = 256  # kernel, pool and stride sizes
+
+
+def _number(v: Any) -> bool:
+    """Integral floats (9000.0) pass the spec's integer fields, so limits must see them too."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def check_parameter_count(parameters: int) -> None:
+    limit = settings().max_parameters
+    if parameters > limit:
+        raise ApiError(422, "model_too_large", f"the model has {parameters} parameters; the limit is {limit}",
+                       errors=[{"path": "model.layers", "message": f"{parameters} parameters > limit {limit}"}],
+                       parameters=parameters, limit=limit)
+
+
 def _walk_layers(layers: Any, path: str):
     if not isinstance(layers, list):
         return
@@ -41,15 +57,19 @@ def check_spec_limits(model: dict[str, Any], training: dict[str, Any]) -> None:
     for path, layer in layers:
         for key in ("units", "filters"):
             v = layer.get(key)
-            if isinstance(v, int) and v > s.max_units:
+            if _number(v) and v > s.max_units:
                 errors.append({"path": f"{path}.{key}", "message": f"must be <= {s.max_units} (server limit)"})
+        for key in ("kernel_size", "pool_size", "strides"):
+            values = layer.get(key) if isinstance(layer.get(key), list) else [layer.get(key)]
+            if any(_number(v) and v > MAX_WINDOW for v in values):
+                errors.append({"path": f"{path}.{key}", "message": f"must be <= {MAX_WINDOW} (server limit)"})
     shape = model.get("input_shape")
-    if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
+    if isinstance(shape, list) and all(_number(d) and d > 0 for d in shape):
         if int(np.prod(shape, dtype=np.float64)) > s.max_sample_values:
             errors.append({"path": "model.input_shape",
                            "message": f"one sample may hold at most {s.max_sample_values} values"})
     epochs = training.get("epochs") if isinstance(training, dict) else None
-    if isinstance(epochs, int) and epochs > s.max_epochs:
+    if _number(epochs) and epochs > s.max_epochs:
         errors.append({"path": "training.epochs", "message": f"must be <= {s.max_epochs} (server limit)"})
     if errors:
         raise validation_error(errors)

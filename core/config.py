@@ -36,6 +36,7 @@ class Settings:
     # limits, each answered with a 4xx before anything is stored or queued (app/limits.py)
     max_layers: int = field(default_factory=lambda: int(_env("MAX_LAYERS", "64")))
     max_units: int = field(default_factory=lambda: int(_env("MAX_UNITS", "8192")))
+    max_parameters: int = field(default_factory=lambda: int(_env("MAX_PARAMETERS", "20000000")))
     max_epochs: int = field(default_factory=lambda: int(_env("MAX_EPOCHS", "100000")))
     max_rows: int = field(default_factory=lambda: int(_env("MAX_ROWS", "1000000")))
     max_sample_values: int = field(default_factory=lambda: int(_env("MAX_SAMPLE_VALUES", "100000")))

@@ -55,6 +55,13 @@ def dataset_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def dataset_targets(session: Session, dataset_id: str) -> np.ndarray:
+    """Only the targets of a dataset, without loading its features."""
+    row = session.execute(select(Dataset.n_samples, Dataset.target_shape, Dataset.target_dtype, Dataset.targets)
+                          .where(Dataset.id == dataset_id)).one()
+    return unpack(row.target_dtype, [row.n_samples, *row.target_shape], row.targets)
+
+
 def save_weights(session: Session, job_id: str, arrays: dict[str, np.ndarray]) -> None:
     """Replace the job's stored weights with `arrays`."""
     session.execute(delete(WeightArray).where(WeightArray.job_id == job_id))

@@ -9,7 +9,7 @@ import numpy as np
 
 from .activations import get_activation
 from .layers import LAYERS
-from .layers.base import ActivatedLayer, Layer, check_layer_spec, make_layers
+from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
 
@@ -34,6 +34,16 @@ def check_model_spec(spec: Any) -> dict[str, Any]:
     if errors:
         raise SpecError(errors)
     return checked
+
+
+def count_parameters(spec: dict[str, Any]) -> int:
+    """The number of trainable values a spec builds, found without allocating them (so that a
+    service can refuse a network too large to build). Raises SpecError like Network does."""
+    token = SHAPES_ONLY.set(True)
+    try:
+        return Network(spec).parameter_count
+    finally:
+        SHAPES_ONLY.reset(token)
 
 
 def walk(layers: list[Layer]) -> Iterator[Layer]:
@@ -76,7 +86,8 @@ class Network:
         self._first_weighted = next((i for i, layer in enumerate(self.layers)
                                      if any(sub.params for sub in walk([layer]))), len(self.layers))
         self._penalized = [layer for layer in walk(self.layers) if layer.l1 or layer.l2]
-        self._pack()
+        if not SHAPES_ONLY.get():
+            self._pack()
 
     def _pack(self) -> None:
         """Make every trainable array a view into one contiguous vector, `flat_params`, and every

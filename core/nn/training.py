@@ -215,7 +215,7 @@ class Trainer:
         if n == 0:
             raise ValueError("no training samples")
         net, cfg = self.net, self.cfg
-        self._check_metric_names(validation=xv is not None)
+        self.check_metric_names(validation=xv is not None)
         result = FitResult(history=self.history)
         if self.stopped:  # resumed from a checkpoint taken as the run was stopping: it stays stopped
             result.stop_reason, result.best_epoch = self.stopped, self.best_epoch
@@ -319,7 +319,7 @@ class Trainer:
             out.update({f"{prefix}{k}": v for k, v in reg.result(int(np.prod(net.output_shape))).items()})
         return out
 
-    def _check_metric_names(self, validation: bool) -> None:
+    def check_metric_names(self, validation: bool) -> None:
         """Fail before the first epoch, not after it, when a monitor names a metric this run
         never records (a typo, or a val_ metric without validation data)."""
         base = ["loss", "accuracy"] if self.net.classification else ["loss", "mae", "r2"]

@@ -168,7 +168,20 @@ BAD_INPUTS = [
     ("label out of range", lambda: _with("dataset.targets", [5] * 150), "dataset.targets", "0..2"),
     ("empty features", lambda: _with("dataset.features", []), "dataset.features", "non-empty"),
     ("missing dataset", lambda: _with("dataset", _DELETE), "dataset", "exactly one of dataset"),
+    ("monitor needs validation", lambda: _with("training.early_stopping", {"patience": 2}),
+     "training.early_stopping.monitor", "val_loss is not recorded"),
+    ("empty validation split", lambda: _with("training.validation_split", 0.001), "training.validation_split",
+     "0 validation samples"),
+    ("labels with a regression loss", lambda: _regression_with_labels(), "dataset.targets",
+     "need a classification loss"),
 ]
+
+
+def _regression_with_labels():
+    body = _with("model.loss", "mse")
+    body["model"]["layers"][1]["activation"] = "linear"
+    body["dataset"]["targets"] = ["a", "b", "c"] * 50
+    return body
 
 
 @pytest.mark.parametrize("case, make, path, message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])

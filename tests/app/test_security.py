@@ -104,6 +104,44 @@ def test_size_limits_are_422_before_anything_is_stored(migrated, limit, change, 
     app.extensions["backprop"]["engine"].dispose()
 
 
+@pytest.mark.parametrize("limit, change, path", [
+    ({"max_units": 20}, lambda b: b["model"]["layers"][0].update(units=21.0), "model.layers[0].units"),
+    ({"max_epochs": 10}, lambda b: b["training"].update(epochs=11.0), "training.epochs"),
+])
+def test_limits_see_integral_floats(migrated, limit, change, path):
+    app = _limited(migrated, **limit)
+    body = iris_job(epochs=5)
+    change(body)
+    resp = app.test_client().post("/v1/jobs", json=body)
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == path
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_a_network_too_large_is_refused_before_it_is_built(migrated, monkeypatch):
+    import core.nn.network as network
+
+    app = _limited(migrated, max_parameters=1_000_000)
+    built = []
+    monkeypatch.setattr(network.Network, "_pack", lambda self: built.append(self))  # a real build packs
+    body = iris_job(epochs=1)
+    body["model"]["layers"] = [{"type": "dense", "units": 8000, "activation": "relu"}] * 3 + [
+        {"type": "dense", "units": 3, "activation": "softmax"}]
+    resp = app.test_client().post("/v1/jobs", json=body)
+    assert resp.status_code == 422 and resp.get_json()["code"] == "model_too_large"
+    assert resp.get_json()["parameters"] == 4 * 8000 + 8000 + 2 * (8000 * 8000 + 8000) + 8000 * 3 + 3
+    assert built == []
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_huge_windows_are_refused(client):
+    body = iris_job(epochs=1)
+    body["model"] = {"input_shape": [4, 4, 1], "loss": "categorical_crossentropy",
+                     "layers": [{"type": "conv2d", "filters": 2, "kernel_size": 3000, "padding": "same"},
+                                {"type": "flatten"}, {"type": "dense", "units": 3, "activation": "softmax"}]}
+    resp = client.post("/v1/jobs", json=body)
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "model.layers[0].kernel_size"
+
+
 def test_compute_budget_states_the_figure_and_the_limit(migrated):
     app = _limited(migrated, max_compute=1e6)
     resp = app.test_client().post("/v1/jobs", json=iris_job(epochs=100))
@@ -193,3 +231,11 @@ def test_hostile_json_is_a_4xx(client, raw, content_type, status):
     resp = client.post("/v1/jobs", data=raw.encode("latin-1"), content_type=content_type)
     assert resp.status_code == status, resp.get_json()
     assert resp.mimetype == "application/problem+json"
+
+
+def test_uploaded_datasets_meet_the_same_size_limits(migrated):
+    app = _limited(migrated, max_rows=5)
+    csv = "a,b,y\n" + "".join(f"{i},{i},{i % 2}\n" for i in range(6))
+    resp = app.test_client().post("/v1/datasets?target=y", data=csv, content_type="text/csv")
+    assert resp.status_code == 422 and "limit is 5" in resp.get_json()["detail"]
+    app.extensions["backprop"]["engine"].dispose()

@@ -227,3 +227,24 @@ def test_field_kinds_edge_cases():
     assert errors == [{"path": "p[0]", "message": "must be an integer >= 1"},
                       {"path": "q", "message": "must be a list"}]
     assert Field("int_list", minimum=0).json_schema()["items"]["minimum"] == 0
+
+
+def test_count_parameters_matches_a_real_build_without_allocating():
+    import tracemalloc
+
+    from core.nn.network import count_parameters
+
+    small = {"input_shape": [6, 6, 2], "loss": "mse", "layers": [
+        {"type": "conv2d", "filters": 3, "kernel_size": 3}, {"type": "batch_norm"}, {"type": "flatten"},
+        {"type": "residual", "layers": [{"type": "dense", "units": 48}]}, {"type": "dense", "units": 2}]}
+    assert count_parameters(small) == Network.from_spec(small).parameter_count
+    seq = {"input_shape": [5, 3], "loss": "mse", "layers": [{"type": "lstm", "units": 4, "return_sequences": True},
+                                                            {"type": "gru", "units": 3}, {"type": "dense", "units": 1}]}
+    assert count_parameters(seq) == Network.from_spec(seq).parameter_count
+    huge = {"input_shape": [4096], "loss": "mse", "layers": [{"type": "dense", "units": 8192}] * 16}
+    tracemalloc.start()
+    try:
+        assert count_parameters(huge) == 4096 * 8192 + 8192 + 15 * (8192 * 8192 + 8192)
+        assert tracemalloc.get_traced_memory()[1] < 50e6  # a real build would need about 17 GB
+    finally:
+        tracemalloc.stop()

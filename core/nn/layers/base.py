@@ -9,6 +9,7 @@ statistics)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +17,14 @@ import numpy as np
 from ..activations import ACTIVATIONS, get_activation
 from ..initializers import INITIALIZERS
 from ..spec import Field, SpecError, _join, check_object, object_schema
+
+# While set, layers allocate no weights: every parameter is a zero-stride view of one element,
+# so the size of a network can be known (and refused) before it is built for real.
+SHAPES_ONLY: ContextVar[bool] = ContextVar("shapes_only", default=False)
+
+
+def _placeholder(shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
 
 
 class ShapeError(ValueError):
@@ -76,10 +85,14 @@ class Layer:
 
     def add_param(self, key: str, value: np.ndarray) -> None:
         self.params[key] = value
-        self.grads[key] = np.zeros_like(value)
+        self.grads[key] = _placeholder(value.shape, value.dtype) if SHAPES_ONLY.get() else np.zeros_like(value)
 
     def init_param(self, key: str, initializer: str, shape, fan_in, fan_out, rng, dtype) -> None:
-        self.add_param(key, INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype))
+        if SHAPES_ONLY.get():
+            self.add_param(key, _placeholder(tuple(shape), np.dtype(dtype)))
+            return
+        value = INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype)
+        self.add_param(key, np.ascontiguousarray(value))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name,

@@ -33,7 +33,6 @@ import numpy as np
 
 from ..activations import ACTIVATIONS, get_activation
 from ..constants import column_sums
-from ..initializers import INITIALIZERS
 from ..spec import Field
 from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register
 
@@ -86,21 +85,14 @@ class _Recurrent(Layer):
         steps, features = input_shape
         u, width = self.units, self.gates * self.units
         cfg = self.config
-        self._init_param("kernel", cfg["kernel_initializer"], (features, width), features, width,
+        self.init_param("kernel", cfg["kernel_initializer"], (features, width), features, width,
                         rng, dtype)
-        self._init_param("recurrent_kernel", cfg["recurrent_initializer"], (u, width), u, width,
+        self.init_param("recurrent_kernel", cfg["recurrent_initializer"], (u, width), u, width,
                         rng, dtype)
         if cfg["use_bias"]:
-            self._init_param("bias", cfg["bias_initializer"], self._bias_shape(), features, width,
+            self.init_param("bias", cfg["bias_initializer"], self._bias_shape(), features, width,
                             rng, dtype)
         return (steps, u) if self.return_sequences else (u,)
-
-    def _init_param(self, key, initializer, shape, fan_in, fan_out, rng, dtype) -> None:
-        # C order: `orthogonal` returns a transposed (Fortran-ordered) array for wide shapes
-        # such as (units, 4*units), and code that edits weights through reshape(-1) (gradient
-        # checks, some optimizers) would then edit a copy.
-        value = INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype)
-        self.add_param(key, np.ascontiguousarray(value))
 
     def _bias_shape(self) -> tuple[int, ...]:
         return (self.gates * self.units,)
