@@ -13,7 +13,7 @@ from core.db import make_engine, make_sessionmaker
 from core.logs import configure_logging, job_id_var, request_id_var
 from core.queue import make_celery
 
-from .auth import init_auth
+from .auth import enforce_auth, init_auth
 from .errors import register_error_handlers
 from .limits import init_rate_limit
 from .metrics import init_http_metrics
@@ -37,8 +37,9 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     register_error_handlers(app)
     init_request_ids(app)
     init_http_metrics(app)
-    init_rate_limit(app)  # before auth, so failed key guesses are rate limited too
-    init_auth(app)
+    init_auth(app)  # who is calling: a valid key has its own rate budget, anything else the address's
+    init_rate_limit(app)
+    enforce_auth(app)  # after the rate limit, so failed key guesses count against it
     from .dashboard import bp as dashboard_bp
     from .datasets_api import bp as datasets_bp
     from .health import bp as health_bp

@@ -18,10 +18,13 @@ def current_tenant() -> str:
 
 
 def init_auth(app: Flask) -> None:
+    """Identify the caller. A missing or wrong key is only noted here and refused by
+    `enforce_auth`, registered after the rate limiter, so that guesses are rate limited too."""
     enabled = app.extensions["backprop"]["settings"].auth_enabled
 
     @app.before_request
     def _authenticate():
+        g.unauthorized = False
         if not enabled:
             g.tenant = DEFAULT_TENANT
             return
@@ -34,7 +37,15 @@ def init_auth(app: Flask) -> None:
         if scheme.lower() == "bearer" and key:
             with current_app.extensions["backprop"]["sessions"]() as session:
                 tenant = tenant_for_key(session, key.strip())
-        if tenant is None:
+        g.tenant = tenant
+        g.unauthorized = tenant is None
+        if tenant is not None:
+            g.api_key_id = key.strip().split("_")[1]  # the key's public prefix: its rate-limit budget
+
+
+def enforce_auth(app: Flask) -> None:
+    @app.before_request
+    def _refuse_unauthorized():
+        if g.get("unauthorized"):
             raise ApiError(401, "unauthorized", "send a valid API key: Authorization: Bearer KEY",
                            headers={"WWW-Authenticate": 'Bearer realm="backprop"'})
-        g.tenant = tenant

@@ -49,7 +49,7 @@ TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 409: 
           429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}
 
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-              413: "request_too_large", 415: "unsupported_media_type", 500: "internal_error"}
+              413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limited", 500: "internal_error"}
 
 
 def register_error_handlers(app: Flask) -> None:

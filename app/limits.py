@@ -4,18 +4,18 @@ a per-key request rate (shared through Redis when Redis is the broker)."""
 
 from __future__ import annotations
 
-import hashlib
+import time
 from typing import Any
 
 import numpy as np
-from flask import Flask, current_app, request
-from flask_limiter import Limiter
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy import func, select
 
 from core.config import Settings
 from core.db import Job, JobStatus
 
-from .errors import ApiError, validation_error
+from .errors import ApiError, problem, validation_error
 
 
 def settings() -> Settings:
@@ -109,17 +109,24 @@ def check_active_jobs(session, tenant: str) -> None:
 
 
 def _rate_key() -> str:
-    """Per API key when one is sent, else per client address."""
-    header = request.headers.get("Authorization", "")
-    if header:
-        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:16]
-    return "addr:" + (request.remote_addr or "unknown")
+    """Per API key (authentication runs first, so only a valid key gets its own budget), else per
+    client address: a caller cannot buy a fresh budget by sending a made-up Authorization header."""
+    key_id = g.get("api_key_id")
+    return f"key:{key_id}" if key_id else "addr:" + (request.remote_addr or "unknown")
 
 
 def init_rate_limit(app: Flask) -> None:
     s: Settings = app.extensions["backprop"]["settings"]
     storage = s.broker_url if s.broker_url.startswith("redis") else "memory://"
-    limiter = Limiter(_rate_key, app=app, default_limits=[s.rate_limit], headers_enabled=True,
-                      storage_uri=storage, strategy="fixed-window", swallow_errors=True,
+    limiter = Limiter(_rate_key, app=app, default_limits=[s.rate_limit], storage_uri=storage,
+                      strategy="fixed-window", swallow_errors=True,
                       default_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
     app.extensions["backprop"]["limiter"] = limiter
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded):
+        # Retry-After only here: Flask-Limiter's own headers would put it on every response
+        current = limiter.current_limit
+        retry = max(1, int(current.reset_at - time.time()) + 1) if current is not None else 60
+        return problem(429, "rate_limited", "Too many requests", f"rate limit exceeded: {exc.description}",
+                       headers={"Retry-After": str(retry)})

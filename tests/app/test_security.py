@@ -239,3 +239,14 @@ def test_uploaded_datasets_meet_the_same_size_limits(migrated):
     resp = app.test_client().post("/v1/datasets?target=y", data=csv, content_type="text/csv")
     assert resp.status_code == 422 and "limit is 5" in resp.get_json()["detail"]
     app.extensions["backprop"]["engine"].dispose()
+
+
+def test_made_up_keys_share_the_address_budget_and_retry_after_is_only_on_429(migrated):
+    app = create_app(dataclasses.replace(migrated, auth="on", rate_limit="3 per minute"))
+    c = app.test_client()
+    codes = [c.get("/v1/jobs", headers={"Authorization": f"Bearer bp_x{i}_y"}).status_code for i in range(4)]
+    assert codes == [401, 401, 401, 429]
+    good = key_for(app, "acme")  # a valid key has a budget of its own
+    ok = c.get("/v1/jobs", headers=good)
+    assert ok.status_code == 200 and "Retry-After" not in ok.headers
+    app.extensions["backprop"]["engine"].dispose()
