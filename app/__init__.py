@@ -14,7 +14,7 @@ from core.logs import configure_logging, job_id_var, request_id_var
 from core.queue import make_celery
 
 from .auth import enforce_auth, init_auth
-from .errors import register_error_handlers
+from .errors import ApiError, register_error_handlers
 from .limits import init_rate_limit
 from .metrics import init_http_metrics
 
@@ -55,6 +55,14 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
 
 def init_request_ids(app: Flask) -> None:
     """Echo the caller's X-Request-ID or make one, so a request can be found in the logs."""
+
+    @app.before_request
+    def _refuse_nul():
+        # no id, name or parameter contains NUL, and PostgreSQL cannot even compare with one
+        if "\x00" in request.path:
+            raise ApiError(404, "not_found", "no resource has a NUL character in its path")
+        if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+            raise ApiError(400, "bad_request", "query parameters must not contain NUL characters")
 
     @app.before_request
     def _request_id():

@@ -75,7 +75,8 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
         raise validation_error([{"path": f"{path}[{i}]",
                                  "message": "mixes class labels (strings) with other values"}])
     arr = numeric_array(value, path)
-    if np.all(np.mod(arr, 1) == 0) and arr.ndim == 1:
+    # whole numbers become class indices, but only where int64 holds them exactly
+    if arr.ndim == 1 and np.all(np.mod(arr, 1) == 0) and np.all(np.abs(arr) < 2**53):
         return arr.astype(np.int64), None
     return arr, None
 

@@ -483,7 +483,7 @@ def job_events(job_id: str):
     last_epoch = q.after
     if last_epoch is None:
         header = request.headers.get("Last-Event-ID", "")
-        last_epoch = int(header) if header.isdigit() else 0
+        last_epoch = int(header) if re.fullmatch(r"[0-9]{1,9}", header) else 0  # ASCII digits only
 
     def events():
         nonlocal last_epoch

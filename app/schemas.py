@@ -118,14 +118,15 @@ class EpochOut(BaseModel):
 
 
 class EpochQuery(Strict):
-    after: int = Field(default=0, ge=0, description="return epochs after this epoch number")
+    after: int = Field(default=0, ge=0, le=2**31 - 1, description="return epochs after this epoch number")
     limit: int = Field(default=1000, ge=1, le=10000)
     max_points: int | None = Field(default=None, ge=2, le=10000,
                                    description="downsample to at most this many epochs, keeping first and last")
 
 
 class EventsQuery(Strict):
-    after: int | None = Field(default=None, ge=0, description="send only epochs after this one; a reconnecting "
+    after: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                              description="send only epochs after this one; a reconnecting "
                               "EventSource sends the same as its Last-Event-ID header, which is honoured too")
 
 
@@ -272,6 +273,8 @@ def read_json_body() -> Any:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # a chunked body is cut at the limit rather than refused; reaching it means more was sent
         raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+    if b"\\u0000" in raw:  # PostgreSQL text cannot hold NUL characters
+        raise ApiError(400, "invalid_json", "NUL characters (\\u0000) are not accepted in strings")
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:

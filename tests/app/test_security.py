@@ -250,3 +250,26 @@ def test_made_up_keys_share_the_address_budget_and_retry_after_is_only_on_429(mi
     ok = c.get("/v1/jobs", headers=good)
     assert ok.status_code == 200 and "Retry-After" not in ok.headers
     app.extensions["backprop"]["engine"].dispose()
+
+
+def test_odd_ids_and_parameters_are_4xx_on_postgres(migrated, postgres_url):
+    from tests.conftest import migrate
+
+    migrate(postgres_url)
+    app = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off"))
+    c = app.test_client()
+    try:
+        for path in ("/v1/jobs/%00", "/v1/datasets/a%00b", "/v1/models/a%00b"):
+            assert c.get(path).status_code == 404, path
+        assert c.get("/v1/jobs?status=%00").status_code == 400
+        assert c.get("/v1/jobs/x/epochs?after=" + "9" * 30).status_code == 422
+        body = json.dumps({**iris_job(epochs=1), "dataset": {"features": [[1, 2, 3, 4]], "targets": [0],
+                                                             "feature_names": ["a\u0000", "b", "c", "d"]}})
+        resp = c.post("/v1/jobs", data=body, content_type="application/json")
+        assert resp.status_code == 400 and "NUL" in resp.get_json()["detail"]
+        job_id = c.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+        resp = c.get(f"/v1/jobs/{job_id}/events?after=1", headers={"Last-Event-ID": "\u00b2"})
+        assert resp.status_code == 200  # a non-ASCII "digit" is ignored, not a 500
+        resp.close()
+    finally:
+        app.extensions["backprop"]["engine"].dispose()
