@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         "engine": engine,
         "sessions": make_sessionmaker(engine),
         "celery": make_celery(settings),
+        # an event stream holds a thread for its whole life: leave half of them for everything else
+        "streams": threading.BoundedSemaphore(max(1, settings.web_threads // 2)),
     }
     if not logging.getLogger().handlers:
         configure_logging()

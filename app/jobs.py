@@ -448,6 +448,7 @@ def get_diagnostics(job_id: str):
 
 
 SSE_POLL_SECONDS = 0.5
+SSE_MAX_SECONDS = 300  # one stream's lifetime; EventSource and our client resume after it
 SSE_KEEPALIVE_SECONDS = 15
 
 
@@ -485,10 +486,22 @@ def job_events(job_id: str):
         header = request.headers.get("Last-Event-ID", "")
         last_epoch = int(header) if re.fullmatch(r"[0-9]{1,9}", header) else 0  # ASCII digits only
 
+    streams = ext()["streams"]
+    if not streams.acquire(blocking=False):
+        raise ApiError(503, "too_many_streams", "this API process is serving as many event streams as it has "
+                       "threads to spare; poll /epochs instead, or try again", headers={"Retry-After": "5"})
+
     def events():
         nonlocal last_epoch
+        try:
+            yield from follow()
+        finally:
+            streams.release()
+
+    def follow():
+        nonlocal last_epoch
         last_status = None
-        quiet_since = time.monotonic()
+        quiet_since = started = time.monotonic()
         yield "retry: 2000\n\n"
         while True:
             with sessions() as session:
@@ -507,6 +520,8 @@ def job_events(job_id: str):
                 yield _sse("status", snapshot)
             if last_status in JobStatus.TERMINAL:
                 return
+            if time.monotonic() - started > SSE_MAX_SECONDS:
+                return  # give the thread back; the client reconnects with Last-Event-ID and goes on
             if rows:
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= SSE_KEEPALIVE_SECONDS:

@@ -37,7 +37,7 @@ def serve_command(settings) -> list[str]:
     from .logs import GUNICORN_ACCESS_FORMAT
 
     return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
-            "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", "4",
+            "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", str(settings.web_threads),
             "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
             "--access-logformat", GUNICORN_ACCESS_FORMAT, "app:create_app()"]
 

@@ -20,6 +20,7 @@ class Settings:
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: int(_env("PORT", "8000")))
     web_workers: int = field(default_factory=lambda: int(_env("WEB_WORKERS", "2")))
+    web_threads: int = field(default_factory=lambda: int(_env("WEB_THREADS", "8")))
     worker_concurrency: int = field(default_factory=lambda: int(_env("WORKER_CONCURRENCY", str(os.cpu_count() or 1))))
     blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
     max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))

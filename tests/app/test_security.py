@@ -273,3 +273,31 @@ def test_odd_ids_and_parameters_are_4xx_on_postgres(migrated, postgres_url):
         resp.close()
     finally:
         app.extensions["backprop"]["engine"].dispose()
+
+
+def test_event_streams_leave_threads_for_everything_else(migrated):
+    app = create_app(dataclasses.replace(migrated, web_threads=4))  # room for 2 streams
+    job_id = app.test_client().post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def events():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", f"/v1/jobs/{job_id}/events")
+        return conn, conn.getresponse()
+
+    try:
+        open_streams = [events() for _ in range(2)]
+        assert [resp.status for _, resp in open_streams] == [200, 200]
+        for _, resp in open_streams:
+            resp.readline()  # the stream has started and holds its slot
+        conn, refused = events()
+        assert refused.status == 503 and json.loads(refused.read())["code"] == "too_many_streams"
+        assert refused.getheader("Retry-After")
+        conn.close()
+        for conn, _ in open_streams:
+            conn.close()  # a closed connection gives its slot back at the next write
+        assert app.test_client().get("/livez").status_code == 200
+    finally:
+        server.shutdown()
+        app.extensions["backprop"]["engine"].dispose()
