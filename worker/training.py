@@ -27,6 +27,7 @@ from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
 from core.nn.serialization import arrays_from_npz, arrays_to_npz
+from core.nn.training import weights_in_state
 from core.store import add_epochs, dataset_arrays, load_weights, save_weights
 
 log = logging.getLogger("backprop.worker")
@@ -136,7 +137,7 @@ class EpochWriter:
         self.last_weights = trainer.net.get_weights()  # what a cancelled job keeps
         now = time.monotonic()
         if record["duration"] > LONG_EPOCH_SECONDS or now - self.last_checkpoint >= self.settings.checkpoint_seconds:
-            meta, arrays = trainer.state()
+            meta, arrays = trainer.state(history=False)
             self.flush(checkpoint=(record["epoch"], arrays_to_npz(arrays, meta)))
         elif now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
@@ -147,8 +148,10 @@ class EpochWriter:
                 add_epochs(session, job, self.pending)
                 if checkpoint is not None:
                     epoch, blob = checkpoint
-                    session.merge(Checkpoint(job_id=job.id, epoch=epoch, attempt=self.attempt.number,
-                                             created_at=utcnow(), data=blob))
+                    # replaced without loading the previous blob
+                    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+                    session.add(Checkpoint(job_id=job.id, epoch=epoch, attempt=self.attempt.number,
+                                           created_at=utcnow(), data=blob))
             self.pending = []
             if checkpoint is not None:
                 self.last_checkpoint = time.monotonic()
@@ -160,6 +163,11 @@ def _heartbeat_fresh(job: Job, settings: Settings) -> bool:
         return False
     beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
     return (utcnow() - beat).total_seconds() < settings.stale_after_seconds
+
+
+def _forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
+    session.execute(delete(EpochRecord).where(EpochRecord.job_id == job.id, EpochRecord.epoch > epoch))
+    job.epochs_done = epoch
 
 
 def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> Claim | None:
@@ -176,17 +184,18 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
             return None
         checkpoint = session.get(Checkpoint, job_id)
         if job.cancel_requested:
-            weights = None
-            if checkpoint is not None:
+            if checkpoint is not None:  # keep what the checkpoint holds, and report exactly that
                 arrays, _ = arrays_from_npz(checkpoint.data)
-                weights = {k[len("weights:"):]: v for k, v in arrays.items() if k.startswith("weights:")}
-                save_weights(session, job_id, weights)
+                save_weights(session, job_id, weights_in_state(arrays))
+                _forget_epochs_after(session, job, checkpoint.epoch)
             job.status, job.finished_at, job.stop_reason = JobStatus.CANCELLED, utcnow(), "cancelled"
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             return None
         if job.attempts >= settings.max_attempts:
             job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
             job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost each time "
                          f"(BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
+            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             log.error("job %s: %s", job_id, job.error)
             return None
         job.attempts += 1
@@ -195,9 +204,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         job.heartbeat_at = utcnow()
         job.worker = worker
         # epochs after the checkpoint will be trained again, and written again, by this attempt
-        done = checkpoint.epoch if checkpoint is not None else 0
-        session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id, EpochRecord.epoch > done))
-        job.epochs_done = done
+        _forget_epochs_after(session, job, checkpoint.epoch if checkpoint is not None else 0)
         x, y = dataset_arrays(job.dataset)
         start = None
         if job.init_from and checkpoint is None:

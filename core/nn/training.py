@@ -362,8 +362,10 @@ class Trainer:
         return "target_reached" if reached else None
 
     # -- checkpoints --------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """Everything needed to continue exactly: (JSON-able meta, arrays by name)."""
+    def state(self, history: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Everything needed to continue exactly: (JSON-able meta, arrays by name). history=False
+        leaves out the per-epoch records, for callers that keep those elsewhere (the worker
+        stores them in the database; in a checkpoint they would grow with every epoch)."""
         opt_meta, opt_arrays = self.optimizer.state_dict()
         arrays = {f"weights:{k}": v for k, v in self.net.get_weights().items()}
         arrays.update({f"optimizer:{k}": v for k, v in opt_arrays.items()})
@@ -371,12 +373,12 @@ class Trainer:
             arrays.update({f"best:{k}": v for k, v in self.best_weights.items()})
         meta = {"epoch": self.epoch, "rng": self.rng.bit_generator.state, "optimizer": opt_meta,
                 "schedule": self.schedule.state_dict(), "best": self.best, "best_epoch": self.best_epoch,
-                "wait": self.wait, "stopped": self.stopped, "history": copy.deepcopy(self.history)}
+                "wait": self.wait, "stopped": self.stopped, "history": copy.deepcopy(self.history) if history else []}
         return meta, arrays
 
     def load_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         def part(prefix):
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            return _part(arrays, prefix)
         self.net.set_weights(part("weights:"))
         self.optimizer.load_state_dict(meta["optimizer"], part("optimizer:"))
         self.rng.bit_generator.state = meta["rng"]
@@ -386,6 +388,15 @@ class Trainer:
         self.best_weights = part("best:") or None
         self.stopped = meta.get("stopped")
         self.history[:] = copy.deepcopy(meta.get("history", []))
+
+
+def _part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def weights_in_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The network weights held in the arrays of `Trainer.state()`."""
+    return _part(arrays, "weights:")
 
 
 def train(net: Network, x, y, training: dict[str, Any] | None = None, **kwargs) -> FitResult:
