@@ -151,8 +151,10 @@ def run() -> None:
 
     settings = load_settings()
     command.upgrade(alembic_config(settings.database_url), "head")
-    procs = [subprocess.Popen(serve_command(settings), env=process_env(settings, "api")),
-             subprocess.Popen(worker_command(settings), env=process_env(settings, "worker"))]
+    # each in its own process group, so that stopping reaches the gunicorn and Celery children too
+    procs = [subprocess.Popen(serve_command(settings), env=process_env(settings, "api"), start_new_session=True),
+             subprocess.Popen(worker_command(settings), env=process_env(settings, "worker"),
+                              start_new_session=True)]
     click.echo(f"backprop API on http://{settings.host}:{settings.port} "
                f"(data in {settings.data_dir}); Ctrl-C stops it")
     stopping = False
@@ -167,17 +169,26 @@ def run() -> None:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        # A training job does not wait for Ctrl-C: the worker is stopped at once (a cold shutdown),
+        # and the job resumes from its last checkpoint when a worker next runs (the reconciler).
+        _signal_group(procs[0], signal.SIGTERM)
+        _signal_group(procs[1], signal.SIGQUIT)
+        deadline = time.monotonic() + 10
         for p in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                pass
+            _signal_group(p, signal.SIGKILL)  # whatever is left of the group
     code = max((p.returncode or 0) for p in procs) if not stopping else 0
     sys.exit(code)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 # --- client commands: talk to a running server over HTTP through core/client.py -------------

@@ -17,12 +17,32 @@ from .stack import BACKPROP, Stack
 pytestmark = pytest.mark.e2e
 
 
-def alive(pgid: int) -> bool:
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
-        return True
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its parent is gone for our purpose
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
@@ -36,12 +56,16 @@ def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
         status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=5))
         assert status == 202
         assert stack.wait_for_job(job["id"])["status"] == "succeeded"
+        status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=100000))  # still training at Ctrl-C
+        assert stack.wait_for_job(job["id"], until=("running",))["status"] == "running"
+        started = descendants(proc.pid)
+        assert len(started) >= 4  # gunicorn and its worker, celery and its pool process
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 15
-        while alive(proc.pid) and time.monotonic() < deadline:
+        while any(alive(p) for p in started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not alive(proc.pid), "a child of `backprop run` outlived it"
+        assert not [p for p in started if alive(p)], "a process started by `backprop run` outlived it"
     finally:
-        if alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
+        for p in descendants(proc.pid):
+            os.kill(p, signal.SIGKILL)
