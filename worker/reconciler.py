@@ -37,13 +37,19 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, settings: Setting
         ids = list(session.scalars(select(Job.id).where(lost, not_recently_sent).order_by(Job.created_at)))
     sent = []
     for job_id in ids:
+        # take the re-send first, atomically: with several workers reconciling, one sends it
+        with sessions.begin() as session:
+            taken = session.execute(update(Job).where(Job.id == job_id, lost, not_recently_sent)
+                                    .values(enqueued_at=utcnow())).rowcount
+        if not taken:
+            continue
         try:
             enqueue_training(celery, job_id)
-        except Exception as exc:  # noqa: BLE001 - broker still down: try again next round
+        except Exception as exc:  # noqa: BLE001 - broker still down: give the re-send back, try next round
             log.warning("reconciler could not enqueue %s: %s", job_id, exc)
+            with sessions.begin() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
             break
-        with sessions.begin() as session:
-            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
         sent.append(job_id)
     if sent:
         log.info("reconciler re-enqueued %d job(s): %s", len(sent), ", ".join(sent))
