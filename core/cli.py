@@ -194,6 +194,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 # --- client commands: talk to a running server over HTTP through core/client.py -------------
 
 EXIT_API_ERROR = 1  # the server refused a request, or could not be reached
+JOB_KEYS = {"model", "training", "init_from", "freeze", "dataset", "dataset_id"}
 EXIT_JOB_FAILED = 3  # the followed job failed or was cancelled
 
 
@@ -376,6 +377,10 @@ def train(client: Client, spec_file: Path, data: Path | None, dataset_id: str | 
     spec = _read_json(spec_file, "spec")
     if not isinstance(spec, dict):
         raise click.ClickException(f"spec {spec_file} must be a JSON object with model and training")
+    extra = sorted(set(spec) - JOB_KEYS)
+    if extra:  # e.g. the "description" and "data" of examples/specs/*.json
+        click.echo(f"ignoring {', '.join(extra)} in {spec_file.name}: not part of a job", err=True)
+        spec = {k: v for k, v in spec.items() if k in JOB_KEYS}
     if data is not None and dataset_id is not None:
         raise click.UsageError("give --data or --dataset-id, not both")
     if (data is not None or dataset_id is not None) and ("dataset" in spec or "dataset_id" in spec):
