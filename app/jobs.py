@@ -24,7 +24,7 @@ from core.nn.network import count_parameters
 from core.nn.serialization import arrays_to_npz
 from core.nn.training import stratified_split
 from core.queue import enqueue_training
-from core.store import create_dataset, dataset_targets, load_weights
+from core.store import create_dataset, dataset_targets, load_weights, weight_shapes
 
 from . import limits
 from .auth import current_tenant
@@ -131,20 +131,20 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
     if parent is None or parent.tenant != current_tenant():
         raise ApiError(404, "job_not_found", f"init_from: no job with id {body.init_from!r}",
                        errors=[{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
-    weights = load_weights(session, parent.id)
+    weights = weight_shapes(session, parent.id)  # shapes only: the arrays stay in the database
     if not weights:
         raise ApiError(409, "job_not_finished", f"job {parent.id} is {parent.status} and has no weights to start from",
                        errors=[{"path": "init_from", "message": "the job has no stored weights"}])
-    mine = net.get_weights()
+    mine = {name: tuple(a.shape) for name, a in {**net.params(), **net.buffers()}.items()}
     problems = []
     for name in sorted(set(mine) | set(weights)):
         if name not in weights:
             problems.append(f"{name} is new in this spec")
         elif name not in mine:
             problems.append(f"{name} exists in job {parent.id} but not in this spec")
-        elif mine[name].shape != weights[name].shape:
-            problems.append(f"{name}: job {parent.id} has shape {list(weights[name].shape)}, "
-                            f"this spec {list(mine[name].shape)}")
+        elif mine[name] != weights[name]:
+            problems.append(f"{name}: job {parent.id} has shape {list(weights[name])}, "
+                            f"this spec {list(mine[name])}")
     if problems:
         raise validation_error([{"path": "model", "message": "architecture differs from init_from: " + p}
                                 for p in problems])
@@ -353,7 +353,7 @@ def delete_job(job_id: str):
         if registered:
             raise ApiError(409, "job_registered", f"job {job_id} is version {registered.version} of model "
                            f"{registered.name!r}")
-        dataset = session.get(Dataset, job.dataset_id)
+        dataset = session.get(Dataset, job.dataset_id, options=[defer(Dataset.features), defer(Dataset.targets)])
         session.execute(delete(Job).where(Job.id == job_id))
         session.flush()
         still_used = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id))
