@@ -24,3 +24,13 @@ def iris_job(epochs: int = 60, **training: Any) -> dict[str, Any]:
                      "batch_size": 16, "seed": 0, **training},
         "dataset": {"features": x.tolist(), "targets": y.tolist()},
     }
+
+
+def digits_split():
+    """scikit-learn's 8x8 digits as (n, 8, 8, 1) images in [0, 1], split 75/25 with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).reshape(-1, 8, 8, 1)
+    return train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)

@@ -11,6 +11,7 @@ import pytest
 from core.nn import LAYERS, Network, SpecError, train
 from core.nn.layers.base import layer_json_schemas
 from tests.core.gradcheck import check_gradients, make
+from tests.data import digits_split
 
 
 def distinct(shape, seed=0):
@@ -217,12 +218,7 @@ def test_pair_fields_accept_int_or_pair_and_publish_a_schema():
 
 @pytest.mark.slow
 def test_small_conv_net_learns_digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).reshape(-1, 8, 8, 1)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    x_tr, x_te, y_tr, y_te = digits_split()
     net = Network.from_spec({"input_shape": [8, 8, 1], "loss": "sparse_categorical_crossentropy", "layers": [
         {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same", "activation": "relu"},
         {"type": "max_pool2d", "pool_size": 2},

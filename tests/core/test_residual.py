@@ -7,6 +7,7 @@ import pytest
 
 from core.nn import Network, SpecError, Trainer, train
 from tests.core.gradcheck import check_gradients, make
+from tests.data import digits_split
 
 
 def dense_block(**extra):
@@ -100,12 +101,7 @@ def test_shape_mismatch_names_the_block():
 
 @pytest.mark.slow
 def test_conv_net_with_batch_norm_and_residual_learns_digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).reshape(-1, 8, 8, 1)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+    x_tr, x_te, y_tr, y_te = digits_split()
     net = Network.from_spec({"input_shape": [8, 8, 1], "loss": "sparse_categorical_crossentropy", "layers": [
         {"type": "conv2d", "filters": 16, "kernel_size": 3, "padding": "same", "use_bias": False},
         {"type": "batch_norm"},
