@@ -58,14 +58,15 @@ def request_digest() -> str:
     return h.hexdigest()
 
 
-def _reserve(sessions, tenant: str, key: str, digest: str) -> IdempotencyRecord | None:
+def _reserve(sessions, tenant: str, key: str, digest: str, stamp) -> IdempotencyRecord | None:
     """Claim the key before the request runs, so that of concurrent requests with one key only
-    one does the work. None when claimed; else the record that holds the key."""
+    one does the work. None when claimed (the claim is known by its `stamp`); else the record
+    that holds the key."""
     for _ in range(2):
         try:
             with sessions.begin() as session:
                 session.add(IdempotencyRecord(tenant=tenant, key=key, request_hash=digest, status_code=PENDING,
-                                              response={}, created_at=utcnow()))
+                                              response={}, created_at=stamp))
             return None
         except IntegrityError:
             pass
@@ -86,11 +87,15 @@ def _reserve(sessions, tenant: str, key: str, digest: str) -> IdempotencyRecord 
                    "again in a moment", headers={"Retry-After": "1"})
 
 
-def _release(sessions, tenant: str, key: str) -> None:
+def _mine(tenant: str, key: str, stamp):
+    """This request's own claim: a claim taken over after ABANDONED_AFTER is someone else's."""
+    return (IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key,
+            IdempotencyRecord.status_code == PENDING, IdempotencyRecord.created_at == stamp)
+
+
+def _release(sessions, tenant: str, key: str, stamp) -> None:
     with sessions.begin() as session:
-        session.execute(delete(IdempotencyRecord).where(
-            IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key,
-            IdempotencyRecord.status_code == PENDING))
+        session.execute(delete(IdempotencyRecord).where(*_mine(tenant, key, stamp)))
 
 
 def idempotent(view):
@@ -105,22 +110,22 @@ def idempotent(view):
         digest = request_digest()
         sessions = current_app.extensions["backprop"]["sessions"]
         tenant = current_tenant()
-        found = _reserve(sessions, tenant, key, digest)
+        stamp = utcnow()
+        found = _reserve(sessions, tenant, key, digest, stamp)
         if found is not None:
             return _stored(found, digest)
         try:
             resp = current_app.make_response(view(*args, **kwargs))
         except BaseException:
-            _release(sessions, tenant, key)  # a refused request does not use up its key
+            _release(sessions, tenant, key, stamp)  # a refused request does not use up its key
             raise
         if 200 <= resp.status_code < 300 and resp.is_json:
             with sessions.begin() as session:
-                session.execute(update(IdempotencyRecord).where(
-                    IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key).values(
+                session.execute(update(IdempotencyRecord).where(*_mine(tenant, key, stamp)).values(
                     status_code=resp.status_code, response=resp.get_json(),
                     location=resp.headers.get("Location")))
         else:
-            _release(sessions, tenant, key)
+            _release(sessions, tenant, key, stamp)
         return resp
     wrapper._idempotent = True  # the OpenAPI document lists the Idempotency-Key header for it
     return wrapper
