@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from flask import current_app, request
 from sqlalchemy import delete, update
@@ -74,8 +74,7 @@ def _reserve(sessions, tenant: str, key: str, digest: str, stamp) -> Idempotency
             found = session.get(IdempotencyRecord, (tenant, key))
             if found is None:  # released meanwhile: claim it again
                 continue
-            created = found.created_at if found.created_at.tzinfo else found.created_at.replace(tzinfo=UTC)
-            if found.status_code != PENDING or utcnow() - created < ABANDONED_AFTER:
+            if found.status_code != PENDING or utcnow() - found.created_at < ABANDONED_AFTER:
                 session.expunge(found)
                 return found
             # abandoned by a request that died: take it over (a statement, so that two takers

@@ -72,7 +72,7 @@ def ext() -> dict[str, Any]:
 def eta_seconds(job: Job) -> float | None:
     if job.status != JobStatus.RUNNING or not job.epochs_done or job.started_at is None:
         return None
-    per_epoch = (utcnow() - aware(job.started_at)).total_seconds() / job.epochs_done
+    per_epoch = (utcnow() - job.started_at).total_seconds() / job.epochs_done
     return round(per_epoch * max(job.total_epochs - job.epochs_done, 0), 3)
 
 

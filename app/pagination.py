@@ -19,7 +19,7 @@ def aware(dt: datetime) -> datetime:
 
 
 def iso(dt: datetime | None) -> str | None:
-    return None if dt is None else aware(dt).isoformat()
+    return None if dt is None else dt.isoformat()
 
 
 def encode_cursor(row: Any) -> str:

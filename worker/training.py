@@ -161,8 +161,7 @@ class EpochWriter:
 def _heartbeat_fresh(job: Job, settings: Settings) -> bool:
     if job.heartbeat_at is None:
         return False
-    beat = job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=utcnow().tzinfo)
-    return (utcnow() - beat).total_seconds() < settings.stale_after_seconds
+    return (utcnow() - job.heartbeat_at).total_seconds() < settings.stale_after_seconds
 
 
 def _forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
@@ -213,9 +212,8 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
                 job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
                 job.error = f"init_from job {job.init_from} has no stored weights to start from"
                 return None
-        started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=utcnow().tzinfo)
         return Claim(job.attempts, job.model_spec, job.training_spec, x, y, start, job.freeze,
-                     checkpoint.data if checkpoint is not None else None, started)
+                     checkpoint.data if checkpoint is not None else None, job.started_at)
 
 
 def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, error=None) -> None:
