@@ -86,6 +86,10 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    """Keeps m/(1 - b1) and v/(1 - b2) -- the exponentially weighted sums of g and g^2 -- instead
+    of the averages m and v: updating a sum needs no (1 - b) g pass, so a step makes 10 passes
+    over the weights instead of 12 (the (1 - b) factors move into two scalars)."""
+
     name = "adam"
     fields = {"learning_rate": Field("float", minimum=0, exclusive_minimum=True, default=0.001),
               "beta1": Field("float", default=0.9, minimum=0, maximum=0.999999),
@@ -96,30 +100,42 @@ class Adam(Optimizer):
     def step(self, params, grads, lr):
         self.t += 1
         b1, b2 = self.config["beta1"], self.config["beta2"]
-        # bias corrections folded into the step size (Kingma & Ba, section 2)
-        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        # p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), the bias corrections folded
+        # into the step size (Kingma & Ba, section 2); with m = (1 - b1) M and v = (1 - b2) V
+        # that is p -= step * M / (sqrt(V) + eps'):
+        step = lr * np.sqrt(1 - b2**self.t) / (1 - b1**self.t) * (1 - b1) / np.sqrt(1 - b2)
+        eps = self.config["epsilon"] / np.sqrt(1 - b2)
         for key, p in params.items():
             g = grads[key]
             dt = p.dtype.type
             if self.decoupled_weight_decay and self.config["weight_decay"]:
                 p *= dt(1 - lr * self.config["weight_decay"])
-            m, v = self.slot("m", key, p), self.slot("v", key, p)
+            m, v = self.slot("m_sum", key, p), self.slot("v_sum", key, p)
             num, den = self.scratch(key, p)
-            # m = b1 m + (1 - b1) g
-            np.multiply(g, dt(1 - b1), out=num)
+            # M = b1 M + g
             m *= dt(b1)
-            m += num
-            # v = b2 v + (1 - b2) g^2
+            m += g
+            # V = b2 V + g^2
             np.multiply(g, g, out=num)
-            num *= dt(1 - b2)
             v *= dt(b2)
             v += num
-            # p -= (step m) / (sqrt(v) + eps)
+            # p -= (step M) / (sqrt(V) + eps')
             np.multiply(m, dt(step), out=num)
             np.sqrt(v, out=den)
-            den += dt(self.config["epsilon"])
+            den += dt(eps)
             num /= den
             p -= num
+
+    def load_state_dict(self, meta, arrays):
+        """Also reads checkpoints written before the sums, which hold the averages m and v."""
+        scale = {"m": 1 - self.config["beta1"], "v": 1 - self.config["beta2"]}
+        converted = {}
+        for name, a in arrays.items():
+            kind, key = name.split(":", 1)
+            if kind in scale:
+                name, a = f"{kind}_sum:{key}", a / a.dtype.type(scale[kind])
+            converted[name] = a
+        super().load_state_dict(meta, converted)
 
 
 class AdamW(Adam):

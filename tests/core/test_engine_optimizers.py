@@ -274,3 +274,17 @@ def test_clip_norm_leaves_small_gradients_alone():
     before, after, grads = one_sgd_step({"clip_norm": 1e6})
     for k in before:
         np.testing.assert_allclose(before[k] - after[k], grads[k], rtol=1e-12)
+
+
+def test_adam_reads_checkpoints_that_hold_the_averages():
+    """Checkpoints written before Adam kept sums hold m and v; loading converts them."""
+    grads = gradient_sequence(steps=5)
+    straight = run(make_optimizer(type="adam")[0], P0, grads, 0.01)[-1]
+    first, c = make_optimizer(type="adam")
+    p = run(first, P0, grads[:3], 0.01)[-1]
+    meta, arrays = first.state_dict()
+    assert set(arrays) == {"m_sum:w", "v_sum:w"}
+    old = {"m:w": arrays["m_sum:w"] * (1 - c["beta1"]), "v:w": arrays["v_sum:w"] * (1 - c["beta2"])}
+    second = make_optimizer(type="adam")[0]
+    second.load_state_dict(meta, old)
+    np.testing.assert_allclose(run(second, p, grads[3:], 0.01)[-1], straight, rtol=1e-12)
