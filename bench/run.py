@@ -4,12 +4,16 @@ on the same work, in one process; a table, then one JSON object on the last line
 Timing: systems are interleaved round by round (one epoch -- or a group of tiny epochs -- of
 each system per round, in a rotating order), so that a noisy neighbour on a shared machine
 slows every system alike; the first round is warm-up and is dropped; each figure is the median
-over the remaining rounds. All systems use the same number of BLAS / intra-op threads
-(--threads, default: the worker's BACKPROP_BLAS_THREADS, 1), set with threadpoolctl and
-torch.set_num_threads. glibc's malloc thresholds are pinned (see fix_malloc_thresholds), so
-that no system's speed depends on what allocated and freed before it in the process.
+over the remaining rounds. All systems use the same number of BLAS / intra-op threads, set
+with threadpoolctl and torch.set_num_threads; the whole comparison runs once per thread count
+(--threads, default 1 -- the worker's BACKPROP_BLAS_THREADS -- and every core). glibc's malloc
+thresholds are pinned (see fix_malloc_thresholds), so that no system's speed depends on what
+allocated and freed before it in the process.
 
-Options: --threads N, --rounds N, --quick (small sizes, a smoke run), --only mlp,digits,...,
+Besides scikit-learn and PyTorch, the MLP workloads run a hand-written plain-NumPy loop (see
+workloads.NumpyReferenceRunner): the ceiling for NumPy on that work.
+
+Options: --threads 1,2, --rounds N, --quick (small sizes, a smoke run), --only mlp,digits,...,
 --no-torch, --no-service, --no-memory, --default-malloc."""
 
 from __future__ import annotations
@@ -142,7 +146,8 @@ def memory_child(epochs: int, quick: bool) -> None:
 
 def peak_memory(threads: int, quick: bool) -> dict[str, Any]:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-m", "bench.run", "--memory-child", *(["--quick"] if quick else [])],
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--memory-child", "--threads", str(threads),
+                          *(["--quick"] if quick else [])],
                          capture_output=True, text=True, check=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -154,20 +159,40 @@ def peak_memory(threads: int, quick: bool) -> dict[str, Any]:
 
 def run(args) -> dict[str, Any]:
     use_torch = not args.no_torch and torch_available()
-    if use_torch:
-        import torch
-        torch.set_num_threads(args.threads)
     only = set(args.only.split(",")) if args.only else {"mlp", "digits", "conv", "lstm"}
-    out: dict[str, Any] = {"threads": args.threads, "blas": blas_summary(), "rounds": args.rounds,
-                           "torch": torch.__version__ if use_torch else None,
+    out: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds,
+                           "torch": _torch_version() if use_torch else None,
                            "malloc": {"pinned": False} if args.default_malloc else fix_malloc_thresholds(),
-                           "workloads": {}}
+                           "runs": []}
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if os.environ.get(var):
             out.setdefault("env", {})[var] = os.environ[var]
+    for threads in args.threads:
+        with threadpool_limits(limits=threads):
+            if use_torch:
+                import torch
+                torch.set_num_threads(threads)
+            out["runs"].append(run_workloads(args, threads, only, use_torch))
+    if not args.no_memory and "mlp" in only:
+        out["memory"] = peak_memory(min(args.threads), args.quick)
+    if not args.no_service:
+        from .service import service_overhead
+        out["service"] = service_overhead(epochs=5 if args.quick else 300, repeats=1 if args.quick else 5)
+    out["bars"] = bars(out)
+    return out
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
+def run_workloads(args, threads: int, only: set[str], use_torch: bool) -> dict[str, Any]:
+    """Every workload on every system with `threads` BLAS / intra-op threads, and the matmul
+    peak at that thread count (the figure the MLP is a fraction of)."""
+    out: dict[str, Any] = {"threads": threads, "blas": blas_summary(), "workloads": {}}
     sizes = (512,) if args.quick else (1024, 2048)
     peak_before = matmul_peak(sizes)
-
     makers = {"mlp": lambda: W.mlp_synthetic(n=2000 if args.quick else 20_000),
               "digits": lambda: W.mlp_digits(epochs_per_round=2 if args.quick else 10),
               "conv": lambda: W.conv_synthetic(n=256 if args.quick else 4096),
@@ -182,7 +207,7 @@ def run(args) -> dict[str, Any]:
             f64.system = "engine_float64"
             runners.append(f64)
         if wl.sklearn_hidden:
-            runners.append(W.SklearnRunner(wl))
+            runners += [W.NumpyReferenceRunner(wl), W.SklearnRunner(wl)]
         if use_torch:
             runners.append(W.TorchRunner(wl))
         wall, cpu = measure(runners, args.rounds)
@@ -191,7 +216,7 @@ def run(args) -> dict[str, Any]:
         entry: dict[str, Any] = {"title": wl.title, "samples_per_s": {s: round(v, 1) for s, v in med.items()},
                                  "spread": {s: [round(min(v)), round(max(v))] for s, v in wall.items()},
                                  "samples_per_cpu_s": {s: round(v, 1) for s, v in med_cpu.items()}}
-        for other in ("sklearn", "torch"):
+        for other in OTHERS:
             if other in med:
                 entry[f"engine_vs_{other}"] = round(med["engine"] / med[other], 3)
                 entry[f"engine_vs_{other}_cpu"] = round(med_cpu["engine"] / med_cpu[other], 3)
@@ -207,30 +232,30 @@ def run(args) -> dict[str, Any]:
     out["matmul_peak"] = {"gflops": peak, "per_size": per_size}
     if "mlp" in out["workloads"]:
         e = out["workloads"]["mlp"]
-        for kind, flops in e["flops_per_sample"].items():
-            e[f"gflops_{kind}"] = round(e["samples_per_s"]["engine"] * flops / 1e9, 2)
-            e[f"fraction_of_peak_{kind}"] = round(e[f"gflops_{kind}"] / peak, 3)
-
-    if not args.no_memory and "mlp" in only:
-        out["memory"] = peak_memory(args.threads, args.quick)
-    if not args.no_service:
-        from .service import service_overhead
-        out["service"] = service_overhead(epochs=5 if args.quick else 300, repeats=1 if args.quick else 5)
-    out["bars"] = bars(out)
+        for system in ("engine", "numpy_reference"):
+            for kind, flops in e["flops_per_sample"].items():
+                key = "" if system == "engine" else f"{system}_"
+                e[f"{key}gflops_{kind}"] = round(e["samples_per_s"][system] * flops / 1e9, 2)
+                e[f"{key}fraction_of_peak_{kind}"] = round(e[f"{key}gflops_{kind}"] / peak, 3)
     return out
+
+
+OTHERS = ("numpy_reference", "sklearn", "torch")  # the systems the engine is compared with
 
 
 def bars(out: dict[str, Any]) -> dict[str, bool]:
     got: dict[str, bool] = {}
-    wls = out["workloads"]
-    for name, wl in wls.items():
-        for other, bar in BARS.get(name, {}).items():
-            if f"engine_vs_{other}" in wl:
-                got[f"{name}_vs_{other}>={bar}"] = wl[f"engine_vs_{other}"] >= bar
-    if "mlp" in wls:
-        got["mlp_fraction_of_peak_6p>=0.6"] = wls["mlp"]["fraction_of_peak_6p"] >= 0.6
-        got["mlp_fraction_of_peak_exact>=0.6"] = wls["mlp"]["fraction_of_peak_exact"] >= 0.6
-        got["float64_time<=2.2x_float32"] = wls["mlp"]["float64_over_float32_time"] <= 2.2
+    for run in out["runs"]:
+        at = f"threads={run['threads']}: "
+        wls = run["workloads"]
+        for name, wl in wls.items():
+            for other, bar in BARS.get(name, {}).items():
+                if f"engine_vs_{other}" in wl:
+                    got[f"{at}{name}_vs_{other}>={bar}"] = wl[f"engine_vs_{other}"] >= bar
+        if "mlp" in wls:
+            got[f"{at}mlp_fraction_of_peak_6p>=0.6"] = wls["mlp"]["fraction_of_peak_6p"] >= 0.6
+            got[f"{at}mlp_fraction_of_peak_exact>=0.6"] = wls["mlp"]["fraction_of_peak_exact"] >= 0.6
+            got[f"{at}float64_time<=2.2x_float32"] = wls["mlp"]["float64_over_float32_time"] <= 2.2
     if "memory" in out:
         got["peak_rss_within_budget"] = out["memory"]["within_budget"]
     if "service" in out:
@@ -239,29 +264,34 @@ def bars(out: dict[str, Any]) -> dict[str, bool]:
 
 
 def table(out: dict[str, Any]) -> str:
-    lines = [f"threads: {out['threads']} (BLAS: " + ", ".join(f"{b['internal_api']} {b['architecture']} "
-                                                           f"x{b['num_threads']}" for b in out["blas"])
-             + (f"; torch {out['torch']})" if out["torch"] else "; torch not installed)"),
-             f"float32 matmul peak: {out['matmul_peak']['gflops']:.1f} GFLOP/s {out['matmul_peak']['per_size']}",
-             "",
-             f"{'workload':<8} {'system':<15} {'samples/s':>10} {'min..max':>17} {'engine is':>10}"
-             f" {'per CPU-s':>10} {'engine is':>10}"]
-    for name, wl in out["workloads"].items():
-        for system, rate in wl["samples_per_s"].items():
-            lo, hi = wl["spread"][system]
-            ratio = ratio_cpu = ""
-            if system in ("sklearn", "torch"):
-                ratio = f"{wl[f'engine_vs_{system}']:.2f}x"
-                ratio_cpu = f"{wl[f'engine_vs_{system}_cpu']:.2f}x"
-            lines.append(f"{name:<8} {system:<15} {rate:>10,.0f} {f'{lo:,}..{hi:,}':>17} {ratio:>10}"
-                         f" {wl['samples_per_cpu_s'][system]:>10,.0f} {ratio_cpu:>10}")
-    mlp = out["workloads"].get("mlp")
-    if mlp:
-        lines += ["", f"mlp: {mlp['gflops_6p']:.1f} GFLOP/s counting 6 x params "
-                      f"({mlp['fraction_of_peak_6p']:.0%} of peak), {mlp['gflops_exact']:.1f} counting "
-                      f"the GEMMs done ({mlp['fraction_of_peak_exact']:.0%})",
-                  f"mlp float64 / float32 time: {mlp['float64_over_float32_time']:.2f}x "
-                  f"({mlp['float64_over_float32_time_cpu']:.2f}x in CPU time)"]
+    lines = []
+    for run in out["runs"]:
+        lines += [f"threads: {run['threads']} (BLAS: " + ", ".join(
+                      f"{b['internal_api']} {b['architecture']} x{b['num_threads']}" for b in run["blas"])
+                  + (f"; torch {out['torch']})" if out["torch"] else "; torch not installed)"),
+                  f"float32 matmul peak: {run['matmul_peak']['gflops']:.1f} GFLOP/s {run['matmul_peak']['per_size']}",
+                  "",
+                  f"{'workload':<8} {'system':<15} {'samples/s':>10} {'min..max':>17} {'engine is':>10}"
+                  f" {'per CPU-s':>10} {'engine is':>10}"]
+        for name, wl in run["workloads"].items():
+            for system, rate in wl["samples_per_s"].items():
+                lo, hi = wl["spread"][system]
+                ratio = ratio_cpu = ""
+                if system in OTHERS:
+                    ratio = f"{wl[f'engine_vs_{system}']:.2f}x"
+                    ratio_cpu = f"{wl[f'engine_vs_{system}_cpu']:.2f}x"
+                lines.append(f"{name:<8} {system:<15} {rate:>10,.0f} {f'{lo:,}..{hi:,}':>17} {ratio:>10}"
+                             f" {wl['samples_per_cpu_s'][system]:>10,.0f} {ratio_cpu:>10}")
+        mlp = run["workloads"].get("mlp")
+        if mlp:
+            lines += ["", f"mlp: {mlp['gflops_6p']:.1f} GFLOP/s counting 6 x params "
+                          f"({mlp['fraction_of_peak_6p']:.0%} of peak), {mlp['gflops_exact']:.1f} counting "
+                          f"the GEMMs done ({mlp['fraction_of_peak_exact']:.0%}); the plain-NumPy reference: "
+                          f"{mlp['numpy_reference_fraction_of_peak_6p']:.0%} and "
+                          f"{mlp['numpy_reference_fraction_of_peak_exact']:.0%}",
+                      f"mlp float64 / float32 time: {mlp['float64_over_float32_time']:.2f}x "
+                      f"({mlp['float64_over_float32_time_cpu']:.2f}x in CPU time)"]
+        lines.append("")
     if "memory" in out:
         m = out["memory"]
         lines.append(f"mlp peak RSS (engine alone, subprocess): {m['peak_rss_mb']:.0f} MB, "
@@ -278,9 +308,18 @@ def table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def thread_counts(text: str) -> list[int]:
+    counts = sorted({int(t) for t in text.split(",") if t.strip()})
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError("thread counts must be whole numbers >= 1")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=int(os.environ.get("BACKPROP_BLAS_THREADS", "1")))
+    p.add_argument("--threads", type=thread_counts, default=thread_counts(f"1,{os.cpu_count() or 1}"),
+                   help="comma-separated BLAS / intra-op thread counts, each a full run (default: 1 and "
+                        "every core)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds per workload (after 1 warm-up)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--only", default="", help="comma-separated: mlp,digits,conv,lstm")
@@ -291,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave glibc's mmap/trim thresholds dynamic (results then depend on allocation history)")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    with threadpool_limits(limits=args.threads):
-        if args.memory_child:
+    if args.memory_child:
+        with threadpool_limits(limits=min(args.threads)):
             memory_child(epochs=1 if args.quick else 3, quick=args.quick)
-            return 0
-        out = run(args)
+        return 0
+    out = run(args)
     print(table(out))
     print(json.dumps(out))
     return 0

@@ -172,6 +172,93 @@ class TorchRunner:
         return self.n * self.per_round
 
 
+class NumpyReferenceRunner:
+    """The "careful plain-NumPy MLP" that issue 4 measures against: one hand-written loop for a
+    relu stack with softmax cross-entropy and Adam, every buffer preallocated, `out=` everywhere,
+    weights and gradients in one flat vector each, the first layer's input gradient skipped --
+    and nothing else (no metrics, gradient norms, checks or framework). It is the ceiling for
+    NumPy on this work; the engine's ratio to it is what the engine's generality costs."""
+
+    system = "numpy_reference"
+
+    def __init__(self, wl: Workload, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.n, self.bs, self.per_round = len(wl.x), wl.batch_size, wl.epochs_per_round
+        self.x, self.y = wl.x.reshape(len(wl.x), -1), wl.y
+        sizes = [self.x.shape[1], *wl.sklearn_hidden, wl.classes]
+        shapes = [s for a, b in zip(sizes[:-1], sizes[1:], strict=True) for s in ((a, b), (b,))]
+        total = sum(int(np.prod(s)) for s in shapes)
+        self.flat = np.zeros(total, np.float32)
+        self.grad = np.zeros(total, np.float32)
+        self.m, self.v = np.zeros(total, np.float32), np.zeros(total, np.float32)
+        self.tmp, self.den = np.empty(total, np.float32), np.empty(total, np.float32)
+        views, grads, offset = [], [], 0
+        for shape in shapes:
+            end = offset + int(np.prod(shape))
+            views.append(self.flat[offset:end].reshape(shape))
+            grads.append(self.grad[offset:end].reshape(shape))
+            offset = end
+        self.w, self.b = views[0::2], views[1::2]
+        self.gw, self.gb = grads[0::2], grads[1::2]
+        for w in self.w:  # Glorot uniform, as the engine's dense default
+            limit = np.sqrt(6 / sum(w.shape))
+            w[...] = rng.uniform(-limit, limit, w.shape)
+        self.h = [np.empty((self.bs, k), np.float32) for k in sizes[1:]]  # layer outputs
+        self.d = [np.empty((self.bs, k), np.float32) for k in sizes[1:]]  # dL/dz per layer
+        self.zero = np.zeros((self.bs, max(sizes[1:])), np.float32)
+        self.ones = np.ones(self.bs, np.float32)
+        self.rng, self.t = np.random.default_rng(seed), 0
+
+    def epoch(self) -> int:
+        for _ in range(self.per_round):
+            order = self.rng.permutation(self.n)
+            for start in range(0, self.n, self.bs):
+                idx = order[start:start + self.bs]
+                self.gradients(self.x[idx], self.y[idx])
+                self.adam()
+        return self.n * self.per_round
+
+    def gradients(self, x, y):
+        """Forward and backward: fills self.grad."""
+        m, last = len(x), len(self.w) - 1
+        h = [x] + [buf[:m] for buf in self.h]
+        d = [buf[:m] for buf in self.d]
+        for i, (w, b) in enumerate(zip(self.w, self.b, strict=True)):
+            np.matmul(h[i], w, out=h[i + 1])
+            h[i + 1] += b
+            if i < last:
+                np.maximum(h[i + 1], self.zero[:m, :w.shape[1]], out=h[i + 1])
+        # softmax cross-entropy: dL/dz = (softmax(z) - onehot(y)) / m
+        z = d[last]
+        np.subtract(h[-1], h[-1].max(axis=1, keepdims=True), out=z)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        z[np.arange(m), y] -= 1
+        z *= np.float32(1 / m)
+        for i in range(last, -1, -1):
+            np.matmul(h[i].T, d[i], out=self.gw[i])
+            np.matmul(self.ones[:m], d[i], out=self.gb[i])
+            if i:  # dL/dh = dz W^T, then through the relu
+                np.matmul(d[i], self.w[i].T, out=d[i - 1])
+                d[i - 1] *= h[i] > 0
+
+    def adam(self, b1=0.9, b2=0.999, eps=1e-8):
+        self.t += 1
+        f, g, m, v, tmp, den = np.float32, self.grad, self.m, self.v, self.tmp, self.den
+        np.multiply(g, f(1 - b1), out=tmp)
+        m *= f(b1)
+        m += tmp
+        np.multiply(g, g, out=tmp)
+        tmp *= f(1 - b2)
+        v *= f(b2)
+        v += tmp
+        np.multiply(m, f(LR * np.sqrt(1 - b2**self.t) / (1 - b1**self.t)), out=tmp)
+        np.sqrt(v, out=den)
+        den += f(eps)
+        tmp /= den
+        self.flat -= tmp
+
+
 def _torch_model(wl: Workload, nn):
     if wl.name in ("mlp", "digits"):
         sizes = [wl.x.shape[1], *wl.sklearn_hidden, wl.classes]

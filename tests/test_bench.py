@@ -4,20 +4,44 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from bench.run import main
 
 
 def test_quick_bench_prints_a_table_and_a_json_last_line(capsys):
-    assert main(["--quick", "--rounds", "1", "--no-torch", "--no-memory"]) == 0
+    assert main(["--quick", "--rounds", "1", "--threads", "1,2", "--no-torch", "--no-memory"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     out = json.loads(lines[-1])
-    assert set(out["workloads"]) == {"mlp", "digits", "conv", "lstm"}
-    for name in ("mlp", "digits"):
-        rates = out["workloads"][name]["samples_per_s"]
-        assert rates["engine"] > 0 and rates["sklearn"] > 0
-        assert out["workloads"][name]["engine_vs_sklearn"] > 0
-    assert out["workloads"]["mlp"]["float64_over_float32_time"] > 0
-    assert out["matmul_peak"]["gflops"] > 0
+    assert [run["threads"] for run in out["runs"]] == [1, 2]
+    for run in out["runs"]:
+        assert set(run["workloads"]) == {"mlp", "digits", "conv", "lstm"}
+        for name in ("mlp", "digits"):
+            rates = run["workloads"][name]["samples_per_s"]
+            assert rates["engine"] > 0 and rates["sklearn"] > 0 and rates["numpy_reference"] > 0
+            assert run["workloads"][name]["engine_vs_sklearn"] > 0
+        assert run["workloads"]["mlp"]["float64_over_float32_time"] > 0
+        assert run["matmul_peak"]["gflops"] > 0
+    assert {b["num_threads"] for b in out["runs"][1]["blas"]} == {2}
+    assert "threads=2: mlp_vs_sklearn>=1.5" in out["bars"]
     assert out["service"]["job_seconds"] > 0 and out["service"]["engine_seconds"] > 0
     assert all(isinstance(v, bool) for v in out["bars"].values())
     assert any(line.startswith("workload") for line in lines)
+
+
+def test_the_numpy_reference_computes_the_engines_gradients():
+    """The plain-NumPy reference does the same work as the engine, or the ratio means nothing."""
+    from bench import workloads as W
+
+    wl = W.mlp_digits(epochs_per_round=1)
+    ref = W.NumpyReferenceRunner(wl)
+    engine = W.EngineRunner(wl).net
+    names = [f"dense_{i}/{k}" for i in range(3) for k in ("kernel", "bias")]
+    arrays = [a for pair in zip(ref.w, ref.b, strict=True) for a in pair]
+    engine.set_weights(dict(zip(names, arrays, strict=True)))
+    x, y = wl.x[:100], wl.y[:100]  # a partial batch (the buffers hold 128 rows)
+    ref.gradients(x, y)
+    _, grads = engine.loss_and_gradients(x, y)
+    ref_grads = [g for pair in zip(ref.gw, ref.gb, strict=True) for g in pair]
+    for name, got in zip(names, ref_grads, strict=True):
+        np.testing.assert_allclose(got, grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
