@@ -175,9 +175,10 @@ def run(args) -> dict[str, Any]:
             out["runs"].append(run_workloads(args, threads, only, use_torch))
     if not args.no_memory and "mlp" in only:
         out["memory"] = peak_memory(min(args.threads), args.quick)
-    if not args.no_service:
+    if not args.no_service:  # with the worker's BLAS threads, as the job runs in a worker
         from .service import service_overhead
-        out["service"] = service_overhead(epochs=5 if args.quick else 300, repeats=1 if args.quick else 5)
+        with threadpool_limits(limits=int(os.environ.get("BACKPROP_BLAS_THREADS", "1"))):
+            out["service"] = service_overhead(epochs=5 if args.quick else 300, repeats=1 if args.quick else 5)
     out["bars"] = bars(out)
     return out
 
