@@ -10,6 +10,11 @@ from .constants import zeros
 
 class Activation:
     name = ""
+    # max(f(a), f(b)) == f(max(a, b)) exactly, in floating point and for the gradient too: the
+    # network may then apply f after a max-pool instead of before it, on the 4x smaller array
+    # (Network._activate_after_pooling). True of relu; a saturating or rounding f can turn two
+    # different inputs into a tie, which would move a max-pool's gradient to another pixel.
+    commutes_with_max = False
 
     def forward(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -73,6 +78,7 @@ class Tanh(Activation):
 @register
 class Relu(Activation):
     name = "relu"
+    commutes_with_max = True
 
     def forward(self, z):
         return np.maximum(z, zeros(z.shape, z.dtype))  # max(z, 0); see constants.py

@@ -10,6 +10,7 @@ import numpy as np
 from .activations import get_activation
 from .layers import LAYERS
 from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
+from .layers.conv import MaxPool2D
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
 
@@ -81,6 +82,7 @@ class Network:
         self.output_activation = get_activation(out_act)
         if isinstance(last, ActivatedLayer):
             last.set_activation("linear")
+        self._activate_after_pooling()
         self.frozen: set[str] = set()
         # training backpropagates no further than into the first layer that has weights
         self._first_weighted = next((i for i, layer in enumerate(self.layers)
@@ -88,6 +90,16 @@ class Network:
         self._penalized = [layer for layer in walk(self.layers) if layer.l1 or layer.l2]
         if not SHAPES_ONLY.get():
             self._pack()
+
+    def _activate_after_pooling(self) -> None:
+        """conv -> relu -> max-pool computes relu(max-pool(conv)) instead: the same output and
+        the same gradients (max commutes with relu, ties included), with the activation and its
+        gradient on the pooled array, a quarter of the size for 2x2 windows."""
+        for layer, after in zip(self.layers[:-1], self.layers[1:], strict=True):
+            if (isinstance(layer, ActivatedLayer) and isinstance(after, MaxPool2D)
+                    and layer.activation.commutes_with_max):
+                after.activation = layer.activation
+                layer.set_activation("linear")
 
     def _pack(self) -> None:
         """Make every trainable array a view into one contiguous vector, `flat_params`, and every

@@ -232,3 +232,48 @@ def test_small_conv_net_learns_digits():
                             "optimizer": {"type": "adam", "learning_rate": 0.003}})
     accuracy = float((net.predict(x_te).argmax(axis=1) == y_te).mean())
     assert accuracy >= 0.97, accuracy
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_after_pooling_gives_bit_identical_outputs_and_gradients(data_format, dtype):
+    """The network runs conv -> relu -> max-pool as relu(max-pool(conv)). Inputs where many
+    windows are all negative (relu ties at zero) and some pixels repeat (ties before relu) must
+    give exactly what the layers in their written order give."""
+    shape = [6, 6, 2] if data_format == "channels_last" else [2, 6, 6]
+    spec = {"input_shape": shape, "loss": "categorical_crossentropy", "dtype": dtype, "layers": [
+        {"type": "conv2d", "filters": 3, "kernel_size": 3, "padding": "same", "activation": "relu",
+         "data_format": data_format},
+        {"type": "max_pool2d", "pool_size": 2, "data_format": data_format},
+        {"type": "conv2d", "filters": 4, "kernel_size": 2, "activation": "relu", "data_format": data_format},
+        {"type": "max_pool2d", "pool_size": 2, "strides": 1, "data_format": data_format},  # overlapping
+        {"type": "flatten"}, {"type": "dense", "units": 3, "activation": "softmax"}]}
+    fast, written = Network.from_spec(spec, seed=3), Network.from_spec(spec, seed=3)
+    assert fast.layers[1].activation is not None and fast.layers[0].activation_name == "linear"
+    for conv, pool in ((written.layers[0], written.layers[1]), (written.layers[2], written.layers[3])):
+        pool.activation = None
+        conv.set_activation("relu")
+    rng = np.random.default_rng(0)
+    x = rng.normal(-0.5, 1.0, size=(8, *shape)).round(1)  # rounding makes equal pixels
+    x[:2] = -1.0  # constant images: every window ties
+    y = rng.integers(0, 3, 8)
+    np.testing.assert_array_equal(fast.forward(x), written.forward(x))
+    loss_fast, grads_fast = fast.loss_and_gradients(x, y)
+    loss_written, grads_written = written.loss_and_gradients(x, y)
+    assert loss_fast == loss_written
+    for name, g in grads_written.items():
+        np.testing.assert_array_equal(grads_fast[name], g, err_msg=name)
+    assert any(np.any(g) for g in grads_written.values())
+
+
+def test_only_relu_moves_behind_a_max_pool():
+    """tanh saturates: two different pixels can tie after it, so it stays before the pool; and
+    an average pool does not commute with relu."""
+    def layers(activation, pool):
+        return [{"type": "conv2d", "filters": 2, "kernel_size": 3, "activation": activation},
+                {"type": pool}, {"type": "flatten"}, {"type": "dense", "units": 2, "activation": "softmax"}]
+    for activation, pool in (("tanh", "max_pool2d"), ("relu", "avg_pool2d")):
+        net = Network.from_spec({"input_shape": [6, 6, 1], "loss": "categorical_crossentropy",
+                                 "layers": layers(activation, pool)})
+        assert net.layers[0].activation_name == activation
+        assert getattr(net.layers[1], "activation", None) is None

@@ -250,6 +250,10 @@ class MaxPool2D(Pool2D):
     type_name = "max_pool2d"
     doc = "Max over each pool window; the gradient goes to one maximum per window."
 
+    # the previous layer's activation when the network moved it here, to run on the pooled
+    # array (Network._activate_after_pooling); None otherwise
+    activation = None
+
     def forward(self, x, training):
         xp = self.pad(self.to_last(x), -np.inf)  # padding never wins a max
         # the maximum over window offsets, one strided slice (every window's pixel at that offset) at a time
@@ -258,11 +262,16 @@ class MaxPool2D(Pool2D):
         for index in offsets[1:]:
             np.maximum(out, xp[index], out=out)
         self._xp, self._out = xp, out
+        if self.activation is not None:
+            self._a = self.activation.forward(out)
+            return self.from_last(self._a)
         return self.from_last(out)
 
     def backward(self, dy):
         dy = self.to_last(dy)
         xp, out = self._xp, self._out
+        if self.activation is not None:
+            dy = self.activation.backward(out, self._a, dy)
         dxp = np.zeros(xp.shape, dtype=dy.dtype)
         (kh, kw), (sh, sw) = self.window, self.strides
         overlapping = sh < kh or sw < kw  # then a pixel can win in two windows: add, not assign
