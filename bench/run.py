@@ -2,19 +2,23 @@
 on the same work, in one process; a table, then one JSON object on the last line.
 
 Timing: systems are interleaved round by round (one epoch -- or a group of tiny epochs -- of
-each system per round, in a rotating order), so that a noisy neighbour on a shared machine
-slows every system alike; the first round is warm-up and is dropped; each figure is the median
-over the remaining rounds. All systems use the same number of BLAS / intra-op threads, set
-with threadpoolctl and torch.set_num_threads; the whole comparison runs once per thread count
-(--threads, default 1 -- the worker's BACKPROP_BLAS_THREADS -- and every core). glibc's malloc
-thresholds are pinned (see fix_malloc_thresholds), so that no system's speed depends on what
-allocated and freed before it in the process.
+each system per round, in a random order, with a short pause between systems), so that a
+noisy neighbour on a shared machine slows every system alike; the first round is warm-up and is
+dropped; each figure is the median over the remaining rounds. All systems use the same number
+of BLAS / intra-op threads, set with threadpoolctl and torch.set_num_threads; the whole
+comparison runs once per thread count (--threads, default 1 -- the worker's
+BACKPROP_BLAS_THREADS -- and every core). glibc's malloc thresholds are pinned (see
+fix_malloc_thresholds), so that no system's speed depends on what allocated and freed before it
+in the process.
 
 Besides scikit-learn and PyTorch, the MLP workloads run a hand-written plain-NumPy loop (see
 workloads.NumpyReferenceRunner): the ceiling for NumPy on that work.
 
 Options: --threads 1,2, --rounds N, --quick (small sizes, a smoke run), --only mlp,digits,...,
---no-torch, --no-service, --no-memory, --default-malloc."""
+--no-torch, --no-service, --no-memory, --no-parallel, --default-malloc.
+
+Last, with one process per core (one BLAS thread each, the worker's default), the engine's
+summed samples/s: how the service itself uses a machine (see parallel.py)."""
 
 from __future__ import annotations
 
@@ -53,15 +57,25 @@ def torch_available() -> bool:
     return True
 
 
+PAUSE = 0.05  # seconds between two timed runs, for the previous system's threads to go idle
+
+
 def measure(runners: list, rounds: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """samples per wall-clock second and per CPU second (all threads of this process) of each
     runner per round, interleaved, warm-up rounds dropped. CPU time does not count time spent
-    descheduled, so on a busy machine it is the steadier of the two."""
+    descheduled, so on a busy machine it is the steadier of the two.
+
+    Each round runs the systems in a fresh (seeded) random order, after a short pause: a system
+    can leave threads spinning for a while after it returns (OpenMP's and OpenBLAS's workers
+    busy-wait for the next parallel region), which slows whatever runs next. Rotating a fixed
+    order would always put the same system after the same other one."""
     wall: dict[str, list[float]] = {r.system: [] for r in runners}
     cpu: dict[str, list[float]] = {r.system: [] for r in runners}
+    rng = np.random.default_rng(0)
     for i in range(warmup + rounds):
-        k = i % len(runners)
-        for r in runners[k:] + runners[:k]:
+        for j in rng.permutation(len(runners)):
+            r = runners[j]
+            time.sleep(PAUSE)
             t, c = time.perf_counter(), time.process_time()
             n = r.epoch()
             dt, dc = time.perf_counter() - t, time.process_time() - c
@@ -159,7 +173,7 @@ def peak_memory(threads: int, quick: bool) -> dict[str, Any]:
 
 def run(args) -> dict[str, Any]:
     use_torch = not args.no_torch and torch_available()
-    only = set(args.only.split(",")) if args.only else {"mlp", "digits", "conv", "lstm"}
+    only = set(args.only.split(",")) if args.only else set(W.NAMES)
     out: dict[str, Any] = {"threads": args.threads, "rounds": args.rounds,
                            "torch": _torch_version() if use_torch else None,
                            "malloc": {"pinned": False} if args.default_malloc else fix_malloc_thresholds(),
@@ -173,6 +187,11 @@ def run(args) -> dict[str, Any]:
                 import torch
                 torch.set_num_threads(threads)
             out["runs"].append(run_workloads(args, threads, only, use_torch))
+    cores = os.cpu_count() or 1
+    if not args.no_parallel and cores > 1:
+        from .parallel import one_job_per_core
+        out["one_job_per_core"] = one_job_per_core([n for n in W.NAMES if n in only], cores, args.quick,
+                                                   rounds=1 if args.quick else 5)
     if not args.no_memory and "mlp" in only:
         out["memory"] = peak_memory(min(args.threads), args.quick)
     if not args.no_service:  # with the worker's BLAS threads, as the job runs in a worker
@@ -194,14 +213,10 @@ def run_workloads(args, threads: int, only: set[str], use_torch: bool) -> dict[s
     out: dict[str, Any] = {"threads": threads, "blas": blas_summary(), "workloads": {}}
     sizes = (512,) if args.quick else (1024, 2048)
     peak_before = matmul_peak(sizes)
-    makers = {"mlp": lambda: W.mlp_synthetic(n=2000 if args.quick else 20_000),
-              "digits": lambda: W.mlp_digits(epochs_per_round=2 if args.quick else 10),
-              "conv": lambda: W.conv_synthetic(n=256 if args.quick else 4096),
-              "lstm": lambda: W.lstm_synthetic(n=256 if args.quick else 4096)}
-    for name, make in makers.items():
+    for name in W.NAMES:
         if name not in only:
             continue
-        wl = make()
+        wl = W.make(name, args.quick)
         runners: list = [W.EngineRunner(wl)]
         if name == "mlp":  # float64 on the same work, to compare with float32
             f64 = W.EngineRunner(wl, dtype="float64")
@@ -293,6 +308,15 @@ def table(out: dict[str, Any]) -> str:
                       f"mlp float64 / float32 time: {mlp['float64_over_float32_time']:.2f}x "
                       f"({mlp['float64_over_float32_time_cpu']:.2f}x in CPU time)"]
         lines.append("")
+    if "one_job_per_core" in out:
+        most = out["runs"][-1]
+        lines.append(f"one job per core (the worker's default), {most['threads']} processes x 1 thread, "
+                     f"samples/s of all together [one process x {most['threads']} threads: engine, torch]:")
+        for name, p in out["one_job_per_core"].items():
+            one = most["workloads"].get(name, {}).get("samples_per_s", {})
+            others = ", ".join(f"{one[s]:,.0f}" for s in ("engine", "torch") if s in one)
+            lines.append(f"  {name:<8} {p['samples_per_s']:>10,.0f}  [{others}]")
+        lines.append("")
     if "memory" in out:
         m = out["memory"]
         lines.append(f"mlp peak RSS (engine alone, subprocess): {m['peak_rss_mb']:.0f} MB, "
@@ -327,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--no-service", action="store_true")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-parallel", action="store_true", help="skip the one-job-per-core throughput")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's mmap/trim thresholds dynamic (results then depend on allocation history)")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)

@@ -91,6 +91,22 @@ def lstm_synthetic(n: int = 4096, steps: int = 50, features: int = 8, seed: int 
                     _teacher_labels(x[:, -5:].reshape(n, -1), 10, rng), spec, 64)
 
 
+def make(name: str, quick: bool = False) -> Workload:
+    """The workload `name` at the benchmark's size (tiny with quick, a smoke run)."""
+    if name == "mlp":
+        return mlp_synthetic(n=2000 if quick else 20_000)
+    if name == "digits":
+        return mlp_digits(epochs_per_round=2 if quick else 10)
+    if name == "conv":
+        return conv_synthetic(n=256 if quick else 4096)
+    if name == "lstm":
+        return lstm_synthetic(n=256 if quick else 4096)
+    raise ValueError(f"unknown workload {name!r}")
+
+
+NAMES = ("mlp", "digits", "conv", "lstm")
+
+
 # -- runners ----------------------------------------------------------------------------------
 
 class EngineRunner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -24,6 +25,13 @@ def test_quick_bench_prints_a_table_and_a_json_last_line(capsys):
         assert run["matmul_peak"]["gflops"] > 0
     assert {b["num_threads"] for b in out["runs"][1]["blas"]} == {2}
     assert "threads=2: mlp_vs_sklearn>=1.5" in out["bars"]
+    cores = os.cpu_count() or 1
+    if cores > 1:  # spawned processes, one per core, training at the same time
+        parallel = out["one_job_per_core"]["mlp"]
+        assert parallel["processes"] == cores and len(parallel["per_process"]) == cores
+        assert parallel["samples_per_s"] > 0
+    else:
+        assert "one_job_per_core" not in out
     assert out["service"]["job_seconds"] > 0 and out["service"]["engine_seconds"] > 0
     assert all(isinstance(v, bool) for v in out["bars"].values())
     assert any(line.startswith("workload") for line in lines)
