@@ -28,7 +28,7 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-# engine vs scikit-learn (and PyTorch's CPU build when installed); e.g. BENCH_ARGS="--threads 2"
+# engine vs scikit-learn (and PyTorch's CPU build when installed); e.g. BENCH_ARGS="--threads 1 --no-service"
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

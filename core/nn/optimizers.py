@@ -3,7 +3,7 @@
 
 Updates are written with `out=` into a scratch array per parameter, so that a step allocates
 nothing; the comment above each group of calls gives the formula it computes. The trainer
-hands over the network's flat parameter vector (see Network._pack), so one step is a dozen
+hands over the network's flat parameter vector (see Network._pack), so one step is about ten
 NumPy calls for the whole network."""
 
 from __future__ import annotations
