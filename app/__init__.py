@@ -18,6 +18,7 @@ from .auth import enforce_auth, init_auth
 from .errors import ApiError, register_error_handlers
 from .limits import init_rate_limit
 from .metrics import init_http_metrics
+from .predict import ModelCache
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         "celery": make_celery(settings),
         # an event stream holds a thread for its whole life: leave half of them for everything else
         "streams": threading.BoundedSemaphore(max(1, settings.web_threads // 2)),
+        "models": ModelCache(max_bytes=int(settings.predict_cache_mb * 2**20)),  # networks for predict
     }
     if not logging.getLogger().handlers:
         configure_logging()

@@ -40,7 +40,6 @@ from .limits import (
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
-from .predict import models, predict_response
 from .schemas import (
     Diagnostics,
     EpochOut,
@@ -573,5 +572,5 @@ def predict_job(job_id: str):
         if job.status != JobStatus.SUCCEEDED:
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
                            "succeeded job", job_status=job.status)
-        net, labels = models.get(session, job)
-    return {**predict_response(net, body, labels), "job_id": job_id}
+        model = ext()["models"].get(session, job)
+    return {**model.predict(body), "job_id": job_id}

@@ -21,7 +21,6 @@ from .idempotency import idempotent
 from .jobs import ext, load_job
 from .openapi import doc, parse_query
 from .pagination import iso
-from .predict import models, predict_response
 from .schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,
@@ -345,8 +344,8 @@ def _predict(name: str, pick) -> dict[str, Any]:
         job = session.get(Job, mv.job_id)
         if job.status != JobStatus.SUCCEEDED:  # cannot happen: only succeeded jobs are registered
             raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}", job_status=job.status)
-        net, labels = models.get(session, job)  # rebuilt once per job, then served from memory
-    return {**predict_response(net, body, labels), "model": name, "version": mv.version, "job_id": job.id}
+        model = ext()["models"].get(session, job)  # rebuilt once per job, then served from memory
+    return {**model.predict(body), "model": name, "version": mv.version, "job_id": job.id}
 
 
 PREDICT_NOTE = (" Send `{\"instances\": rows}` or `{\"inputs\": rows}`; the answer has `predictions` (classes in "

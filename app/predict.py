@@ -1,5 +1,5 @@
-"""Predictions from a stored job: the network is rebuilt once and kept in a bounded LRU cache,
-because a succeeded job's weights never change."""
+"""Predictions from a stored job: the network is rebuilt once and kept in a cache bounded in
+bytes, because a succeeded job's weights never change."""
 
 from __future__ import annotations
 
@@ -12,20 +12,55 @@ from sqlalchemy import select
 
 from core.db import Dataset, Job
 from core.nn import Network
+from core.nn.network import walk
 from core.store import load_weights
 
 from .datasets import numeric_array
 from .errors import ApiError
 
 
+class CachedModel:
+    """A job's network and its dataset's class labels. Layers keep the batch they last saw as
+    attributes (backward needs it), so two requests inside one network's forward pass would mix
+    their batches: a model answers one request at a time, and different models in parallel."""
+
+    def __init__(self, net: Network, class_labels: list[Any] | None):
+        self.net, self.class_labels = net, class_labels
+        self.lock = threading.Lock()
+        self.nbytes = footprint(net)
+
+    def predict(self, body: Any) -> dict[str, Any]:
+        with self.lock:
+            out = predict_response(self.net, body, self.class_labels)
+            self.nbytes = footprint(self.net)  # weights plus what the last batch left in the layers
+        return out
+
+
+def footprint(net: Network) -> int:
+    """Bytes of every array the network holds: weights, gradients and what its layers keep of
+    the last batch; a view counts as the array it views, once."""
+    arrays = [net.flat_params, net.flat_grads]
+    for layer in walk(net.layers):
+        arrays += [v for v in vars(layer).values() if isinstance(v, np.ndarray)]
+        arrays += list(layer.buffers.values())
+    bases: dict[int, int] = {}
+    for a in arrays:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        bases[id(a)] = a.nbytes
+    return sum(bases.values())
+
+
 class ModelCache:
-    def __init__(self, size: int = 16):
-        self.size = size
-        self._items: OrderedDict[str, tuple[Network, list[Any] | None]] = OrderedDict()
+    """Least recently used models, up to `max_bytes` in all (the newest is kept whatever its
+    size): a web process must not hold every large network it has ever served."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, CachedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session, job: Job) -> tuple[Network, list[Any] | None]:
-        """The job's network with its weights, and the dataset's original class labels."""
+    def get(self, session, job: Job) -> CachedModel:
         with self._lock:
             hit = self._items.get(job.id)
             if hit is not None:
@@ -34,14 +69,18 @@ class ModelCache:
         net = Network.from_spec(job.model_spec, seed=0)
         net.set_weights(load_weights(session, job.id))
         labels = session.scalar(select(Dataset.class_labels).where(Dataset.id == job.dataset_id))
+        model = CachedModel(net, labels)
         with self._lock:
-            self._items[job.id] = hit = (net, labels)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return hit
+            model = self._items.setdefault(job.id, model)  # a concurrent miss may have won
+            self._items.move_to_end(job.id)
+            total = sum(m.nbytes for m in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                total -= evicted.nbytes
+        return model
 
-
-models = ModelCache()
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._items
 
 
 def predict_response(net: Network, body: Any, class_labels: list[Any] | None) -> dict[str, Any]:

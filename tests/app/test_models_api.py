@@ -191,7 +191,7 @@ def test_second_predict_is_served_from_the_cache(client, sessions, monkeypatch):
         "/v1/models/iris/predict", "/v1/models/iris/predict", "/v1/models/iris/versions/1/predict",
         "/v1/models/iris/aliases/production/predict", f"/v1/jobs/{job}/predict")]
     assert loads == [job]  # weights read once; every later call, by any route, reuses the network
-    assert job in app.predict.models._items
+    assert job in client.application.extensions["backprop"]["models"]
     assert all(a["predictions"] == answers[0]["predictions"] for a in answers)
 
 

@@ -1,0 +1,64 @@
+"""The predict cache: one request at a time inside a network (layers keep their last batch), and
+a bound in bytes rather than in networks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from app.predict import CachedModel, ModelCache, footprint
+from app.schemas import PredictRequest
+from core.nn import Network
+from tests.app.test_models_api import trained
+
+LSTM = {"input_shape": [5, 4], "loss": "categorical_crossentropy",
+        "layers": [{"type": "lstm", "units": 16}, {"type": "dense", "units": 3, "activation": "softmax"}]}
+
+
+def test_concurrent_predictions_on_one_model_get_their_own_answers():
+    """An LSTM keeps its hidden states on the layer between calls inside one forward pass: without
+    the model's lock, eight threads sharing it got another request's numbers back."""
+    model = CachedModel(Network.from_spec(LSTM, seed=1), None)
+    rng = np.random.default_rng(0)
+    bodies = [PredictRequest(instances=rng.normal(size=(int(n), 5, 4)).tolist()) for n in rng.integers(1, 40, 24)]
+    want = [model.predict(b)["probabilities"] for b in bodies]
+    wrong = []
+
+    def hammer(k):
+        for i in range(60):
+            j = (k * 5 + i) % len(bodies)
+            if model.predict(bodies[j])["probabilities"] != want[j]:
+                wrong.append(j)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_footprint_counts_weights_and_what_the_last_batch_left():
+    net = Network.from_spec(LSTM, seed=1)
+    before = footprint(net)
+    assert before >= net.flat_params.nbytes + net.flat_grads.nbytes
+    net.forward(np.zeros((500, 5, 4)))
+    assert footprint(net) > before + 500 * 5 * 16 * 4  # the layer keeps its hidden states
+
+
+def test_the_cache_is_bounded_in_bytes(client, sessions):
+    from core.db import Job
+
+    jobs = [trained(client, sessions) for _ in range(3)]
+    with sessions() as session:
+        size = ModelCache(max_bytes=1 << 40).get(session, session.get(Job, jobs[0])).nbytes
+        cache = ModelCache(max_bytes=2 * size)
+        for job_id in jobs:
+            cache.get(session, session.get(Job, job_id))
+        assert [j in cache for j in jobs] == [False, True, True]  # the least recently used went
+        cache.get(session, session.get(Job, jobs[1]))  # used again: now the newest
+        cache.get(session, session.get(Job, jobs[0]))
+        assert [j in cache for j in jobs] == [True, True, False]
+        tiny = ModelCache(max_bytes=1)
+        assert tiny.get(session, session.get(Job, jobs[0])) is tiny.get(session, session.get(Job, jobs[0]))
