@@ -1,5 +1,6 @@
 """`Idempotency-Key` on creates: the same key with the same body answers with the first
-result; the same key with a different body is refused. The key is claimed before the request
+result; the same key with a different body is refused. A key holds for BACKPROP_IDEMPOTENCY_HOURS
+(24) after its first use (core/idempotency.py). The key is claimed before the request
 runs, so concurrent requests with one key create one resource: the others are told to come
 back (409 `idempotency_key_in_use`) and then get the first result."""
 
@@ -16,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import IdempotencyRecord
 from core.db.models import utcnow
+from core.idempotency import expired_before
 
 from .auth import current_tenant
 from .errors import ApiError
@@ -74,14 +76,16 @@ def _reserve(sessions, tenant: str, key: str, digest: str, stamp) -> Idempotency
             found = session.get(IdempotencyRecord, (tenant, key))
             if found is None:  # released meanwhile: claim it again
                 continue
-            if found.status_code != PENDING or utcnow() - found.created_at < ABANDONED_AFTER:
+            expired = found.created_at < expired_before(current_app.extensions["backprop"]["settings"])
+            abandoned = found.status_code == PENDING and utcnow() - found.created_at >= ABANDONED_AFTER
+            if not (expired or abandoned):
                 session.expunge(found)
                 return found
-            # abandoned by a request that died: take it over (a statement, so that two takers
-            # racing here both go on to the insert, where only one wins)
+            # an expired key, or one abandoned by a request that died: take it over (a statement,
+            # so that two takers racing here both go on to the insert, where only one wins)
             session.execute(delete(IdempotencyRecord).where(
                 IdempotencyRecord.tenant == tenant, IdempotencyRecord.key == key,
-                IdempotencyRecord.status_code == PENDING, IdempotencyRecord.created_at == found.created_at))
+                IdempotencyRecord.created_at == found.created_at))
     raise ApiError(409, "idempotency_key_in_use", "requests with this Idempotency-Key are racing; send it "
                    "again in a moment", headers={"Retry-After": "1"})
 

@@ -24,6 +24,7 @@ class Settings:
     worker_concurrency: int = field(default_factory=lambda: int(_env("WORKER_CONCURRENCY", str(os.cpu_count() or 1))))
     blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
     max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
+    idempotency_hours: float = field(default_factory=lambda: float(_env("IDEMPOTENCY_HOURS", "24")))
     predict_cache_mb: float = field(default_factory=lambda: float(_env("PREDICT_CACHE_MB", "256")))
     broker_poll_seconds: float = field(default_factory=lambda: float(_env("BROKER_POLL_SECONDS", "0.05")))
     worker_metrics_port: int = field(default_factory=lambda: int(_env("WORKER_METRICS_PORT", "0")))  # 0: off

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import Job, JobStatus
 from core.db.models import utcnow
+from core.idempotency import purge_expired_keys
 from core.queue import enqueue_training
 
 log = logging.getLogger("backprop.reconciler")
@@ -66,6 +67,7 @@ class ReconcilerThread(threading.Thread):
         while True:
             try:
                 reconcile(self.sessions, self.celery, self.settings)
+                purge_expired_keys(self.sessions, self.settings)  # housekeeping on the same beat
             except Exception:  # noqa: BLE001 - keep reconciling after a database hiccup
                 log.warning("reconcile round failed", exc_info=True)
             if self.stopping.wait(self.settings.reconcile_seconds):

@@ -210,4 +210,5 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     location: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # keys expire (Settings.idempotency_hours); the index serves the periodic purge
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -744,6 +744,31 @@ def test_a_key_whose_first_request_is_still_running(app, client, sessions):
     assert post().get_json()["id"] == first.get_json()["id"] and count_jobs(sessions) == 1
 
 
+def test_a_key_expires_after_idempotency_hours(app, client, sessions):
+    """A day later the key is free again: the same body makes a new job, another body is no
+    longer 'reused'; and the purge deletes only keys past their time."""
+    from core.idempotency import purge_expired_keys
+
+    first = submit(client, iris_job(epochs=2), **{"Idempotency-Key": "daily"})
+    assert submit(client, iris_job(epochs=2), **{"Idempotency-Key": "daily"}).get_json()["id"] == first.get_json()["id"]
+    problem(submit(client, iris_job(epochs=3), **{"Idempotency-Key": "daily"}), 422, "idempotency_key_reused")
+    hours = app.extensions["backprop"]["settings"].idempotency_hours
+    with sessions.begin() as s:
+        s.execute(update(IdempotencyRecord).values(created_at=utcnow() - timedelta(hours=hours, minutes=1)))
+    again = submit(client, iris_job(epochs=3), **{"Idempotency-Key": "daily"})
+    assert again.status_code == 202 and again.get_json()["id"] != first.get_json()["id"]
+    assert count_jobs(sessions) == 2
+    assert submit(client, iris_job(epochs=3), **{"Idempotency-Key": "daily"}).get_json()["id"] == again.get_json()["id"]
+
+    submit(client, iris_job(epochs=2), **{"Idempotency-Key": "old"})
+    with sessions.begin() as s:
+        s.execute(update(IdempotencyRecord).where(IdempotencyRecord.key == "old")
+                  .values(created_at=utcnow() - timedelta(hours=hours + 1)))
+    assert purge_expired_keys(sessions, app.extensions["backprop"]["settings"]) == 1
+    with sessions() as s:
+        assert set(s.scalars(select(IdempotencyRecord.key))) == {"daily"}
+
+
 def test_overlong_idempotency_key(client):
     problem(submit(client, iris_job(epochs=2), **{"Idempotency-Key": "k" * 256}), 422, "validation_error")
 

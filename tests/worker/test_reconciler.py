@@ -60,3 +60,19 @@ def test_old_queued_job_is_sent_again(client, sessions, migrated):
     with sessions.begin() as s:
         s.execute(update(Job).values(enqueued_at=utcnow() - timedelta(hours=1)))
     assert reconcile(sessions, make_celery(migrated), migrated) == [job_id]
+
+
+def test_the_reconciler_thread_purges_expired_idempotency_keys(client, sessions, migrated):
+    from core.db import IdempotencyRecord
+    from worker.reconciler import ReconcilerThread
+
+    for key in ("old", "new"):
+        assert client.post("/v1/jobs", json=iris_job(epochs=2), headers={"Idempotency-Key": key}).status_code == 202
+    with sessions.begin() as s:
+        s.execute(update(IdempotencyRecord).where(IdempotencyRecord.key == "old")
+                  .values(created_at=utcnow() - timedelta(hours=migrated.idempotency_hours + 1)))
+    thread = ReconcilerThread(sessions, make_celery(migrated), migrated)
+    thread.stopping.set()  # one round, then stop
+    thread.run()
+    with sessions() as s:
+        assert [r.key for r in s.query(IdempotencyRecord)] == ["new"]
