@@ -146,10 +146,13 @@ def _from_json() -> tuple[dict[str, Any], str | None, str]:
 
 def _csv_text(data: bytes, part: str, charset: str = "utf-8") -> str:
     try:
-        return data.decode("utf-8-sig" if codecs.lookup(charset).name == "utf-8" else charset)
+        text = data.decode("utf-8-sig" if codecs.lookup(charset).name == "utf-8" else charset)
     except (UnicodeDecodeError, LookupError):
         raise validation_error([{"path": part, "message": f"is not {charset} text; send CSV, a .npz or a .npy"}]
                                ) from None
+    if "\x00" in text:  # not text; and PostgreSQL could not store a header or label holding one
+        raise validation_error([{"path": part, "message": "contains NUL characters; send CSV text, a .npz or a .npy"}])
+    return text
 
 
 def _from_raw_csv() -> tuple[dict[str, Any], str | None, str]:
@@ -166,6 +169,10 @@ def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
     extra = sorted(set(request.files) - {"file", "targets"})
     if extra:
         raise validation_error([{"path": extra[0], "message": "unknown file part; expected file (and targets)"}])
+    for key, value in [*request.form.items(multi=True), *((k, f.filename or "") for k, f in request.files.items())]:
+        if "\x00" in key or "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise validation_error([{"path": key.replace("\x00", "\\0"),
+                                     "message": "must not contain NUL characters (in the field or its file name)"}])
     params = parse(DatasetUploadParams, {**request.args.to_dict(), **request.form.to_dict()})
     upload = request.files["file"]
     data = upload.read()

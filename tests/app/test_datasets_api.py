@@ -493,3 +493,24 @@ def test_openapi_documents_the_datasets_endpoints(app):
     assert "dataset_referenced" in item["delete"]["description"]
     assert "DatasetOut" in spec["components"]["schemas"]
     assert "features" not in spec["components"]["schemas"]["DatasetOut"]["properties"]
+
+
+@pytest.mark.parametrize("fields,filename,text,path", [
+    ({"name": "iris\x00"}, "iris.csv", None, "name"),
+    ({}, "iris\x00.csv", None, "file"),
+    ({"tar\x00get": "species"}, "iris.csv", None, "tar\\0get"),
+    ({}, "iris.csv", "a,b,species\n1,2,set\x00osa\n", "file"),
+])
+def test_nul_characters_in_a_multipart_upload_are_refused(client, sessions, fields, filename, text, path):
+    """PostgreSQL text cannot hold NUL: a name, file name, field or CSV with one is a 422 naming it,
+    before anything is stored."""
+    resp = upload(client, text or iris_csv(), filename, **fields)
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["errors"][0]["path"] == path and "NUL" in resp.get_json()["errors"][0]["message"]
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 0
+
+
+def test_nul_characters_in_a_raw_csv_body_are_refused(client):
+    resp = client.post("/v1/datasets", data="a,b,species\n1,2,set\x00osa\n", content_type="text/csv")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "body"
