@@ -169,7 +169,8 @@ def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
     extra = sorted(set(request.files) - {"file", "targets"})
     if extra:
         raise validation_error([{"path": extra[0], "message": "unknown file part; expected file (and targets)"}])
-    for key, value in [*request.form.items(multi=True), *((k, f.filename or "") for k, f in request.files.items())]:
+    names = [(k, f.filename or "") for k, f in request.files.items(multi=True)]
+    for key, value in [*request.form.items(multi=True), *names]:
         if "\x00" in key or "\x00" in value:  # PostgreSQL text cannot hold NUL
             raise validation_error([{"path": key.replace("\x00", "\\0"),
                                      "message": "must not contain NUL characters (in the field or its file name)"}])
