@@ -259,30 +259,43 @@ class LSTM(_Recurrent):
         fast = self._fast
         dZ = np.empty_like(Z)
         dc = np.zeros((n, u), Z.dtype)
-        deriv = np.empty((n, width), Z.dtype)
+        if fast:
+            # every step's activation derivatives in a few whole-array passes before the loop, not
+            # per step: dZ holds sigmoid' = a - a^2 (i, f, o) and tanh' = 1 - a^2 (g) until step
+            # t multiplies them in; TD holds tanh'(c_t) = 1 - tanh(c_t)^2
+            np.multiply(A, A, out=dZ)
+            np.subtract(1, dZ[..., g_], out=dZ[..., g_])
+            np.subtract(A[..., :2 * u], dZ[..., :2 * u], out=dZ[..., :2 * u])
+            np.subtract(A[..., 3 * u:], dZ[..., 3 * u:], out=dZ[..., 3 * u:])
+            TD = np.multiply(TC, TC)
+            np.subtract(1, TD, out=TD)
+            ga = np.empty((n, width), Z.dtype)  # dL/d(gate activations) of one step
+            dtc = np.empty((n, u), Z.dtype)
         dh = None
         for t in range(steps - 1, -1, -1):
             dh = self._dh_from(dy_t, last, t, steps, dh)
-            a, da = A[t], dZ[t]  # dZ[t] first holds dL/d(gate activations)
+            a = A[t]
+            da = ga if fast else dZ[t]
             i, f, g, o = a[:, :u], a[:, u:2 * u], a[:, g_], a[:, 3 * u:]
             np.multiply(dh, TC[t], out=da[:, 3 * u:])                 # do
-            dc += act.backward(C[t + 1], TC[t], dh * o)               # dL/dc_t
+            if fast:                                                  # dL/dc_t
+                np.multiply(dh, o, out=dtc)
+                dtc *= TD[t]
+                dc += dtc
+            else:
+                dc += act.backward(C[t + 1], TC[t], dh * o)
             np.multiply(dc, g, out=da[:, :u])                         # di
             np.multiply(dc, C[t], out=da[:, u:2 * u])                 # df
             np.multiply(dc, i, out=da[:, g_])                         # dg
             dc *= f                                                   # to c_{t-1}
-            if fast:  # sigmoid' = a - a^2 on i, f, o; tanh' = 1 - a^2 on g
-                np.multiply(a, a, out=deriv)
-                np.subtract(1, deriv[:, g_], out=deriv[:, g_])
-                np.subtract(a[:, :2 * u], deriv[:, :2 * u], out=deriv[:, :2 * u])
-                np.subtract(o, deriv[:, 3 * u:], out=deriv[:, 3 * u:])
-                da *= deriv
+            if fast:
+                dZ[t] *= ga
             else:
                 dg = act.backward(Z[t][:, g_], g, da[:, g_])
                 da[...] = rec.backward(Z[t], a, da)
                 da[:, g_] = dg
             if t:
-                dh = da @ U.T
+                dh = dZ[t] @ U.T
         return dZ, dZ
 
 
