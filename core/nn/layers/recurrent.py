@@ -370,7 +370,9 @@ class GRU(_Recurrent):
         u = self.units
         dP = np.empty_like(Z)
         dQ = np.empty_like(Z)
-        deriv = np.empty((n, 2 * u), Z.dtype)
+        if self._fast:  # every step's sigmoid' = a - a^2 of r and z at once, not per step
+            deriv = np.multiply(A[..., :2 * u], A[..., :2 * u])
+            np.subtract(A[..., :2 * u], deriv, out=deriv)
         dh = None
         for t in range(steps - 1, -1, -1):
             dh = self._dh_from(dy_t, last, t, steps, dh)
@@ -379,10 +381,8 @@ class GRU(_Recurrent):
             np.multiply(dh, H[t] - cand, out=dp[:, u:2 * u])                # dz
             dp[:, 2 * u:] = act.backward(Z[t][:, 2 * u:], cand, dh - dh * z)  # d candidate pre
             np.multiply(dp[:, 2 * u:], Q[t][:, 2 * u:], out=dp[:, :u])      # dr
-            if self._fast:  # sigmoid' = a - a^2
-                np.multiply(a[:, :2 * u], a[:, :2 * u], out=deriv)
-                np.subtract(a[:, :2 * u], deriv, out=deriv)
-                dp[:, :2 * u] *= deriv
+            if self._fast:
+                dp[:, :2 * u] *= deriv[t]
             else:
                 dp[:, :2 * u] = rec.backward(Z[t][:, :2 * u], a[:, :2 * u], dp[:, :2 * u])
             dq[:, :2 * u] = dp[:, :2 * u]
