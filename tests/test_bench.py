@@ -53,3 +53,18 @@ def test_the_numpy_reference_computes_the_engines_gradients():
     ref_grads = [g for pair in zip(ref.gw, ref.gb, strict=True) for g in pair]
     for name, got in zip(names, ref_grads, strict=True):
         np.testing.assert_allclose(got, grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_the_numpy_reference_takes_the_engines_adam_steps():
+    from bench import workloads as W
+    from core.nn.optimizers import Adam
+
+    ref = W.NumpyReferenceRunner(W.mlp_digits(epochs_per_round=1))
+    rng = np.random.default_rng(0)
+    engine = Adam({"learning_rate": W.LR, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8})
+    weights = {"w": ref.flat.copy()}
+    for _ in range(3):
+        ref.grad[:] = rng.normal(size=ref.grad.shape)
+        ref.adam()
+        engine.step(weights, {"w": ref.grad.copy()}, W.LR)
+    np.testing.assert_allclose(ref.flat, weights["w"], rtol=1e-5, atol=1e-7)
