@@ -8,10 +8,11 @@ Layout, chosen for speed and for weight compatibility with Keras and PyTorch:
 
 * the gates share one weight matrix: `kernel` (features, G*units), `recurrent_kernel`
   (units, G*units), with G = 1 (simple_rnn), 4 (lstm) or 3 (gru);
-* the input projection of all steps is one GEMM up front (time-major, (steps*n, features) @
-  kernel); each step then does one recurrent GEMM (h @ recurrent_kernel) and element-wise work;
-* backward stores the per-step gradients of the gate pre-activations and forms dL/dkernel,
-  dL/drecurrent_kernel and dL/dx with one GEMM each over all steps at the end.
+* simple_rnn and gru project the inputs of all steps with one GEMM up front (time-major,
+  (steps*n, features) @ kernel); each step then does one recurrent GEMM (h @ recurrent_kernel)
+  and element-wise work; the lstm runs feature-major with one GEMM per step (see LSTM);
+* backward stores the per-step gradients of the gate pre-activations and forms the weight
+  gradients and dL/dx with one GEMM each over all steps at the end.
 
 Arrays keep the network's dtype throughout (float32 stays float32). With the default
 activations (sigmoid gates, tanh candidate) the gates use sigmoid(z) = (1 + tanh(z/2)) / 2, so
@@ -62,7 +63,7 @@ _RECURRENT_ACTIVATION = {
 class _Recurrent(Layer):
     """Shared plumbing: parameters, the time-major input projection, and the final GEMMs of
     backward. Subclasses implement `_run(P)` (the recurrence over pre-computed input
-    projections) and `_run_backward(dy_t, last)`."""
+    projections) and `_run_backward(dy_t, last)`, or, like LSTM, forward and backward."""
 
     gates: ClassVar[int] = 1
     regularized = ("kernel", "recurrent_kernel")
@@ -196,7 +197,14 @@ class LSTM(_Recurrent):
     PyTorch: i, f, o = recurrent_activation(...), g = activation(...),
     c_t = f * c_{t-1} + i * g, h_t = o * activation(c_t). The bias has shape (4*units,).
     `unit_forget_bias` (default true, as in Keras) sets the forget-gate bias to 1 at
-    initialisation whatever bias_initializer says, so the cell remembers by default."""
+    initialisation whatever bias_initializer says, so the cell remembers by default.
+
+    Inside, the LSTM runs feature-major: one step's gates are a (4*units, n) array whose rows
+    are ordered o, i, f, g, so each gate is one contiguous block (an element-wise NumPy call on
+    it is one flat loop, about 3x faster than on a column block of an (n, 4*units) array) and
+    the three sigmoid gates are adjacent. A step is one GEMM of the stacked weights with the
+    stacked [h; x; 1] (see forward). The stored weights keep the public layout; each pass
+    reorders them once (a few small copies)."""
 
     type_name = "lstm"
     gates = 4
@@ -213,90 +221,142 @@ class LSTM(_Recurrent):
         u = self.units
         if "bias" in self.params and self.config["unit_forget_bias"]:
             self.params["bias"][u:2 * u] = 1  # in place: the array is never rebound
-        # sigmoid(z) = (tanh(z/2) + 1)/2: one tanh over all four gates, scaled per column
+        # internal row r holds public gate column _order[r]: o, i, f, g
+        self._order = np.r_[3 * u:4 * u, 0:2 * u, 2 * u:3 * u]
+        # default activations: sigmoid(z) = (tanh(z/2) + 1)/2, so one tanh covers all four gates
+        # once the sigmoid gates' weights are halved (_scale)
         self._fast = self.rec.name == "sigmoid" and self.act.name == "tanh"
-        self._half = np.full(4 * u, 0.5, dtype)
-        self._half[2 * u:3 * u] = 1
-        self._shift = np.full(4 * u, 0.5, dtype)
-        self._shift[2 * u:3 * u] = 0
+        self._scale = np.ones((4 * u, 1), dtype)
+        if self._fast:
+            self._scale[:3 * u] = 0.5
         return out
 
-    def _run(self, P):
-        H, U, act, rec = self._H, self.params["recurrent_kernel"], self.act, self.rec
-        steps, n, _ = P.shape
-        u = self.units
-        g_ = slice(2 * u, 3 * u)
-        fast, half, shift = self._fast, self._half, self._shift
-        A = np.empty_like(P)                      # gate activations i, f, g, o
-        C = np.zeros((steps + 1, n, u), P.dtype)  # cell states, C[0] = 0
-        TC = np.empty((steps, n, u), P.dtype)     # activation(c_t)
-        hu = np.empty((n, 4 * u), P.dtype)
-        for t in range(steps):
-            z, a = P[t], A[t]
-            np.matmul(H[t], U, out=hu)
-            z += hu  # P now holds the pre-activations
-            if fast:
-                np.multiply(z, half, out=a)
-                np.tanh(a, out=a)
-                a *= half
-                a += shift
-            else:
-                a[...] = rec.forward(z)
-                a[:, g_] = act.forward(z[:, g_])
-            c = C[t + 1]
-            np.multiply(a[:, u:2 * u], C[t], out=c)
-            c += a[:, :u] * a[:, g_]
-            TC[t] = act.forward(c)
-            np.multiply(a[:, 3 * u:], TC[t], out=H[t + 1])
-        self._Z, self._A, self._C, self._TC = P, A, C, TC
+    def _stacked_weights(self) -> np.ndarray:
+        """[recurrent_kernel; kernel; bias] as internal rows (4*units, units + features + 1),
+        times _scale: one step's pre-activations are this matrix times the step's S column."""
+        p = self.params
+        w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
+        return np.ascontiguousarray(np.concatenate(w)[:, self._order].T * self._scale)
 
-    def _run_backward(self, dy_t, last):
-        Z, A, C, TC = self._Z, self._A, self._C, self._TC
-        U, act, rec = self.params["recurrent_kernel"], self.act, self.rec
-        steps, n, width = Z.shape
-        u = self.units
-        g_ = slice(2 * u, 3 * u)
-        fast = self._fast
-        dZ = np.empty_like(Z)
-        dc = np.zeros((n, u), Z.dtype)
-        if fast:
-            # every step's activation derivatives in a few whole-array passes before the loop, not
-            # per step: dZ holds sigmoid' = a - a^2 (i, f, o) and tanh' = 1 - a^2 (g) until step
-            # t multiplies them in; TD holds tanh'(c_t) = 1 - tanh(c_t)^2
-            np.multiply(A, A, out=dZ)
-            np.subtract(1, dZ[..., g_], out=dZ[..., g_])
-            np.subtract(A[..., :2 * u], dZ[..., :2 * u], out=dZ[..., :2 * u])
-            np.subtract(A[..., 3 * u:], dZ[..., 3 * u:], out=dZ[..., 3 * u:])
-            TD = np.multiply(TC, TC)
-            np.subtract(1, TD, out=TD)
-            ga = np.empty((n, width), Z.dtype)  # dL/d(gate activations) of one step
-            dtc = np.empty((n, u), Z.dtype)
-        dh = None
-        for t in range(steps - 1, -1, -1):
-            dh = self._dh_from(dy_t, last, t, steps, dh)
-            a = A[t]
-            da = ga if fast else dZ[t]
-            i, f, g, o = a[:, :u], a[:, u:2 * u], a[:, g_], a[:, 3 * u:]
-            np.multiply(dh, TC[t], out=da[:, 3 * u:])                 # do
-            if fast:                                                  # dL/dc_t
-                np.multiply(dh, o, out=dtc)
-                dtc *= TD[t]
-                dc += dtc
+    # -- forward ------------------------------------------------------------------------
+    def forward(self, x, training):
+        n, steps, features = x.shape
+        u, fast, act, rec = self.units, self._fast, self.act, self.rec
+        dt = self._scale.dtype
+        # S[t] = [h_t; x_t; 1] (rows; one column per sample), the state entering step t with
+        # its input: one GEMM per step gives all the pre-activations, input projection and
+        # bias included, and backward forms every weight gradient with one GEMM over all steps
+        W = self._stacked_weights()
+        S = np.empty((steps + 1, W.shape[1], n), dt)
+        S[0, :u] = 0
+        S[:steps, u:u + features] = x.transpose(1, 2, 0)
+        S[:, u + features:] = 1
+        A = np.empty((steps, 4 * u, n), dt)  # gate activations o, i, f, g
+        Z = A if fast else np.empty_like(A)  # pre-activations (kept for backward if not fast)
+        C = np.empty((steps + 1, u, n), dt)  # cell states, C[0] = 0
+        C[0] = 0
+        TC = np.empty((steps, u, n), dt)     # activation(c_t)
+        ig = np.empty((u, n), dt)
+        for t in range(steps):
+            a, z = A[t], Z[t]
+            np.matmul(W, S[t], out=z)
+            if fast:  # z holds z/2 in the sigmoid rows (weights halved), so:
+                np.tanh(a, out=a)
+                sig = a[:3 * u]
+                sig *= 0.5
+                sig += 0.5
             else:
-                dc += act.backward(C[t + 1], TC[t], dh * o)
-            np.multiply(dc, g, out=da[:, :u])                         # di
-            np.multiply(dc, C[t], out=da[:, u:2 * u])                 # df
-            np.multiply(dc, i, out=da[:, g_])                         # dg
-            dc *= f                                                   # to c_{t-1}
+                a[:3 * u] = rec.forward(z[:3 * u])
+                a[3 * u:] = act.forward(z[3 * u:])
+            o, i, f, g = a[:u], a[u:2 * u], a[2 * u:3 * u], a[3 * u:]
+            c = C[t + 1]
+            np.multiply(f, C[t], out=c)
+            np.multiply(i, g, out=ig)
+            c += ig
             if fast:
-                dZ[t] *= ga
+                np.tanh(c, out=TC[t])
             else:
-                dg = act.backward(Z[t][:, g_], g, da[:, g_])
-                da[...] = rec.backward(Z[t], a, da)
-                da[:, g_] = dg
-            if t:
-                dh = dZ[t] @ U.T
-        return dZ, dZ
+                TC[t] = act.forward(c)
+            np.multiply(o, TC[t], out=S[t + 1, :u])
+        if training:
+            self._S, self._A, self._C, self._TC = S, A, C, TC
+            self._Z = None if fast else Z
+        H = S[1:, :u]
+        if self.return_sequences:
+            return np.ascontiguousarray(H.transpose(2, 0, 1))
+        return np.ascontiguousarray(H[-1].T)
+
+    # -- backward -----------------------------------------------------------------------
+    def backward(self, dy):
+        dZ = self._weight_grads(dy)
+        steps, _, n = self._A.shape
+        kernel = self.params["kernel"][:, self._order]
+        return (kernel @ dZ).reshape(-1, steps, n).transpose(2, 1, 0)
+
+    def backward_params(self, dy):
+        self._weight_grads(dy)
+
+    def _local_derivatives(self, t, k, ot) -> None:
+        """Step t's derivatives into k and ot: dL/dz_t = k * dL/dh_t in the o rows and
+        k * dL/dc_t in the i, f, g rows; dL/dc_t gains ot * dL/dh_t through
+        h_t = o * activation(c_t). Per step, on arrays that stay in cache: whole-array passes
+        over every step stream several MB through memory and cost more."""
+        a, c_prev, tc, u = self._A[t], self._C[t], self._TC[t], self.units
+        o, i, g = a[:u], a[u:2 * u], a[3 * u:]
+        if self._fast:
+            np.multiply(a, a, out=k)
+            np.subtract(a[:3 * u], k[:3 * u], out=k[:3 * u])  # sigmoid' = a - a^2
+            np.subtract(1, k[3 * u:], out=k[3 * u:])          # tanh' = 1 - a^2
+            np.multiply(tc, tc, out=ot)
+            np.subtract(1, ot, out=ot)                        # tanh'(c_t)
+            ot *= o
+        else:
+            z = self._Z[t]
+            k[:3 * u] = self.rec.backward(z[:3 * u], a[:3 * u], 1)
+            k[3 * u:] = self.act.backward(z[3 * u:], g, 1)
+            ot[...] = self.act.backward(self._C[t + 1], tc, o)
+        k[:u] *= tc            # o: h_t = o * tanh(c_t)
+        k[u:2 * u] *= g        # i: c_t = ... + i * g
+        k[2 * u:3 * u] *= c_prev  # f: c_t = f * c_{t-1} + ...
+        k[3 * u:] *= i         # g
+
+    def _weight_grads(self, dy):
+        """BPTT: fills the weight gradients; returns dL/dz feature-major, (4*units, steps*n)."""
+        A, u = self._A, self.units
+        steps, width, n = A.shape
+        U = self.params["recurrent_kernel"][:, self._order]  # dL/dh_{t-1} = U @ dL/dz_t
+        if self.return_sequences:
+            dyT = dy.transpose(1, 2, 0)  # (steps, units, n)
+        # dL/dz, feature-major over all steps: column t*n + j is sample j at step t
+        dZ = np.empty_like(A)
+        k = np.empty((width, n), A.dtype)
+        dh, dc, ot = (np.empty((u, n), A.dtype) for _ in range(3))
+        dc[...] = 0
+        for t in range(steps - 1, -1, -1):
+            if t == steps - 1:
+                dh[...] = dyT[t] if self.return_sequences else dy.T
+            else:
+                np.matmul(U, dZ[t + 1], out=dh)
+                if self.return_sequences:
+                    dh += dyT[t]
+            self._local_derivatives(t, k, ot)
+            ot *= dh
+            dc += ot  # dL/dc_t
+            dz = dZ[t]
+            np.multiply(dh, k[:u], out=dz[:u])
+            for r in (u, 2 * u, 3 * u):  # i, f, g
+                np.multiply(dc, k[r:r + u], out=dz[r:r + u])
+            dc *= A[t, 2 * u:3 * u]  # through c_t = f * c_{t-1} + ...
+        dZ2 = dZ.transpose(1, 0, 2).reshape(width, steps * n)
+        S2 = self._S[:steps].transpose(1, 0, 2).reshape(-1, steps * n)
+        G = S2 @ dZ2.T  # rows: recurrent_kernel, kernel, bias, as in _stacked_weights
+        features = self.params["kernel"].shape[0]
+        g = self.grads
+        g["recurrent_kernel"][:, self._order] = G[:u]
+        g["kernel"][:, self._order] = G[u:u + features]
+        if "bias" in self.params:
+            g["bias"][self._order] = G[u + features]
+        return dZ2
 
 
 def _sigmoid_into(z: np.ndarray, out: np.ndarray) -> None:
