@@ -3,12 +3,42 @@ through it, the worker registers the tasks. The broker carries ids, never data."
 
 from __future__ import annotations
 
+import os
+import uuid
+from time import monotonic
+
 from celery import Celery
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.json import dumps
 
 from .config import Settings
 
 TRAIN_JOB_TASK = "backprop.train_job"
 QUEUE = "training"
+
+
+class _AtomicFilesystemChannel(filesystem.Channel):
+    """kombu's filesystem channel writes a message file in place, so a worker polling the
+    folder can take it while it is still empty or half written and die on the JSON
+    (kombu#1551; seen here with a fast client). Here the file is written in a staging folder
+    and renamed in: a rename within one file system is atomic, so readers see whole messages."""
+
+    def _put(self, queue, payload, **kwargs):
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"  # kombu's naming
+        staging = os.path.join(self.data_folder_out, ".staging")  # listdir skips: not *.msg
+        path = os.path.join(staging, name)
+        try:
+            os.makedirs(staging, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(dumps(payload).encode())
+            os.replace(path, os.path.join(self.data_folder_out, name))
+        except OSError as exc:
+            raise ChannelError(f"cannot add message {name!r} to {self.data_folder_out!r}") from exc
+
+
+class AtomicFilesystemTransport(filesystem.Transport):
+    Channel = _AtomicFilesystemChannel
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,6 +62,7 @@ def make_celery(settings: Settings) -> Celery:
     if settings.embedded_broker:
         folder = str(settings.broker_dir)
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
+        conf["broker_transport"] = f"{__name__}:AtomicFilesystemTransport"
         conf["broker_transport_options"] = {
             "data_folder_in": folder, "data_folder_out": folder,
             "control_folder": str(settings.broker_dir / "control"),

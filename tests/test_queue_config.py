@@ -23,3 +23,31 @@ def test_embedded_broker_keeps_its_files_under_the_data_dir(tmp_path):
     assert opts["data_folder_in"] == opts["data_folder_out"] == str(tmp_path / "broker")
     assert opts["control_folder"].startswith(str(tmp_path))
     assert opts["polling_interval"] <= 0.1
+
+
+def test_embedded_broker_messages_appear_only_when_whole(tmp_path, monkeypatch):
+    """kombu's own filesystem transport writes the message file in place, where a polling
+    worker can read it empty and die (kombu#1551); ours renames a finished file in."""
+    import json
+    import os
+
+    import core.queue
+
+    celery = make_celery(Settings(data_dir=tmp_path))
+    folder = tmp_path / "broker"
+    seen = []
+    real_replace = os.replace
+
+    def checking_replace(src, dst):
+        assert not list(folder.glob("*.msg")), "a message was visible before it was whole"
+        with open(src, "rb") as f:
+            seen.append(json.loads(f.read()))  # complete JSON by the time it moves
+        real_replace(src, dst)
+
+    monkeypatch.setattr(core.queue.os, "replace", checking_replace)
+    with celery.connection_for_write() as conn:
+        assert isinstance(conn.transport, core.queue.AtomicFilesystemTransport)
+    core.queue.enqueue_training(celery, "job-1")
+    assert len(seen) == 1 and seen[0]["headers"]["argsrepr"] == "['job-1']"
+    assert len(list(folder.glob("*.training.msg"))) == 1
+    assert not os.listdir(folder / ".staging")
