@@ -25,7 +25,7 @@ from .stack import Stack, free_port
 pytestmark = pytest.mark.e2e
 
 JOBS = 10
-EPOCHS = 1500
+EPOCHS = 3000
 
 
 class PrivateRedis:
@@ -88,7 +88,7 @@ def test_jobs_survive_killed_workers_and_a_redis_restart(chaos_stack):
         statuses = [j["status"] for j in page["jobs"]]
         if all(s in ("succeeded", "failed", "cancelled") for s in statuses):
             break
-        time.sleep(rng.uniform(1.0, 2.5))
+        time.sleep(rng.uniform(0.8, 1.8))
         if kills < 5:
             victim = rng.choice([n for n in stack.procs if n.startswith("worker")])
             stack.stop(victim, sig=signal.SIGKILL)
