@@ -85,6 +85,12 @@ class SGD(Optimizer):
             p += v
 
 
+# Adam updates flat vectors this many values at a time (256 KiB per float32 array): the six
+# arrays a block touches fit in L2, and a step over a 235k-weight MLP took 15% less time than
+# with ten passes over whole vectors that do not fit (measured on a 2 MiB-L2 core).
+BLOCK = 65536
+
+
 class Adam(Optimizer):
     """Keeps m/(1 - b1) and v/(1 - b2) -- the exponentially weighted sums of g and g^2 -- instead
     of the averages m and v: updating a sum needs no (1 - b) g pass, so a step makes 10 passes
@@ -111,20 +117,32 @@ class Adam(Optimizer):
             if self.decoupled_weight_decay and self.config["weight_decay"]:
                 p *= dt(1 - lr * self.config["weight_decay"])
             m, v = self.slot("m_sum", key, p), self.slot("v_sum", key, p)
-            num, den = self.scratch(key, p)
-            # M = b1 M + g
-            m *= dt(b1)
-            m += g
-            # V = b2 V + g^2
-            np.multiply(g, g, out=num)
-            v *= dt(b2)
-            v += num
-            # p -= (step M) / (sqrt(V) + eps')
-            np.multiply(m, dt(step), out=num)
-            np.sqrt(v, out=den)
-            den += dt(eps)
-            num /= den
-            p -= num
+            scalars = dt(b1), dt(b2), dt(step), dt(eps)
+            if p.ndim != 1:  # a caller's n-d array: in one go
+                self._update(p, g, m, v, *self.scratch(key, p), *scalars)
+                continue
+            # a flat vector (what the trainer passes) goes BLOCK values at a time
+            num, den = self.scratch(key, p[:BLOCK])
+            for a in range(0, p.size, BLOCK):
+                part = slice(a, a + BLOCK)
+                k = len(p[part])
+                self._update(p[part], g[part], m[part], v[part], num[:k], den[:k], *scalars)
+
+    @staticmethod
+    def _update(p, g, m, v, num, den, b1, b2, step, eps) -> None:
+        # M = b1 M + g
+        m *= b1
+        m += g
+        # V = b2 V + g^2
+        np.multiply(g, g, out=num)
+        v *= b2
+        v += num
+        # p -= (step M) / (sqrt(V) + eps')
+        np.multiply(m, step, out=num)
+        np.sqrt(v, out=den)
+        den += eps
+        num /= den
+        p -= num
 
     def load_state_dict(self, meta, arrays):
         """Also reads checkpoints written before the sums, which hold the averages m and v."""

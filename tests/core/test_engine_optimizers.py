@@ -108,6 +108,23 @@ def test_adam_matches_reference(config):
         np.testing.assert_allclose(g_, w_, rtol=ADAM_RTOL)
 
 
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_adam_on_a_long_flat_vector_goes_block_by_block_with_the_same_result(kind):
+    """The trainer passes flat vectors, which Adam updates BLOCK values at a time (cache-sized
+    blocks); an n-d array is updated in one go. Element by element the two are the same."""
+    from core.nn.optimizers import BLOCK
+
+    size = 2 * BLOCK + 7  # two whole blocks and a short one
+    flat, shaped = make_optimizer(type=kind)[0], make_optimizer(type=kind)[0]
+    grads = gradient_sequence(steps=4, shape=(size,), seed=3)
+    p0 = np.random.default_rng(4).normal(size=size).astype(np.float32)
+    got = run(flat, p0, [g.astype(np.float32) for g in grads], 0.01)
+    want = run(shaped, p0.reshape(1, size), [g.astype(np.float32).reshape(1, size) for g in grads], 0.01)
+    for g_, w_ in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g_, w_.reshape(size))
+    assert not np.array_equal(got[-1], p0)
+
+
 def test_adam_first_step_moves_each_weight_by_the_learning_rate():
     opt, _ = make_optimizer(type="adam")
     g = np.array([[3.0, -0.2], [0.05, 50.0], [-7.0, 0.5]])
