@@ -4,20 +4,26 @@ Each takes one sample of shape (steps, features), i.e. batches of shape (n, step
 returns the last hidden state (n, units), or every hidden state (n, steps, units) with
 `return_sequences`. The initial state is zero and the whole sequence is unrolled (full BPTT).
 
-Layout, chosen for speed and for weight compatibility with Keras and PyTorch:
+Stored weights follow Keras and PyTorch: the gates share one weight matrix, `kernel`
+(features, G*units) and `recurrent_kernel` (units, G*units), with G = 1 (simple_rnn), 4 (lstm)
+or 3 (gru).
 
-* the gates share one weight matrix: `kernel` (features, G*units), `recurrent_kernel`
-  (units, G*units), with G = 1 (simple_rnn), 4 (lstm) or 3 (gru);
-* simple_rnn and gru project the inputs of all steps with one GEMM up front (time-major,
-  (steps*n, features) @ kernel); each step then does one recurrent GEMM (h @ recurrent_kernel)
-  and element-wise work; the lstm runs feature-major with one GEMM per step (see LSTM);
-* backward stores the per-step gradients of the gate pre-activations and forms the weight
-  gradients and dL/dx with one GEMM each over all steps at the end.
+Inside, the layers run feature-major, chosen for speed:
+
+* a step's state is a (units, n) array, one column per sample, so that each gate is one
+  contiguous block and an element-wise NumPy call on it is one flat loop (about 3x faster than
+  on a column block of an (n, G*units) array, where each call walks n short rows);
+* S[t] = [h_t; x_t; 1] stacks the state entering step t on its input and a row of ones, and the
+  weights are stacked to match (`_stacked_weights`), so one GEMM per step gives every
+  pre-activation, input projection and bias included;
+* backward keeps the per-step gradients of the pre-activations, dZ, and forms every weight
+  gradient with one GEMM over all steps (S^T dZ) and dL/dx with one more.
 
 Arrays keep the network's dtype throughout (float32 stays float32). With the default
-activations (sigmoid gates, tanh candidate) the gates use sigmoid(z) = (1 + tanh(z/2)) / 2, so
-that one tanh call covers all four LSTM gates; like the engine's activations, which the layers
-use for any other choice, it is stable for inputs of any magnitude (no exp can overflow).
+activations (sigmoid gates, tanh candidate) the gates use sigmoid(z) = (1 + tanh(z/2)) / 2 with
+the gates' weights halved, so that one tanh call covers every gate of a step; like the engine's
+activations, which the layers use for any other choice, it is stable for inputs of any
+magnitude (no exp can overflow).
 
 Example specs (model.input_shape is [steps, features]):
 
@@ -33,7 +39,6 @@ from typing import ClassVar
 import numpy as np
 
 from ..activations import ACTIVATIONS, get_activation
-from ..constants import column_sums
 from ..spec import Field
 from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register
 
@@ -61,9 +66,9 @@ _RECURRENT_ACTIVATION = {
 
 
 class _Recurrent(Layer):
-    """Shared plumbing: parameters, the time-major input projection, and the final GEMMs of
-    backward. Subclasses implement `_run(P)` (the recurrence over pre-computed input
-    projections) and `_run_backward(dy_t, last)`, or, like LSTM, forward and backward."""
+    """Shared plumbing: parameters, the stacked state S, the outputs, and the GEMMs of
+    backward. A subclass stacks its weights (`_stacked_weights`), runs the steps (`_run`,
+    `_run_backward`) and puts the stacked weight gradient back in place (`_store_grads`)."""
 
     gates: ClassVar[int] = 1
     regularized = ("kernel", "recurrent_kernel")
@@ -93,71 +98,68 @@ class _Recurrent(Layer):
         if cfg["use_bias"]:
             self.init_param("bias", cfg["bias_initializer"], self._bias_shape(), features, width,
                             rng, dtype)
+        self._dtype = np.dtype(dtype)
         return (steps, u) if self.return_sequences else (u,)
 
     def _bias_shape(self) -> tuple[int, ...]:
         return (self.gates * self.units,)
 
+    def _stacked_weights(self, scaled: bool) -> np.ndarray:
+        """(rows, units + features [+ 1]): a step's pre-activations are this times S[t].
+        `scaled` is the forward's variant, where a fast path may fold constants in."""
+        raise NotImplementedError
+
     # -- forward ------------------------------------------------------------------------
     def forward(self, x, training):
         n, steps, features = x.shape
-        # time-major copy of the inputs: step t is the contiguous block rows [t*n, (t+1)*n)
-        self._xt = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(steps * n, features)
-        proj = self._xt @ self.params["kernel"]
-        if "bias" in self.params:
-            proj += self._input_bias()
-        proj = proj.reshape(steps, n, -1)
-        self._H = np.zeros((steps + 1, n, self.units), dtype=proj.dtype)  # H[0] is the zero state
-        self._run(proj)
+        u = self.units
+        W = self._stacked_weights(scaled=True)
+        # S[t] = [h_t; x_t; 1]: the state entering step t, its input and a row of ones (bias)
+        S = np.empty((steps + 1, W.shape[1], n), self._dtype)
+        S[0, :u] = 0
+        S[:steps, u:u + features] = x.transpose(1, 2, 0)
+        S[:, u + features:] = 1
+        self._run(W, S, training)  # writes h_{t+1} into S[t + 1, :u]
+        if training:
+            self._S = S
+        H = S[1:, :u]
         if self.return_sequences:
-            return np.ascontiguousarray(self._H[1:].transpose(1, 0, 2))
-        return self._H[steps].copy()
-
-    def _input_bias(self) -> np.ndarray:
-        return self.params["bias"]
+            return np.ascontiguousarray(H.transpose(2, 0, 1))
+        return np.ascontiguousarray(H[-1].T)
 
     # -- backward -----------------------------------------------------------------------
     def backward(self, dy):
-        dP2 = self._weight_grads(dy)
-        steps, n = self._H.shape[0] - 1, self._H.shape[1]
-        dx = (dP2 @ self.params["kernel"].T).reshape(steps, n, -1)
-        return dx.transpose(1, 0, 2)
+        dZ = self._weight_grads(dy)
+        steps, n = self._S.shape[0] - 1, self._S.shape[2]
+        u, features = self.units, self.params["kernel"].shape[0]
+        kernel = self._stacked_weights(scaled=False)[:, u:u + features]
+        return (kernel.T @ dZ).reshape(features, steps, n).transpose(2, 1, 0)
 
     def backward_params(self, dy):
         self._weight_grads(dy)
 
     def _weight_grads(self, dy):
-        """BPTT: fills the weight gradients; returns dL/d(input projection), (steps*n, G*units)."""
-        steps, n, u = self._H.shape[0] - 1, self._H.shape[1], self.units
+        """BPTT: fills the weight gradients; returns dL/dz of every step, (rows, steps*n)."""
+        S = self._S
+        steps, n = S.shape[0] - 1, S.shape[2]
+        # dL/dh_t from the outputs: (steps, units, n) for sequences, else only the last step's
+        dys = dy.transpose(1, 2, 0) if self.return_sequences else dy.T
+        dZ = self._run_backward(dys)  # (steps, rows, n)
+        dZ2 = dZ.transpose(1, 0, 2).reshape(dZ.shape[1], steps * n)
+        S2 = S[:steps].transpose(1, 0, 2).reshape(-1, steps * n)
+        self._store_grads(S2 @ dZ2.T)  # (units + features [+ 1], rows)
+        return dZ2
+
+    def _output_gradient(self, dys, t, steps, dh):
+        """dL/dh_{t+1} from the layer's output into dh (the part from later steps is added by
+        the caller): the step's slice of dy for sequences, dy itself at the last step."""
         if self.return_sequences:
-            dy_t, last = dy.transpose(1, 0, 2), None
-        else:
-            dy_t, last = None, dy
-        # dP: dL/d(input projection) per step; dQ: dL/d(h_prev @ recurrent_kernel [+ bias])
-        dP, dQ = self._run_backward(dy_t, last)
-        width = dP.shape[-1]
-        dP2 = dP.reshape(steps * n, width)
-        dQ2 = dQ.reshape(steps * n, width)
-        g = self.grads
-        np.matmul(self._xt.T, dP2, out=g["kernel"])
-        # h_0 = 0 contributes nothing to dL/drecurrent_kernel, so step 0 is left out
-        np.matmul(self._H[1:steps].reshape((steps - 1) * n, u).T, dQ2[n:],
-                  out=g["recurrent_kernel"])
-        if "bias" in self.params:
-            self._bias_grad(dP2, dQ2)
-        return dP2
+            dh += dys[t]
+        elif t == steps - 1:
+            dh += dys
 
-    def _bias_grad(self, dP2, dQ2) -> None:
-        column_sums(dP2, out=self.grads["bias"])
-
-    @staticmethod
-    def _dh_from(dy_t, last, t, steps, dh_next):
-        """dL/dh_t: from the output at step t plus what flows back from step t+1."""
-        if dy_t is not None:
-            return dy_t[t] + dh_next if dh_next is not None else dy_t[t].copy()
-        if t == steps - 1:
-            return last.copy()
-        return dh_next
+    def _store_grads(self, G: np.ndarray) -> None:
+        raise NotImplementedError
 
 
 @register
@@ -168,25 +170,39 @@ class SimpleRNN(_Recurrent):
     gates = 1
     fields = _COMMON_FIELDS
 
-    def _run(self, P):
-        H, U, act = self._H, self.params["recurrent_kernel"], self.act
-        for t in range(P.shape[0]):
-            z = P[t]
-            z += H[t] @ U  # P now holds the pre-activations
-            H[t + 1] = act.forward(z)
-        self._Z = P
+    def _stacked_weights(self, scaled):
+        p = self.params
+        w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
+        return np.ascontiguousarray(np.concatenate(w).T)
 
-    def _run_backward(self, dy_t, last):
-        H, Z, U = self._H, self._Z, self.params["recurrent_kernel"]
+    def _run(self, W, S, training):
+        u, steps = self.units, S.shape[0] - 1
+        Z = np.empty((steps, u, S.shape[2]), self._dtype)  # pre-activations
+        for t in range(steps):
+            np.matmul(W, S[t], out=Z[t])
+            S[t + 1, :u] = self.act.forward(Z[t])
+        if training:
+            self._Z = Z
+
+    def _run_backward(self, dys):
+        S, Z, u = self._S, self._Z, self.units
         steps = Z.shape[0]
+        U = self.params["recurrent_kernel"]  # dL/dh_t = U @ dL/dz_t
         dZ = np.empty_like(Z)
-        dh = None
+        dh = np.zeros(Z.shape[1:], Z.dtype)
         for t in range(steps - 1, -1, -1):
-            dh = self._dh_from(dy_t, last, t, steps, dh)
-            dZ[t] = self.act.backward(Z[t], H[t + 1], dh)
+            self._output_gradient(dys, t, steps, dh)
+            dZ[t] = self.act.backward(Z[t], S[t + 1, :u], dh)
             if t:
-                dh = dZ[t] @ U.T
-        return dZ, dZ
+                np.matmul(U, dZ[t], out=dh)
+        return dZ
+
+    def _store_grads(self, G):
+        u, features = self.units, self.params["kernel"].shape[0]
+        self.grads["recurrent_kernel"][...] = G[:u]
+        self.grads["kernel"][...] = G[u:u + features]
+        if "bias" in self.params:
+            self.grads["bias"][...] = G[u + features]
 
 
 @register
@@ -199,12 +215,8 @@ class LSTM(_Recurrent):
     `unit_forget_bias` (default true, as in Keras) sets the forget-gate bias to 1 at
     initialisation whatever bias_initializer says, so the cell remembers by default.
 
-    Inside, the LSTM runs feature-major: one step's gates are a (4*units, n) array whose rows
-    are ordered o, i, f, g, so each gate is one contiguous block (an element-wise NumPy call on
-    it is one flat loop, about 3x faster than on a column block of an (n, 4*units) array) and
-    the three sigmoid gates are adjacent. A step is one GEMM of the stacked weights with the
-    stacked [h; x; 1] (see forward). The stored weights keep the public layout; each pass
-    reorders them once (a few small copies)."""
+    Inside, a step's gates are rows o, i, f, g of a (4*units, n) array, so that the three
+    sigmoid gates are adjacent."""
 
     type_name = "lstm"
     gates = 4
@@ -231,26 +243,16 @@ class LSTM(_Recurrent):
             self._scale[:3 * u] = 0.5
         return out
 
-    def _stacked_weights(self) -> np.ndarray:
-        """[recurrent_kernel; kernel; bias] as internal rows (4*units, units + features + 1),
-        times _scale: one step's pre-activations are this matrix times the step's S column."""
+    def _stacked_weights(self, scaled):
         p = self.params
         w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
-        return np.ascontiguousarray(np.concatenate(w)[:, self._order].T * self._scale)
+        rows = np.concatenate(w)[:, self._order].T
+        return np.ascontiguousarray(rows * self._scale if scaled else rows)
 
-    # -- forward ------------------------------------------------------------------------
-    def forward(self, x, training):
-        n, steps, features = x.shape
+    def _run(self, W, S, training):
         u, fast, act, rec = self.units, self._fast, self.act, self.rec
-        dt = self._scale.dtype
-        # S[t] = [h_t; x_t; 1] (rows; one column per sample), the state entering step t with
-        # its input: one GEMM per step gives all the pre-activations, input projection and
-        # bias included, and backward forms every weight gradient with one GEMM over all steps
-        W = self._stacked_weights()
-        S = np.empty((steps + 1, W.shape[1], n), dt)
-        S[0, :u] = 0
-        S[:steps, u:u + features] = x.transpose(1, 2, 0)
-        S[:, u + features:] = 1
+        steps, n = S.shape[0] - 1, S.shape[2]
+        dt = self._dtype
         A = np.empty((steps, 4 * u, n), dt)  # gate activations o, i, f, g
         Z = A if fast else np.empty_like(A)  # pre-activations (kept for backward if not fast)
         C = np.empty((steps + 1, u, n), dt)  # cell states, C[0] = 0
@@ -279,22 +281,8 @@ class LSTM(_Recurrent):
                 TC[t] = act.forward(c)
             np.multiply(o, TC[t], out=S[t + 1, :u])
         if training:
-            self._S, self._A, self._C, self._TC = S, A, C, TC
+            self._A, self._C, self._TC = A, C, TC
             self._Z = None if fast else Z
-        H = S[1:, :u]
-        if self.return_sequences:
-            return np.ascontiguousarray(H.transpose(2, 0, 1))
-        return np.ascontiguousarray(H[-1].T)
-
-    # -- backward -----------------------------------------------------------------------
-    def backward(self, dy):
-        dZ = self._weight_grads(dy)
-        steps, _, n = self._A.shape
-        kernel = self.params["kernel"][:, self._order]
-        return (kernel @ dZ).reshape(-1, steps, n).transpose(2, 1, 0)
-
-    def backward_params(self, dy):
-        self._weight_grads(dy)
 
     def _local_derivatives(self, t, k, ot) -> None:
         """Step t's derivatives into k and ot: dL/dz_t = k * dL/dh_t in the o rows and
@@ -315,30 +303,22 @@ class LSTM(_Recurrent):
             k[:3 * u] = self.rec.backward(z[:3 * u], a[:3 * u], 1)
             k[3 * u:] = self.act.backward(z[3 * u:], g, 1)
             ot[...] = self.act.backward(self._C[t + 1], tc, o)
-        k[:u] *= tc            # o: h_t = o * tanh(c_t)
-        k[u:2 * u] *= g        # i: c_t = ... + i * g
+        k[:u] *= tc               # o: h_t = o * tanh(c_t)
+        k[u:2 * u] *= g           # i: c_t = ... + i * g
         k[2 * u:3 * u] *= c_prev  # f: c_t = f * c_{t-1} + ...
-        k[3 * u:] *= i         # g
+        k[3 * u:] *= i            # g
 
-    def _weight_grads(self, dy):
-        """BPTT: fills the weight gradients; returns dL/dz feature-major, (4*units, steps*n)."""
+    def _run_backward(self, dys):
         A, u = self._A, self.units
         steps, width, n = A.shape
         U = self.params["recurrent_kernel"][:, self._order]  # dL/dh_{t-1} = U @ dL/dz_t
-        if self.return_sequences:
-            dyT = dy.transpose(1, 2, 0)  # (steps, units, n)
-        # dL/dz, feature-major over all steps: column t*n + j is sample j at step t
         dZ = np.empty_like(A)
         k = np.empty((width, n), A.dtype)
-        dh, dc, ot = (np.empty((u, n), A.dtype) for _ in range(3))
-        dc[...] = 0
+        dh, dc, ot = (np.zeros((u, n), A.dtype) for _ in range(3))
         for t in range(steps - 1, -1, -1):
-            if t == steps - 1:
-                dh[...] = dyT[t] if self.return_sequences else dy.T
-            else:
+            if t < steps - 1:
                 np.matmul(U, dZ[t + 1], out=dh)
-                if self.return_sequences:
-                    dh += dyT[t]
+            self._output_gradient(dys, t, steps, dh)
             self._local_derivatives(t, k, ot)
             ot *= dh
             dc += ot  # dL/dc_t
@@ -347,24 +327,14 @@ class LSTM(_Recurrent):
             for r in (u, 2 * u, 3 * u):  # i, f, g
                 np.multiply(dc, k[r:r + u], out=dz[r:r + u])
             dc *= A[t, 2 * u:3 * u]  # through c_t = f * c_{t-1} + ...
-        dZ2 = dZ.transpose(1, 0, 2).reshape(width, steps * n)
-        S2 = self._S[:steps].transpose(1, 0, 2).reshape(-1, steps * n)
-        G = S2 @ dZ2.T  # rows: recurrent_kernel, kernel, bias, as in _stacked_weights
-        features = self.params["kernel"].shape[0]
-        g = self.grads
+        return dZ
+
+    def _store_grads(self, G):
+        u, features, g = self.units, self.params["kernel"].shape[0], self.grads
         g["recurrent_kernel"][:, self._order] = G[:u]
         g["kernel"][:, self._order] = G[u:u + features]
         if "bias" in self.params:
             g["bias"][self._order] = G[u + features]
-        return dZ2
-
-
-def _sigmoid_into(z: np.ndarray, out: np.ndarray) -> None:
-    """out = sigmoid(z) = (tanh(z/2) + 1)/2: one transcendental, and stable (tanh saturates)."""
-    np.multiply(z, 0.5, out=out)
-    np.tanh(out, out=out)
-    out *= 0.5
-    out += 0.5
 
 
 @register
@@ -377,7 +347,11 @@ class GRU(_Recurrent):
         r = rec(x W_r + b_r + h U_r + c_r),  z = rec(x W_z + b_z + h U_z + c_z)
         n = activation(x W_n + b_n + r * (h U_n + c_n)),  h' = (1 - z) * n + z * h
     with rec = recurrent_activation (sigmoid). The bias has shape (2, 3*units): row 0 the input
-    bias b, row 1 the recurrent bias c (PyTorch's b_ih and b_hh; Keras orders gates z, r, h)."""
+    bias b, row 1 the recurrent bias c (PyTorch's b_ih and b_hh; Keras orders gates z, r, h).
+
+    Inside, a step's pre-activations are four row blocks: r and z (input and recurrent parts
+    summed), x W_n + b_n and h U_n + c_n (kept apart, since r multiplies only the second); the
+    stacked weights hold zeros where a block takes no part of S."""
 
     type_name = "gru"
     gates = 3
@@ -385,68 +359,105 @@ class GRU(_Recurrent):
 
     def __init__(self, config, name):
         super().__init__(config, name)
-        self._fast = self.rec.name == "sigmoid"
+        self._fast = self.rec.name == "sigmoid" and self.act.name == "tanh"
 
     def _bias_shape(self):
         return (2, 3 * self.units)
 
-    def _input_bias(self):
-        return self.params["bias"][0]
+    def _stacked_weights(self, scaled):
+        p, u = self.params, self.units
+        K, U = p["kernel"], p["recurrent_kernel"]
+        f = K.shape[0]
+        W = np.zeros((4 * u, u + f + ("bias" in p)), self._dtype)
+        W[:2 * u, :u] = U[:, :2 * u].T            # r, z: h U + x W + b + c
+        W[:2 * u, u:u + f] = K[:, :2 * u].T
+        W[2 * u:3 * u, u:u + f] = K[:, 2 * u:].T  # x W_n + b_n
+        W[3 * u:, :u] = U[:, 2 * u:].T            # h U_n + c_n
+        if "bias" in p:
+            b = p["bias"]
+            W[:2 * u, -1] = b[0, :2 * u] + b[1, :2 * u]
+            W[2 * u:3 * u, -1] = b[0, 2 * u:]
+            W[3 * u:, -1] = b[1, 2 * u:]
+        if scaled and self._fast:
+            W[:2 * u] *= 0.5  # sigmoid(z) = (tanh(z/2) + 1)/2
+        return W
 
-    def _bias_grad(self, dP2, dQ2):
-        column_sums(dP2, out=self.grads["bias"][0])
-        column_sums(dQ2, out=self.grads["bias"][1])
-
-    def _run(self, P):
-        H, U, act, rec = self._H, self.params["recurrent_kernel"], self.act, self.rec
-        steps, n, _ = P.shape
-        u = self.units
-        rb = self.params["bias"][1] if "bias" in self.params else None
-        A = np.empty_like(P)  # r, z, n
-        Q = np.empty_like(P)  # h_{t-1} @ U + c
+    def _run(self, W, S, training):
+        u, fast, act, rec = self.units, self._fast, self.act, self.rec
+        steps, n = S.shape[0] - 1, S.shape[2]
+        dt = self._dtype
+        Z = np.empty((steps, 4 * u, n), dt)  # pre-activations: r, z (halved if fast), xn, hn
+        A = np.empty((steps, 3 * u, n), dt)  # r, z, n
+        NZ = np.empty((steps, u, n), dt)     # the candidate's pre-activation
+        tmp = np.empty((u, n), dt)
         for t in range(steps):
-            q, p, a = Q[t], P[t], A[t]
-            np.matmul(H[t], U, out=q)
-            if rb is not None:
-                q += rb
-            p[:, :2 * u] += q[:, :2 * u]  # P now holds the pre-activations
-            if self._fast:
-                _sigmoid_into(p[:, :2 * u], a[:, :2 * u])
+            z, a, nz = Z[t], A[t], NZ[t]
+            np.matmul(W, S[t], out=z)
+            if fast:
+                np.tanh(z[:2 * u], out=a[:2 * u])
+                a[:2 * u] *= 0.5
+                a[:2 * u] += 0.5
             else:
-                a[:, :2 * u] = rec.forward(p[:, :2 * u])
-            p[:, 2 * u:] += a[:, :u] * q[:, 2 * u:]
-            cand = a[:, 2 * u:]
-            cand[...] = act.forward(p[:, 2 * u:])
-            h = H[t + 1]
-            np.subtract(H[t], cand, out=h)
-            h *= a[:, u:2 * u]
-            h += cand
-        self._Z, self._A, self._Q = P, A, Q
+                a[:2 * u] = rec.forward(z[:2 * u])
+            r, zg, cand = a[:u], a[u:2 * u], a[2 * u:]
+            np.multiply(r, z[3 * u:], out=nz)
+            nz += z[2 * u:3 * u]
+            if fast:
+                np.tanh(nz, out=cand)
+            else:
+                cand[...] = act.forward(nz)
+            # h' = (1 - z) n + z h = n + z (h - n)
+            np.subtract(S[t, :u], cand, out=tmp)
+            tmp *= zg
+            np.add(cand, tmp, out=S[t + 1, :u])
+        if training:
+            self._Z, self._A, self._NZ = Z, A, NZ
 
-    def _run_backward(self, dy_t, last):
-        Z, A, Q, H = self._Z, self._A, self._Q, self._H
-        U, act, rec = self.params["recurrent_kernel"], self.act, self.rec
-        steps, n, width = Z.shape
-        u = self.units
-        dP = np.empty_like(Z)
-        dQ = np.empty_like(Z)
-        if self._fast:  # every step's sigmoid' = a - a^2 of r and z at once, not per step
-            deriv = np.multiply(A[..., :2 * u], A[..., :2 * u])
-            np.subtract(A[..., :2 * u], deriv, out=deriv)
-        dh = None
+    def _run_backward(self, dys):
+        S, Z, A, NZ, u = self._S, self._Z, self._A, self._NZ, self.units
+        steps, _, n = Z.shape
+        Uh = self._stacked_weights(scaled=False)[:, :u].T  # dL/dh_{t-1} = Uh @ dL/dz_t + ...
+        dZ = np.empty_like(Z)
+        dh = np.zeros((u, n), Z.dtype)
+        direct, dn = np.empty((u, n), Z.dtype), np.empty((u, n), Z.dtype)
+        sig = np.empty((2 * u, n), Z.dtype)
         for t in range(steps - 1, -1, -1):
-            dh = self._dh_from(dy_t, last, t, steps, dh)
-            a, dp, dq = A[t], dP[t], dQ[t]
-            r, z, cand = a[:, :u], a[:, u:2 * u], a[:, 2 * u:]
-            np.multiply(dh, H[t] - cand, out=dp[:, u:2 * u])                # dz
-            dp[:, 2 * u:] = act.backward(Z[t][:, 2 * u:], cand, dh - dh * z)  # d candidate pre
-            np.multiply(dp[:, 2 * u:], Q[t][:, 2 * u:], out=dp[:, :u])      # dr
+            self._output_gradient(dys, t, steps, dh)
+            a, dz = A[t], dZ[t]
+            r, zg, cand = a[:u], a[u:2 * u], a[2 * u:]
+            d_rz, d_r, d_z, d_xn, d_hn = dz[:2 * u], dz[:u], dz[u:2 * u], dz[2 * u:3 * u], dz[3 * u:]
+            # h' = n + z (h - n)
+            np.subtract(S[t, :u], cand, out=d_z)
+            d_z *= dh                         # dL/dz
+            np.multiply(dh, zg, out=direct)   # dL/dh_{t-1} straight through z h
+            np.subtract(dh, direct, out=dn)   # dL/dn = dh (1 - z)
             if self._fast:
-                dp[:, :2 * u] *= deriv[t]
+                np.multiply(cand, cand, out=d_xn)
+                np.subtract(1, d_xn, out=d_xn)  # tanh' = 1 - n^2
+                d_xn *= dn                      # dL/d(x W_n + b_n)
             else:
-                dp[:, :2 * u] = rec.backward(Z[t][:, :2 * u], a[:, :2 * u], dp[:, :2 * u])
-            dq[:, :2 * u] = dp[:, :2 * u]
-            np.multiply(dp[:, 2 * u:], r, out=dq[:, 2 * u:])
+                d_xn[...] = self.act.backward(NZ[t], cand, dn)
+            np.multiply(d_xn, r, out=d_hn)            # dL/d(h U_n + c_n), which r multiplies
+            np.multiply(d_xn, Z[t, 3 * u:], out=d_r)  # dL/dr
+            if self._fast:
+                np.multiply(a[:2 * u], a[:2 * u], out=sig)
+                np.subtract(a[:2 * u], sig, out=sig)  # sigmoid' = a - a^2
+                d_rz *= sig
+            else:
+                d_rz[...] = self.rec.backward(Z[t, :2 * u], a[:2 * u], d_rz)
             if t:
-                dh = dh * z + dq @ U.T
-        return dP, dQ
+                np.matmul(Uh, dz, out=dh)
+                dh += direct
+        return dZ
+
+    def _store_grads(self, G):
+        u, f, g = self.units, self.params["kernel"].shape[0], self.grads
+        g["recurrent_kernel"][:, :2 * u] = G[:u, :2 * u]
+        g["recurrent_kernel"][:, 2 * u:] = G[:u, 3 * u:]
+        g["kernel"][:, :2 * u] = G[u:u + f, :2 * u]
+        g["kernel"][:, 2 * u:] = G[u:u + f, 2 * u:3 * u]
+        if "bias" in self.params:
+            b = g["bias"]
+            b[0, :2 * u] = b[1, :2 * u] = G[u + f, :2 * u]
+            b[0, 2 * u:] = G[u + f, 2 * u:3 * u]
+            b[1, 2 * u:] = G[u + f, 3 * u:]
