@@ -278,6 +278,20 @@ def _short_training(seed):
     return net.get_weights()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_keeps_nothing_of_the_batch(kind):
+    """Only training keeps the states backward needs: a served model holds its weights, not
+    the last request's sequences."""
+    _, x = seq_data(n=64, steps=STEPS)
+    net = build([rnn(kind, units=8)])
+    layer = net.layers[0]
+    before = {k for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
+    net.forward(x)
+    assert {k for k, v in vars(layer).items() if isinstance(v, np.ndarray)} == before
+    net.logits(x, training=True)
+    assert {k for k, v in vars(layer).items() if isinstance(v, np.ndarray)} > before
+
+
 def test_same_seed_gives_identical_weights():
     a, b, c = _short_training(0), _short_training(0), _short_training(1)
     assert a.keys() == b.keys()
