@@ -169,10 +169,11 @@ def run() -> None:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
     finally:
-        # A training job does not wait for Ctrl-C: the worker is stopped at once (a cold shutdown),
-        # and the job resumes from its last checkpoint when a worker next runs (the reconciler).
+        # A warm shutdown of the worker: a training job hands itself back to the queue at its
+        # next batch (worker/celery_app.py) and resumes from its last checkpoint when a worker
+        # next runs. Only Celery's main process is signalled, as `docker stop` does.
         _signal_group(procs[0], signal.SIGTERM)
-        _signal_group(procs[1], signal.SIGQUIT)
+        procs[1].send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         for p in procs:
             try:

@@ -4,8 +4,15 @@ database connections and a BLAS thread budget (pool size x BLAS threads <= cores
 from __future__ import annotations
 
 import logging
+import multiprocessing
 
-from celery.signals import setup_logging, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from core.config import load_settings
 from core.db import make_engine, make_sessionmaker
@@ -17,6 +24,18 @@ celery = make_celery(settings)
 engine = make_engine(settings.database_url)
 sessions = make_sessionmaker(engine)
 log = logging.getLogger("backprop.worker")
+
+# Set in the main process when the worker starts shutting down. The pool processes are forked
+# after this module is imported, so they share it: a running job sees it at its next batch and
+# hands itself back to the queue (worker/training.py) instead of keeping the warm shutdown
+# waiting, or being killed and waiting for its heartbeat to go stale. A byte of shared memory
+# with no lock: it is set from a signal handler, and a pool process killed while reading it
+# must not leave anything locked.
+_shutting_down = multiprocessing.RawValue("b", 0)
+
+
+def shutting_down() -> bool:
+    return bool(_shutting_down.value)
 
 
 def limit_blas_threads(n: int) -> None:
@@ -63,6 +82,11 @@ def start_metrics_server(port: int) -> None:
         multiprocess.MultiProcessCollector(registry)
     start_http_server(port, addr="0.0.0.0", **({"registry": registry} if registry else {}))
     log.info("worker metrics on :%d/metrics", port)
+
+
+@worker_shutting_down.connect
+def _hand_jobs_back(**_kwargs):
+    _shutting_down.value = 1
 
 
 @worker_shutdown.connect

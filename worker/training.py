@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,10 +75,12 @@ class Monitor:
     """A heartbeat thread: proves the attempt is alive, and brings back cancellation, the time
     limit and supersession as flags, so the engine's per-batch stop hook costs nothing."""
 
-    def __init__(self, attempt: Attempt, settings: Settings, started_at):
+    def __init__(self, attempt: Attempt, settings: Settings, started_at,
+                 hand_back: Callable[[], bool] | None = None):
         self.attempt, self.settings = attempt, settings
         self.deadline = started_at + timedelta(seconds=settings.job_time_limit)
-        self.reason: str | None = None  # cancelled, time limit, superseded
+        self.hand_back = hand_back  # true once the worker is shutting down
+        self.reason: str | None = None  # cancelled, time limit, superseded, handed back
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{attempt.job_id[:8]}", daemon=True)
 
@@ -86,6 +88,8 @@ class Monitor:
         # epoch writes (every <= 0.25 s) also read the cancel flag, so short epochs stop promptly
         if self.reason is None and self.attempt.cancel_requested:
             self.reason = "cancelled"
+        if self.reason is None and self.hand_back is not None and self.hand_back():
+            self.reason = "handed back"
         return self.reason is not None
 
     def start(self) -> Monitor:
@@ -226,24 +230,27 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
 
 
 def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker",
-            settings: Settings | None = None) -> None:
+            settings: Settings | None = None, hand_back: Callable[[], bool] | None = None) -> bool:
+    """Claim and train the job. Returns True when it was handed back to the queue because
+    `hand_back()` turned true (the worker is shutting down): the caller sends it again."""
     settings = settings or load_settings()
     token = job_id_var.set(job_id)
     try:
-        _run(sessions, job_id, worker, settings)
+        return _run(sessions, job_id, worker, settings, hand_back)
     finally:
         job_id_var.reset(token)
 
 
-def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> None:
+def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings,
+         hand_back: Callable[[], bool] | None) -> bool:
     claim = _claim(sessions, job_id, worker, settings)
     if claim is None:
-        return
+        return False
     attempt = Attempt(sessions, job_id, claim.attempt)
     log.info("job %s attempt %d running on %s%s", job_id, claim.attempt, worker,
              " (resuming from a checkpoint)" if claim.checkpoint else "")
     writer = EpochWriter(attempt, settings)
-    monitor = Monitor(attempt, settings, claim.started_at)
+    monitor = Monitor(attempt, settings, claim.started_at, hand_back)
     try:
         net = Network.from_spec(claim.model_spec, seed=claim.training_spec["seed"])
         if claim.start_weights:  # fine-tuning: backpropagation continues from the parent's weights
@@ -260,6 +267,10 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
             monitor.stop()
         if monitor.reason == "superseded":
             raise Superseded(job_id)
+        if monitor.reason == "handed back":
+            _hand_back(attempt)
+            log.info("job %s attempt %d handed back: the worker is shutting down", job_id, claim.attempt)
+            return True
         writer.flush()
         if monitor.reason == "time limit":
             _finish(attempt, JobStatus.FAILED, weights=writer.last_weights, stop_reason="time limit",
@@ -279,6 +290,16 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     except Exception as exc:
         log.exception("job %s crashed", job_id)
         _fail(attempt, writer, f"internal error: {exc.__class__.__name__}: {exc}")
+    return False
+
+
+def _hand_back(attempt: Attempt) -> None:
+    """Queued again, to resume from the last checkpoint (the epochs after it are trained
+    again, as after a crash). A handed-back run does not count against BACKPROP_MAX_ATTEMPTS,
+    which is there for workers that are lost."""
+    with attempt.write() as (_session, job):
+        job.status, job.heartbeat_at, job.worker = JobStatus.QUEUED, None, None
+        job.attempts -= 1
 
 
 def _fail(attempt: Attempt, writer: EpochWriter, error: str) -> None:

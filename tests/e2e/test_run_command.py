@@ -1,5 +1,5 @@
 """`backprop run` (what `make run` starts): migrates, serves the API with a worker, trains a job,
-and Ctrl-C stops every process it started."""
+and Ctrl-C stops every process it started, handing the training job back to the queue."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from core.db import Job, make_engine, make_sessionmaker
 from tests.data import iris_job
 
 from .stack import BACKPROP, Stack
@@ -66,6 +67,14 @@ def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
         while any(alive(p) for p in started) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [p for p in started if alive(p)], "a process started by `backprop run` outlived it"
+        # the job that was training was handed back to the queue (a warm shutdown), not left
+        # `running` until its heartbeat goes stale
+        engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'backprop.db'}")
+        try:
+            with make_sessionmaker(engine)() as s:
+                assert s.get(Job, job["id"]).status == "queued"
+        finally:
+            engine.dispose()
     finally:
         for p in descendants(proc.pid):
             os.kill(p, signal.SIGKILL)

@@ -245,3 +245,30 @@ def test_two_workers_claiming_at_once_get_one_attempt_between_them(client, sessi
     assert sum(c is not None for c in claims) == 1
     with sessions() as s:
         assert s.get(Job, job_id).attempts == 1
+
+
+def test_a_job_handed_back_at_shutdown_is_queued_uncounted_and_resumes_exactly(client, sessions, fast):
+    """`hand_back()` turns true when the worker starts shutting down: the job stops at its next
+    batch and is queued again, without counting as an attempt; the next run resumes it from the
+    last checkpoint and ends with the weights of an uninterrupted run."""
+    fast = dataclasses.replace(fast, checkpoint_seconds=0.0)  # a checkpoint after every epoch
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2))
+    calls = []
+
+    def shutting_down() -> bool:  # asked once per batch; true from the 30th batch on
+        calls.append(1)
+        return len(calls) >= 30
+
+    assert run_job(sessions, job_id, settings=fast, hand_back=shutting_down) is True
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "queued" and job["attempts"] == 0 and job["worker"] is None
+    with sessions() as s:
+        assert 0 < s.get(Checkpoint, job_id).epoch < 12
+    assert run_job(sessions, job_id, settings=fast) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert epochs_of(sessions, job_id) == list(range(1, 13))
+    with sessions() as s:
+        stored = load_weights(s, job_id)
+    for name, expected in reference_weights(sessions, job_id).items():
+        np.testing.assert_array_equal(stored[name], expected, err_msg=name)
