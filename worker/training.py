@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
@@ -220,10 +220,18 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
                      checkpoint.data if checkpoint is not None else None, job.started_at)
 
 
-def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, error=None) -> None:
+def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, error=None,
+            metrics_epoch: int | None = None) -> None:
+    """`metrics_epoch`: the epoch whose weights are kept (early stopping restored them), whose
+    metrics then become the job's, so that they describe the weights that are served."""
     with attempt.write() as (session, job):
         if weights is not None:
             save_weights(session, job.id, weights)
+        if metrics_epoch is not None:
+            record = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job.id,
+                                                               EpochRecord.epoch == metrics_epoch)).first()
+            if record is not None:
+                job.metrics = {"loss": record.loss, **record.metrics}
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     JOBS_FINISHED.labels(status).inc()
@@ -280,7 +288,8 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
             # keep the weights of the last finished epoch, not a half-trained one
             _finish(attempt, JobStatus.CANCELLED, weights=writer.last_weights, stop_reason="cancelled")
         else:
-            _finish(attempt, JobStatus.SUCCEEDED, weights=net.get_weights(), stop_reason=result.stop_reason)
+            _finish(attempt, JobStatus.SUCCEEDED, weights=net.get_weights(), stop_reason=result.stop_reason,
+                    metrics_epoch=result.restored_epoch)
         log.info("job %s ended: %s", job_id, monitor.reason or result.stop_reason)
     except Superseded:
         log.warning("job %s attempt %d was superseded; stopped without writing", job_id, claim.attempt)

@@ -101,6 +101,7 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = "completed"  # completed, early_stopping, target_reached, cancelled
     best_epoch: int | None = None
+    restored_epoch: int | None = None  # set when early stopping put back this epoch's weights
 
 
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator, classification: bool):
@@ -277,6 +278,7 @@ class Trainer:
             stop = self.stopped = self._early_stopping(record) or self._target_reached(record)
             if stop == "early_stopping" and cfg["early_stopping"]["restore_best_weights"] and self.best_weights:
                 net.set_weights(self.best_weights)
+                result.restored_epoch = self.best_epoch
             if on_epoch is not None:
                 on_epoch(record, self)
             if stop:

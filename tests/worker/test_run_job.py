@@ -272,3 +272,18 @@ def test_a_job_handed_back_at_shutdown_is_queued_uncounted_and_resumes_exactly(c
         stored = load_weights(s, job_id)
     for name, expected in reference_weights(sessions, job_id).items():
         np.testing.assert_array_equal(stored[name], expected, err_msg=name)
+
+
+def test_restored_best_weights_come_with_that_epochs_metrics(client, sessions, fast):
+    """With early stopping and restore_best_weights the served weights are the best epoch's; the
+    job's metrics describe those weights, not the last epoch's."""
+    # nothing improves on epoch 1 by 10: early stopping ends epoch 4 and restores epoch 1
+    early = {"monitor": "loss", "patience": 2, "min_delta": 10.0, "restore_best_weights": True}
+    job_id = submit(client, iris_job(epochs=50, validation_split=0.2, early_stopping=early))
+    run_job(sessions, job_id, settings=fast)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["stop_reason"] == "early_stopping"
+    epochs = client.get(f"/v1/jobs/{job_id}/epochs").get_json()["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
+    assert job["metrics"]["loss"] == epochs[0]["loss"] != epochs[-1]["loss"]
+    assert job["metrics"]["val_accuracy"] == epochs[0]["val_accuracy"]
