@@ -20,26 +20,22 @@ from .errors import ApiError
 
 
 class CachedModel:
-    """A job's network and its dataset's class labels. Layers keep the batch they last saw as
-    attributes (backward needs it), so two requests inside one network's forward pass would mix
-    their batches: a model answers one request at a time, and different models in parallel."""
+    """A job's network, built for inference, and its dataset's class labels. Inference keeps
+    nothing of a batch on the layers, so the web threads share the network and predict at once;
+    its size is its weights and never grows."""
 
     def __init__(self, net: Network, class_labels: list[Any] | None):
         self.net, self.class_labels = net, class_labels
-        self.lock = threading.Lock()
         self.nbytes = footprint(net)
 
     def predict(self, body: Any) -> dict[str, Any]:
-        with self.lock:
-            out = predict_response(self.net, body, self.class_labels)
-            self.nbytes = footprint(self.net)  # weights plus what the last batch left in the layers
-        return out
+        return predict_response(self.net, body, self.class_labels)
 
 
 def footprint(net: Network) -> int:
-    """Bytes of every array the network holds: weights, gradients and what its layers keep of
-    the last batch; a view counts as the array it views, once."""
-    arrays = [net.flat_params, net.flat_grads]
+    """Bytes of every array the network holds: weights, gradients (not in an inference network)
+    and what its layers keep of a training batch; a view counts as the array it views, once."""
+    arrays = [a for a in (net.flat_params, net.flat_grads) if a is not None]
     for layer in walk(net.layers):
         arrays += [v for v in vars(layer).values() if isinstance(v, np.ndarray)]
         arrays += list(layer.buffers.values())
@@ -66,7 +62,7 @@ class ModelCache:
             if hit is not None:
                 self._items.move_to_end(job.id)
                 return hit
-        net = Network.from_spec(job.model_spec, seed=0)
+        net = Network.from_spec(job.model_spec, seed=0, inference=True)
         net.set_weights(load_weights(session, job.id))
         labels = session.scalar(select(Dataset.class_labels).where(Dataset.id == job.dataset_id))
         model = CachedModel(net, labels)

@@ -57,8 +57,10 @@ def walk(layers: list[Layer]) -> Iterator[Layer]:
 class Network:
     """Build with `Network.from_spec(model_spec, seed=0)`. Weight names are 'LAYER/PARAM'."""
 
-    def __init__(self, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None):
+    def __init__(self, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None,
+                 inference: bool = False):
         spec = check_model_spec(spec)
+        self.inference = inference
         self.spec = spec
         try:
             self.dtype = np.dtype(dtype or spec["dtype"])
@@ -89,7 +91,7 @@ class Network:
                                      if any(sub.params for sub in walk([layer]))), len(self.layers))
         self._penalized = [layer for layer in walk(self.layers) if layer.l1 or layer.l2]
         if not SHAPES_ONLY.get():
-            self._pack()
+            self._pack(inference)
 
     def _activate_after_pooling(self) -> None:
         """conv -> relu -> max-pool computes relu(max-pool(conv)) instead: the same output and
@@ -101,15 +103,18 @@ class Network:
                 after.activation = layer.activation
                 layer.set_activation("linear")
 
-    def _pack(self) -> None:
+    def _pack(self, inference: bool) -> None:
         """Make every trainable array a view into one contiguous vector, `flat_params`, and every
         gradient a view into `flat_grads` (same layout), so that optimizer steps, clipping and
         norms cost a few NumPy calls per batch however many arrays the network has. A top-level
-        layer's arrays (its sublayers' included) form one block: `layer_slices[name]`."""
+        layer's arrays (its sublayers' included) form one block: `layer_slices[name]`.
+        An inference network (what the predict endpoint builds) gets no gradient vector: its
+        gradients are read-only zero views, so that nothing can train it by mistake."""
         self.layer_slices: dict[str, slice] = {}
         total = sum(p.size for p in self.params().values())
         self.flat_params = np.empty(total, self.dtype)
-        self.flat_grads = np.zeros(total, self.dtype)
+        self.flat_grads = None if inference else np.zeros(total, self.dtype)
+        no_gradient = np.zeros((), self.dtype)
         offset = 0
         for top in self.layers:
             start = offset
@@ -119,14 +124,16 @@ class Network:
                     view = self.flat_params[offset:end].reshape(p.shape)
                     view[...] = p
                     layer.params[key] = view
-                    layer.grads[key] = self.flat_grads[offset:end].reshape(p.shape)
+                    layer.grads[key] = (np.broadcast_to(no_gradient, p.shape) if inference
+                                        else self.flat_grads[offset:end].reshape(p.shape))
                     offset = end
             if offset > start:
                 self.layer_slices[top.name] = slice(start, offset)
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None) -> Network:
-        return cls(spec, seed=seed, dtype=dtype)
+    def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None,
+                  inference: bool = False) -> Network:
+        return cls(spec, seed=seed, dtype=dtype, inference=inference)
 
     # -- passes ---------------------------------------------------------------------------
     def _set_stochastic(self, on: bool) -> None:

@@ -158,6 +158,9 @@ class Trainer:
     `load_state()` give back exactly the same run."""
 
     def __init__(self, net: Network, training: dict[str, Any]):
+        if net.inference:
+            raise ValueError("this network was built with inference=True (no gradients); "
+                             "build it without that to train it")
         self.net = net
         self.cfg = check_training_spec(training)
         opt = self.cfg["optimizer"]

@@ -5,7 +5,11 @@ style). `params` and `grads` map the same names to arrays; optimizers update `pa
 so a layer must never rebind them after `build`: the Network moves them into one flat vector
 each (Network._pack) and a layer writes its gradients into `grads` in place (out=...).
 `buffers` hold state that is saved with the weights but not trained (batch-norm running
-statistics)."""
+statistics).
+
+A layer keeps what backward needs of a batch only when `forward(x, training=True)`: inference
+leaves nothing on the layer, so one network can answer several requests at once (the predict
+endpoint's threads share a cached network)."""
 
 from __future__ import annotations
 
@@ -113,10 +117,11 @@ class ActivatedLayer(Layer):
         super().__init__(config, name)
         self.set_activation(config.get("activation") or "linear")
 
-    def activate(self, z: np.ndarray) -> np.ndarray:
-        self._z = z
-        self._a = self.activation.forward(z)
-        return self._a
+    def activate(self, z: np.ndarray, training: bool) -> np.ndarray:
+        a = self.activation.forward(z)
+        if training:  # kept for backward; inference keeps nothing (see Layer)
+            self._z, self._a = z, a
+        return a
 
     def activation_backward(self, dy: np.ndarray) -> np.ndarray:
         return self.activation.backward(self._z, self._a, dy)

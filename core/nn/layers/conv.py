@@ -176,12 +176,13 @@ class Conv2D(Spatial2D, ActivatedLayer):
         xp = self.pad(self.to_last(x))
         n, oh, ow = len(xp), self.out_h, self.out_w
         kernel = self.params["kernel"]
-        self._cols = self.im2col(xp)
-        self._padded_shape = xp.shape
-        z = self._cols @ kernel.reshape(-1, kernel.shape[-1])
+        cols = self.im2col(xp)
+        if training:
+            self._cols, self._padded_shape = cols, xp.shape
+        z = cols @ kernel.reshape(-1, kernel.shape[-1])
         if "bias" in self.params:
             z += self.params["bias"]
-        return self.from_last(self.activate(z.reshape(n, oh, ow, -1)))
+        return self.from_last(self.activate(z.reshape(n, oh, ow, -1), training))
 
     def im2col(self, xp: np.ndarray) -> np.ndarray:
         """Every (kh, kw, c) patch of the padded input as one row of an (n*oh*ow, kh*kw*c)
@@ -261,10 +262,13 @@ class MaxPool2D(Pool2D):
         out = xp[offsets[0]].copy()
         for index in offsets[1:]:
             np.maximum(out, xp[index], out=out)
-        self._xp, self._out = xp, out
         if self.activation is not None:
-            self._a = self.activation.forward(out)
-            return self.from_last(self._a)
+            a = self.activation.forward(out)
+            if training:
+                self._xp, self._out, self._a = xp, out, a
+            return self.from_last(a)
+        if training:
+            self._xp, self._out = xp, out
         return self.from_last(out)
 
     def backward(self, dy):
@@ -305,7 +309,8 @@ class AvgPool2D(Pool2D):
 
     def forward(self, x, training):
         xp = self.pad(self.to_last(x))
-        self._padded_shape = xp.shape
+        if training:
+            self._padded_shape = xp.shape
         total = np.zeros((len(xp), self.out_h, self.out_w, xp.shape[-1]), dtype=xp.dtype)
         for _, _, index in self.window_slices():
             total += xp[index]
@@ -330,7 +335,8 @@ class Flatten(Layer):
         return (int(np.prod(input_shape)),)
 
     def forward(self, x, training):
-        self._shape = x.shape
+        if training:
+            self._shape = x.shape
         return x.reshape(len(x), -1)
 
     def backward(self, dy):

@@ -39,11 +39,12 @@ class Dense(ActivatedLayer):
         return tuple(input_shape[:-1]) + (units,)
 
     def forward(self, x, training):
-        self._x = x
+        if training:
+            self._x = x
         z = x @ self.params["kernel"]
         if "bias" in self.params:
             z += self.params["bias"]
-        return self.activate(z)
+        return self.activate(z, training)
 
     def backward(self, dy):
         dz = self._weight_grads(dy)
@@ -74,7 +75,7 @@ class Activation(ActivatedLayer):
         return tuple(input_shape)
 
     def forward(self, x, training):
-        return self.activate(x)
+        return self.activate(x, training)
 
     def backward(self, dy):
         return self.activation_backward(dy)

@@ -55,7 +55,8 @@ class Dropout(Layer):
 
     def forward(self, x, training):
         if not (training and self.stochastic and self.rate > 0):
-            self._mask = None
+            if training:
+                self._mask = None
             return x
         keep = self.rng.random(x.shape, dtype=x.dtype) >= self.rate
         self._mask = keep * x.dtype.type(1 / (1 - self.rate))  # 0 or 1/(1-rate), in x's dtype
@@ -115,7 +116,6 @@ class BatchNorm(Layer):
         eps = self.config["epsilon"]
         gamma = self.params["gamma"].reshape(self.bshape)
         beta = self.params["beta"].reshape(self.bshape)
-        self._batch_stats = training
         if training:
             mean = x.mean(axis=self.reduce, keepdims=True)
             xc = x - mean
@@ -129,17 +129,17 @@ class BatchNorm(Layer):
         else:
             xc = x - self.buffers["moving_mean"].reshape(self.bshape)
             var = self.buffers["moving_variance"].reshape(self.bshape)
-        self._inv_std = 1 / np.sqrt(var + eps)
-        self._xhat = xc * self._inv_std
-        return self._xhat * gamma + beta
+        inv_std = 1 / np.sqrt(var + eps)
+        xhat = xc * inv_std
+        if training:
+            self._inv_std, self._xhat = inv_std, xhat
+        return xhat * gamma + beta
 
     def backward(self, dy):
         xhat, inv_std = self._xhat, self._inv_std
         dy.sum(axis=self.reduce, out=self.grads["beta"])
         (dy * xhat).sum(axis=self.reduce, out=self.grads["gamma"])
         dxhat = dy * self.params["gamma"].reshape(self.bshape)
-        if not self._batch_stats:  # fixed statistics: a per-feature affine map
-            return dxhat * inv_std
         # mean and variance depend on x too: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) / std
         return inv_std * (dxhat - dxhat.mean(axis=self.reduce, keepdims=True)
                           - xhat * (dxhat * xhat).mean(axis=self.reduce, keepdims=True))

@@ -42,7 +42,7 @@ class Residual(ActivatedLayer):
         h = x
         for layer in self.inner:
             h = layer.forward(h, training)
-        return self.activate(x + h)
+        return self.activate(x + h, training)
 
     def backward(self, dy):
         dz = self.activation_backward(dy)
