@@ -78,7 +78,7 @@ def make(layers, input_shape, loss="mse", seed=1, dtype="float64") -> Network:
                              seed=seed, dtype=dtype)
 
 
-def check_gradients(net: Network, x, y, tol: float = TOL) -> None:
-    """Weights and inputs both: dL/dw and dL/dx against central differences."""
-    assert_gradients_match(net, x, y, tol=tol)
-    assert input_gradient_check(net, x, y) <= tol
+def check_gradients(net: Network, x, y, tol: float = TOL, eps: float = 1e-6) -> None:
+    """Weights and inputs both: dL/dw and dL/dx against central differences (step eps)."""
+    assert_gradients_match(net, x, y, eps=eps, tol=tol)
+    assert input_gradient_check(net, x, y, eps=eps) <= tol

@@ -91,12 +91,17 @@ def conv_by_loops(x, kernel, stride, pad):
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4, 6])  # < 4: im2col built column by column
 @pytest.mark.parametrize("strides,padding", [(1, "valid"), (2, "same"), ([1, 2], "same")])
-def test_both_im2col_layouts_compute_the_convolution(channels, strides, padding):
+@pytest.mark.parametrize("use_bias", [True, False])  # the bias rides in the GEMM: a ones column
+def test_both_im2col_layouts_compute_the_convolution(channels, strides, padding, use_bias):
     net = make([{"type": "conv2d", "filters": 3, "kernel_size": [3, 2], "strides": strides,
-                 "padding": padding}], (6, 5, channels))
+                 "padding": padding, "use_bias": use_bias}], (6, 5, channels))
     layer = net.layers[0]
-    x = np.random.default_rng(channels).standard_normal((2, 6, 5, channels))
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((2, 6, 5, channels))
     want = conv_by_loops(x, layer.params["kernel"], layer.strides, (layer.pad_h, layer.pad_w))
+    if use_bias:
+        layer.params["bias"][...] = rng.standard_normal(3)
+        want += layer.params["bias"]
     np.testing.assert_allclose(net.forward(x), want, rtol=1e-12, atol=1e-12)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..constants import column_sums
 from ..spec import REQUIRED, Field
 from .base import (
     ACTIVATION_FIELD,
@@ -175,42 +174,57 @@ class Conv2D(Spatial2D, ActivatedLayer):
     def forward(self, x, training):
         xp = self.pad(self.to_last(x))
         n, oh, ow = len(xp), self.out_h, self.out_w
-        kernel = self.params["kernel"]
         cols = self.im2col(xp)
         if training:
             self._cols, self._padded_shape = cols, xp.shape
-        z = cols @ kernel.reshape(-1, kernel.shape[-1])
-        if "bias" in self.params:
-            z += self.params["bias"]
+        z = cols @ self._stacked_weights()
         return self.from_last(self.activate(z.reshape(n, oh, ow, -1), training))
+
+    def _stacked_weights(self) -> np.ndarray:
+        """The kernel as (kh*kw*c, filters), with the bias as one more row: cols ends in a
+        column of ones, so the GEMM adds the bias and backward's GEMM gives its gradient."""
+        kernel = self.params["kernel"]
+        w = kernel.reshape(-1, kernel.shape[-1])
+        return np.concatenate([w, self.params["bias"][None]]) if "bias" in self.params else w
 
     def im2col(self, xp: np.ndarray) -> np.ndarray:
         """Every (kh, kw, c) patch of the padded input as one row of an (n*oh*ow, kh*kw*c)
-        matrix, so that the convolution is one GEMM: cols @ W.
+        matrix, so that the convolution is one GEMM: cols @ W; with a bias, each row ends in a
+        1 (see _stacked_weights).
 
         Built row by row, the copy moves c values at a time, which is slow for few channels (an
         image's first layer); then the matrix is built column by column instead, one strided
         slice per window offset and channel, and returned transposed: the same matrix."""
         (kh, kw), (sh, sw) = self.window, self.strides
         n, c, oh, ow = len(xp), xp.shape[-1], self.out_h, self.out_w
+        k, ones = kh * kw * c, int("bias" in self.params)
         if c >= 4:
             win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-            return win.transpose(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)  # copies once
-        cols_t = np.empty((kh, kw, c, n, oh, ow), xp.dtype)
+            cols = np.empty((n, oh, ow, k + ones), xp.dtype)
+            np.copyto(cols[..., :k].reshape(n, oh, ow, kh, kw, c), win.transpose(0, 1, 2, 4, 5, 3))
+            cols[..., k:] = 1
+            return cols.reshape(n * oh * ow, k + ones)
+        cols_t = np.empty((k + ones, n, oh, ow), xp.dtype)
+        patches = cols_t[:k].reshape(kh, kw, c, n, oh, ow)
         for i, j, index in self.window_slices():
-            cols_t[i, j] = xp[index].transpose(3, 0, 1, 2)
-        return cols_t.reshape(kh * kw * c, n * oh * ow).T
+            patches[i, j] = xp[index].transpose(3, 0, 1, 2)
+        cols_t[k:] = 1
+        return cols_t.reshape(k + ones, n * oh * ow).T
 
     def backward_params(self, dy):
         self._weight_grads(dy)
 
     def _weight_grads(self, dy):
-        """dL/dW = cols^T dz and dL/db = column sums of dz; returns dz (n*oh*ow, filters)."""
+        """dL/dW = cols^T dz, whose last row is dL/db (the column sums of dz) when cols ends in
+        ones; returns dz (n*oh*ow, filters)."""
         f = self.params["kernel"].shape[-1]
         dz2 = self.activation_backward(self.to_last(dy)).reshape(-1, f)
-        np.matmul(self._cols.T, dz2, out=self.grads["kernel"].reshape(-1, f))
         if "bias" in self.params:
-            column_sums(dz2, out=self.grads["bias"])
+            g = self._cols.T @ dz2
+            self.grads["kernel"].reshape(-1, f)[...] = g[:-1]
+            self.grads["bias"][...] = g[-1]
+        else:
+            np.matmul(self._cols.T, dz2, out=self.grads["kernel"].reshape(-1, f))
         return dz2
 
     def backward(self, dy):
