@@ -67,8 +67,9 @@ _RECURRENT_ACTIVATION = {
 
 class _Recurrent(Layer):
     """Shared plumbing: parameters, the stacked state S, the outputs, and the GEMMs of
-    backward. A subclass stacks its weights (`_stacked_weights`), runs the steps (`_run`,
-    `_run_backward`) and puts the stacked weight gradient back in place (`_store_grads`)."""
+    backward. A subclass stacks its weights (`_stacked_weights`), runs the steps (`_run`, and
+    `_run_backward(dys, U)` with U the stacked weights' state columns transposed, so that
+    dL/dh_{t-1} = U @ dL/dz_t) and puts the stacked weight gradient back (`_store_grads`)."""
 
     gates: ClassVar[int] = 1
     regularized = ("kernel", "recurrent_kernel")
@@ -129,26 +130,27 @@ class _Recurrent(Layer):
 
     # -- backward -----------------------------------------------------------------------
     def backward(self, dy):
-        dZ = self._weight_grads(dy)
+        dZ, W = self._weight_grads(dy)
         steps, n = self._S.shape[0] - 1, self._S.shape[2]
         u, features = self.units, self.params["kernel"].shape[0]
-        kernel = self._stacked_weights(scaled=False)[:, u:u + features]
-        return (kernel.T @ dZ).reshape(features, steps, n).transpose(2, 1, 0)
+        return (W[:, u:u + features].T @ dZ).reshape(features, steps, n).transpose(2, 1, 0)
 
     def backward_params(self, dy):
         self._weight_grads(dy)
 
     def _weight_grads(self, dy):
-        """BPTT: fills the weight gradients; returns dL/dz of every step, (rows, steps*n)."""
-        S = self._S
+        """BPTT: fills the weight gradients; returns dL/dz of every step, (rows, steps*n), and
+        the (unscaled) stacked weights it used."""
+        S, u = self._S, self.units
         steps, n = S.shape[0] - 1, S.shape[2]
+        W = self._stacked_weights(scaled=False)
         # dL/dh_t from the outputs: (steps, units, n) for sequences, else only the last step's
         dys = dy.transpose(1, 2, 0) if self.return_sequences else dy.T
-        dZ = self._run_backward(dys)  # (steps, rows, n)
+        dZ = self._run_backward(dys, W[:, :u].T)  # (steps, rows, n)
         dZ2 = dZ.transpose(1, 0, 2).reshape(dZ.shape[1], steps * n)
         S2 = S[:steps].transpose(1, 0, 2).reshape(-1, steps * n)
         self._store_grads(S2 @ dZ2.T)  # (units + features [+ 1], rows)
-        return dZ2
+        return dZ2, W
 
     def _output_gradient(self, dys, t, steps, dh):
         """dL/dh_{t+1} from the layer's output into dh (the part from later steps is added by
@@ -184,10 +186,9 @@ class SimpleRNN(_Recurrent):
         if training:
             self._Z = Z
 
-    def _run_backward(self, dys):
+    def _run_backward(self, dys, U):
         S, Z, u = self._S, self._Z, self.units
         steps = Z.shape[0]
-        U = self.params["recurrent_kernel"]  # dL/dh_t = U @ dL/dz_t
         dZ = np.empty_like(Z)
         dh = np.zeros(Z.shape[1:], Z.dtype)
         for t in range(steps - 1, -1, -1):
@@ -308,10 +309,9 @@ class LSTM(_Recurrent):
         k[2 * u:3 * u] *= c_prev  # f: c_t = f * c_{t-1} + ...
         k[3 * u:] *= i            # g
 
-    def _run_backward(self, dys):
+    def _run_backward(self, dys, U):
         A, u = self._A, self.units
         steps, width, n = A.shape
-        U = self.params["recurrent_kernel"][:, self._order]  # dL/dh_{t-1} = U @ dL/dz_t
         dZ = np.empty_like(A)
         k = np.empty((width, n), A.dtype)
         dh, dc, ot = (np.zeros((u, n), A.dtype) for _ in range(3))
@@ -413,10 +413,9 @@ class GRU(_Recurrent):
         if training:
             self._Z, self._A, self._NZ = Z, A, NZ
 
-    def _run_backward(self, dys):
+    def _run_backward(self, dys, U):
         S, Z, A, NZ, u = self._S, self._Z, self._A, self._NZ, self.units
         steps, _, n = Z.shape
-        Uh = self._stacked_weights(scaled=False)[:, :u].T  # dL/dh_{t-1} = Uh @ dL/dz_t + ...
         dZ = np.empty_like(Z)
         dh = np.zeros((u, n), Z.dtype)
         direct, dn = np.empty((u, n), Z.dtype), np.empty((u, n), Z.dtype)
@@ -446,7 +445,7 @@ class GRU(_Recurrent):
             else:
                 d_rz[...] = self.rec.backward(Z[t, :2 * u], a[:2 * u], d_rz)
             if t:
-                np.matmul(Uh, dz, out=dh)
+                np.matmul(U, dz, out=dh)
                 dh += direct
         return dZ
 
