@@ -15,6 +15,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from core.db import EpochRecord, Job, make_engine, make_sessionmaker
+from core.nn import Network, Trainer
+from core.store import dataset_arrays, load_weights
+
 BACKPROP = str(Path(sys.executable).with_name("backprop"))
 
 
@@ -113,3 +120,23 @@ class Stack:
                 return job
             time.sleep(0.2)
         raise TimeoutError(f"job {job_id} still {job['status']}\n{self.logs()}")
+
+
+def assert_like_uninterrupted_runs(db_url: str, job_ids: list[str], epochs: int) -> None:
+    """Each job recorded every epoch exactly once and stored the weights that the engine alone,
+    trained without interruption (one BLAS thread), gives for the same job."""
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as s, threadpool_limits(limits=1):
+            for job_id in job_ids:
+                done = [r.epoch for r in s.query(EpochRecord).filter_by(job_id=job_id).order_by(EpochRecord.epoch)]
+                assert done == list(range(1, epochs + 1)), f"job {job_id}: epochs missing or repeated"
+                job = s.get(Job, job_id)
+                x, y = dataset_arrays(job.dataset)
+                net = Network.from_spec(job.model_spec, seed=job.training_spec["seed"])
+                Trainer(net, job.training_spec).fit(x, y)
+                stored = load_weights(s, job_id)
+                for name, expected in net.get_weights().items():
+                    np.testing.assert_array_equal(stored[name], expected, err_msg=f"{job_id} {name}")
+    finally:
+        engine.dispose()

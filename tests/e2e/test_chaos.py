@@ -11,16 +11,11 @@ import signal
 import subprocess
 import time
 
-import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
-from core.db import EpochRecord, Job, make_engine, make_sessionmaker
-from core.nn import Network, Trainer
-from core.store import dataset_arrays, load_weights
 from tests.data import iris_job
 
-from .stack import Stack, free_port
+from .stack import Stack, assert_like_uninterrupted_runs, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -106,19 +101,4 @@ def test_jobs_survive_killed_workers_and_a_redis_restart(chaos_stack):
         {k: (v["status"], v["error"]) for k, v in jobs.items()}, stack.logs())
     assert any(j["attempts"] > 1 for j in jobs.values()), "no job was ever interrupted"
 
-    engine = make_engine(db_url)
-    sessions = make_sessionmaker(engine)
-    try:
-        with sessions() as s, threadpool_limits(limits=1):
-            for job_id in ids:
-                epochs = [r.epoch for r in s.query(EpochRecord).filter_by(job_id=job_id).order_by(EpochRecord.epoch)]
-                assert epochs == list(range(1, EPOCHS + 1)), f"job {job_id}: epochs missing or repeated"
-                job = s.get(Job, job_id)
-                x, y = dataset_arrays(job.dataset)
-                net = Network.from_spec(job.model_spec, seed=job.training_spec["seed"])
-                Trainer(net, job.training_spec).fit(x, y)
-                stored = load_weights(s, job_id)
-                for name, expected in net.get_weights().items():
-                    np.testing.assert_array_equal(stored[name], expected, err_msg=f"{job_id} {name}")
-    finally:
-        engine.dispose()
+    assert_like_uninterrupted_runs(db_url, ids, EPOCHS)

@@ -9,16 +9,11 @@ from __future__ import annotations
 import signal
 import time
 
-import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
-from core.db import EpochRecord, Job, make_engine, make_sessionmaker
-from core.nn import Network, Trainer
-from core.store import dataset_arrays, load_weights
 from tests.data import iris_job
 
-from .stack import Stack
+from .stack import Stack, assert_like_uninterrupted_runs
 
 pytestmark = pytest.mark.e2e
 
@@ -61,17 +56,4 @@ def test_warm_shutdown_hands_the_running_job_back(tmp_path, postgres_url, redis_
     finally:
         stack.down()
 
-    engine = make_engine(postgres_url)
-    try:
-        with make_sessionmaker(engine)() as s, threadpool_limits(limits=1):
-            epochs = [r.epoch for r in s.query(EpochRecord).filter_by(job_id=job_id).order_by(EpochRecord.epoch)]
-            assert epochs == list(range(1, EPOCHS + 1)), "epochs missing or repeated"
-            job = s.get(Job, job_id)
-            x, y = dataset_arrays(job.dataset)
-            net = Network.from_spec(job.model_spec, seed=job.training_spec["seed"])
-            Trainer(net, job.training_spec).fit(x, y)
-            stored = load_weights(s, job_id)
-            for name, expected in net.get_weights().items():
-                np.testing.assert_array_equal(stored[name], expected, err_msg=name)
-    finally:
-        engine.dispose()
+    assert_like_uninterrupted_runs(postgres_url, [job_id], EPOCHS)
