@@ -95,6 +95,47 @@ def test_max_pool_gradient_goes_to_one_winner_on_ties():
     assert np.count_nonzero(dx) == 8  # one winner per window and channel
 
 
+def max_pool_backward_reference(x, dy, window, strides, pads):
+    """Direct loops: each window's gradient goes to its first maximum in row-major order;
+    padding never wins."""
+    (kh, kw), (sh, sw), (ph, pw) = window, strides, pads
+    xp = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-np.inf)
+    dxp = np.zeros_like(xp)
+    n, oh, ow, c = dy.shape
+    for s in range(n):
+        for r in range(oh):
+            for q in range(ow):
+                for ch in range(c):
+                    win = xp[s, r * sh:r * sh + kh, q * sw:q * sw + kw, ch]
+                    i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum
+                    dxp[s, r * sh + i, q * sw + j, ch] += dy[s, r, q, ch]
+    return dxp[:, ph[0]:ph[0] + x.shape[1], pw[0]:pw[0] + x.shape[2]]
+
+
+@pytest.mark.parametrize("pool,shape,pads", [
+    ({"pool_size": 2}, (6, 6, 3), ((0, 0), (0, 0))),  # windows tile the image
+    ({"pool_size": 2}, (5, 7, 2), ((0, 0), (0, 0))),  # a row and a column left over
+    ({"pool_size": 2, "strides": 3}, (8, 8, 2), ((0, 0), (0, 0))),  # gaps between windows
+    ({"pool_size": 2, "padding": "same"}, (5, 5, 2), ((0, 1), (0, 1))),  # padding inside windows
+    ({"pool_size": [3, 2]}, (6, 4, 4), ((0, 0), (0, 0))),
+    ({"pool_size": 3, "strides": 2}, (7, 7, 2), ((0, 0), (0, 0))),  # overlapping
+])
+def test_max_pool_backward_matches_direct_loops_with_ties(pool, shape, pads):
+    """Training takes a contiguous path for non-overlapping windows, a strided one otherwise;
+    both must send each window's gradient to the same single pixel as a direct loop, ties
+    included."""
+    net = make([{"type": "max_pool2d", **pool}], shape)
+    layer = net.layers[0]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, (4, *shape)).astype(np.float64)  # three values: ties everywhere
+    x[0] = 1.0  # a constant image: every window ties
+    out = layer.forward(x, training=True)
+    dy = rng.standard_normal(out.shape)
+    want = max_pool_backward_reference(x, dy, layer.window, layer.strides, pads)
+    np.testing.assert_array_equal(layer.backward(dy), want)
+    np.testing.assert_array_equal(out, layer.forward(x, training=False))
+
+
 def test_dtype_is_kept_end_to_end():
     for dtype in (np.float32, np.float64):
         net = make([{"type": "conv2d", "filters": 2, "kernel_size": 3, "activation": "relu"},
