@@ -77,6 +77,13 @@ def out_size(size: int, k: int, s: int, padding: str, what: str) -> tuple[int, t
     return (size - k) // s + 1, (0, 0)
 
 
+def whole_pixels(a: np.ndarray) -> np.ndarray:
+    """A (..., c) array with contiguous channels viewed as (...) elements of c values each, for
+    copies between strided pixel grids: NumPy then moves a whole pixel per step instead of one
+    value (about 2x faster for 16 channels)."""
+    return a.view(np.dtype((np.void, a.shape[-1] * a.itemsize)))[..., 0]
+
+
 class Spatial2D(Layer):
     """Shared shape logic for layers that slide a (kh, kw) window with strides over images."""
 
@@ -278,8 +285,9 @@ class MaxPool2D(Pool2D):
             # A strided pass over a channels_last image moves only c values per step, several
             # times slower, and backward makes a dozen such passes.
             stack = np.empty((len(offsets), len(xp), self.out_h, self.out_w, xp.shape[-1]), xp.dtype)
+            pixels_in, pixels_out = whole_pixels(np.ascontiguousarray(xp)), whole_pixels(stack)
             for k, index in enumerate(offsets):
-                stack[k] = xp[index]
+                pixels_out[k] = pixels_in[index[:3]]
             out = np.maximum(stack[0], stack[1]) if len(offsets) > 1 else stack[0].copy()
             for k in range(2, len(offsets)):
                 np.maximum(out, stack[k], out=out)
@@ -334,6 +342,8 @@ class MaxPool2D(Pool2D):
         # windows that tile the image exactly write every pixel of dx once: no zeroing needed
         tiled = kh == sh and kw == sw and self.out_h * sh == hp and self.out_w * sw == wp
         dxp = (np.empty if tiled else np.zeros)(self._padded_shape, dtype=dy.dtype)
+        grad = np.empty(out.shape, dy.dtype)  # dL/dx at one offset, contiguous, then copied into place
+        pixels_in, pixels_out = whole_pixels(grad), whole_pixels(dxp)
         taken = None  # windows whose maximum an earlier offset holds
         for k, (_, _, index) in enumerate(self.window_slices()):
             win = stack[k] == out
@@ -343,7 +353,8 @@ class MaxPool2D(Pool2D):
                 np.greater(win, taken, out=win)  # a maximum here and none earlier: win & ~taken
                 if k < len(stack) - 1:
                     taken |= win
-            np.multiply(dy, win, out=dxp[index])
+            np.multiply(dy, win, out=grad)
+            pixels_out[index[:3]] = pixels_in
         return dxp
 
 
