@@ -121,7 +121,7 @@ def max_pool_backward_reference(x, dy, window, strides, pads):
     ({"pool_size": 3, "strides": 2}, (7, 7, 2), ((0, 0), (0, 0))),  # overlapping
 ])
 def test_max_pool_backward_matches_direct_loops_with_ties(pool, shape, pads):
-    """Training takes a contiguous path for non-overlapping windows, a strided one otherwise;
+    """Non-overlapping windows take a contiguous path, overlapping ones a strided one;
     both must send each window's gradient to the same single pixel as a direct loop, ties
     included."""
     net = make([{"type": "max_pool2d", **pool}], shape)

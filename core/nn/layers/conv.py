@@ -279,7 +279,7 @@ class MaxPool2D(Pool2D):
     def forward(self, x, training):
         xp = self.pad(self.to_last(x), -np.inf)  # padding never wins a max
         offsets = [index for _, _, index in self.window_slices()]
-        if training and not self.overlapping:
+        if not self.overlapping:
             # Gather every window's pixel at each offset into one contiguous block, once: the
             # max here and the search for winners in backward then run on contiguous arrays.
             # A strided pass over a channels_last image moves only c values per step, several
@@ -291,7 +291,8 @@ class MaxPool2D(Pool2D):
             out = np.maximum(stack[0], stack[1]) if len(offsets) > 1 else stack[0].copy()
             for k in range(2, len(offsets)):
                 np.maximum(out, stack[k], out=out)
-            self._stack, self._padded_shape = stack, xp.shape
+            if training:
+                self._stack, self._padded_shape = stack, xp.shape
         else:
             # the maximum over window offsets, one strided slice (every window's pixel at that
             # offset) at a time
