@@ -4,12 +4,13 @@ on the same work, in one process; a table, then one JSON object on the last line
 Timing: systems are interleaved round by round (one epoch -- or a group of tiny epochs -- of
 each system per round, in a random order, with a short pause between systems), so that a
 noisy neighbour on a shared machine slows every system alike; the first round is warm-up and is
-dropped; each figure is the median over the remaining rounds. All systems use the same number
-of BLAS / intra-op threads, set with threadpoolctl and torch.set_num_threads; the whole
-comparison runs once per thread count (--threads, default 1 -- the worker's
-BACKPROP_BLAS_THREADS -- and every core). glibc's malloc thresholds are pinned (see
-fix_malloc_thresholds), so that no system's speed depends on what allocated and freed before it
-in the process.
+dropped. Each samples/s figure is the median over the remaining rounds; each ratio is the
+median over rounds of the two systems' ratio within the round (see paired_ratio). All systems
+use the same number of BLAS / intra-op threads, set with threadpoolctl and
+torch.set_num_threads; the whole comparison runs once per thread count (--threads, default 1 --
+the worker's BACKPROP_BLAS_THREADS -- and every core). glibc's malloc thresholds are pinned
+(see fix_malloc_thresholds), so that no system's speed depends on what allocated and freed
+before it in the process.
 
 Besides scikit-learn and PyTorch, the MLP workloads run a hand-written plain-NumPy loop (see
 workloads.NumpyReferenceRunner): the ceiling for NumPy on that work.
@@ -83,6 +84,14 @@ def measure(runners: list, rounds: int, warmup: int = 1) -> tuple[dict[str, list
                 wall[r.system].append(n / dt)
                 cpu[r.system].append(n / dc)
     return wall, cpu
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a[i] / b[i]. Two systems' runs in one round are a second or two
+    apart, so a slow spell of the host that covers the round slows both and cancels out of
+    their ratio; the ratio of the two medians can pair a fast round of one with a slow round of
+    the other (seen on a host whose 2-thread rounds swung 2x within a run)."""
+    return round(statistics.median(x / y for x, y in zip(a, b, strict=True)), 3)
 
 
 def matmul_peak(sizes=(1024, 2048), reps: int = 7) -> dict[str, float]:
@@ -234,12 +243,12 @@ def run_workloads(args, threads: int, only: set[str], use_torch: bool) -> dict[s
                                  "samples_per_cpu_s": {s: round(v, 1) for s, v in med_cpu.items()}}
         for other in OTHERS:
             if other in med:
-                entry[f"engine_vs_{other}"] = round(med["engine"] / med[other], 3)
-                entry[f"engine_vs_{other}_cpu"] = round(med_cpu["engine"] / med_cpu[other], 3)
+                entry[f"engine_vs_{other}"] = paired_ratio(wall["engine"], wall[other])
+                entry[f"engine_vs_{other}_cpu"] = paired_ratio(cpu["engine"], cpu[other])
         if name == "mlp":
             entry["flops_per_sample"] = dict(zip(("6p", "exact"), W.mlp_gemm_flops(wl.spec), strict=True))
-            entry["float64_over_float32_time"] = round(med["engine"] / med["engine_float64"], 3)
-            entry["float64_over_float32_time_cpu"] = round(med_cpu["engine"] / med_cpu["engine_float64"], 3)
+            entry["float64_over_float32_time"] = paired_ratio(wall["engine"], wall["engine_float64"])
+            entry["float64_over_float32_time_cpu"] = paired_ratio(cpu["engine"], cpu["engine_float64"])
         out["workloads"][name] = entry
 
     peak_after = matmul_peak(sizes)  # measured again: a busy spell at the start must not lower the peak

@@ -68,3 +68,15 @@ def test_the_numpy_reference_takes_the_engines_adam_steps():
         ref.adam()
         engine.step(weights, {"w": ref.grad.copy()}, W.LR)
     np.testing.assert_allclose(ref.flat, weights["w"], rtol=1e-5, atol=1e-7)
+
+
+def test_ratios_pair_the_systems_round_by_round():
+    """The host is slow in rounds 2 and 4, halving both systems, and in round 5 it slows the
+    engine more than the other: the paired ratio stays 2, where the ratio of the medians pairs
+    the engine's slow rounds with the other system's faster ones (50 / 40 = 1.25)."""
+    from bench.run import paired_ratio
+
+    engine = [100.0, 50.0, 100.0, 50.0, 50.0]
+    other = [50.0, 25.0, 50.0, 25.0, 40.0]
+    assert paired_ratio(engine, other) == 2.0
+    assert np.median(engine) / np.median(other) == 1.25
