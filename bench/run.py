@@ -260,8 +260,13 @@ def run_workloads(args, threads: int, only: set[str], use_torch: bool) -> dict[s
         for system in ("engine", "numpy_reference"):
             for kind, flops in e["flops_per_sample"].items():
                 key = "" if system == "engine" else f"{system}_"
-                e[f"{key}gflops_{kind}"] = round(e["samples_per_s"][system] * flops / 1e9, 2)
+                # The peak is the fastest of several products, so the MLP's fastest round is set
+                # against it: both are what the machine does when nothing else runs on it. The
+                # median round, which a noisy neighbour can slow, is given as well.
+                e[f"{key}gflops_{kind}"] = round(e["spread"][system][1] * flops / 1e9, 2)
                 e[f"{key}fraction_of_peak_{kind}"] = round(e[f"{key}gflops_{kind}"] / peak, 3)
+                median = e["samples_per_s"][system] * flops / 1e9
+                e[f"{key}fraction_of_peak_{kind}_median_round"] = round(median / peak, 3)
     return out
 
 
@@ -309,9 +314,11 @@ def table(out: dict[str, Any]) -> str:
                              f" {wl['samples_per_cpu_s'][system]:>10,.0f} {ratio_cpu:>10}")
         mlp = run["workloads"].get("mlp")
         if mlp:
-            lines += ["", f"mlp: {mlp['gflops_6p']:.1f} GFLOP/s counting 6 x params "
-                          f"({mlp['fraction_of_peak_6p']:.0%} of peak), {mlp['gflops_exact']:.1f} counting "
-                          f"the GEMMs done ({mlp['fraction_of_peak_exact']:.0%}); the plain-NumPy reference: "
+            lines += ["", f"mlp, fastest round: {mlp['gflops_6p']:.1f} GFLOP/s counting 6 x params "
+                          f"({mlp['fraction_of_peak_6p']:.0%} of peak; median round "
+                          f"{mlp['fraction_of_peak_6p_median_round']:.0%}), {mlp['gflops_exact']:.1f} counting "
+                          f"the GEMMs done ({mlp['fraction_of_peak_exact']:.0%}; "
+                          f"{mlp['fraction_of_peak_exact_median_round']:.0%}); the plain-NumPy reference: "
                           f"{mlp['numpy_reference_fraction_of_peak_6p']:.0%} and "
                           f"{mlp['numpy_reference_fraction_of_peak_exact']:.0%}",
                       f"mlp float64 / float32 time: {mlp['float64_over_float32_time']:.2f}x "
