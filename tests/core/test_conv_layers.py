@@ -10,7 +10,8 @@ import pytest
 
 from core.nn import LAYERS, Network, SpecError, train
 from core.nn.layers.base import layer_json_schemas
-from tests.core.gradcheck import check_gradients, make
+from core.nn.layers.conv import Conv2D, MaxPool2D
+from tests.core.gradcheck import assert_gradients_match, check_gradients, make
 from tests.data import digits_split
 
 
@@ -136,6 +137,66 @@ def test_max_pool_backward_matches_direct_loops_with_ties(pool, shape, pads):
     np.testing.assert_array_equal(out, layer.forward(x, training=False))
 
 
+def run_layer_by_layer(net: Network) -> Network:
+    """The same network without Network._hand_convs_to_pools: each conv returns its image and
+    each max-pool gathers its own windows."""
+    for layer in net.layers:
+        if isinstance(layer, Conv2D):
+            layer.pool_tile = None
+        if isinstance(layer, MaxPool2D):
+            layer.takes_stack = False
+    return net
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype):
+    """The conv emits the pool's stack and the pool returns the conv's dz: the outputs are
+    bit-identical to running the layers one by one, ties included, and every gradient (weights,
+    dL/dx) agrees. Odd sizes leave rows and columns that no pool window reads; the first conv
+    has 1 input channel and the second 4 (im2col's two layouts), and the second conv needs
+    dL/dx of its input."""
+    shape = [11, 9, 1] if data_format == "channels_last" else [1, 11, 9]
+    spec = {"input_shape": shape, "loss": "categorical_crossentropy", "dtype": dtype, "layers": [
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu", "data_format": data_format},
+        {"type": "max_pool2d", "pool_size": 2, "data_format": data_format},  # 9x7 -> 4x3
+        {"type": "conv2d", "filters": 5, "kernel_size": 2, "activation": "tanh", "data_format": data_format},
+        {"type": "max_pool2d", "pool_size": [2, 1], "data_format": data_format},  # 3x2 -> 1x2
+        {"type": "flatten"}, {"type": "dense", "units": 3, "activation": "softmax"}]}
+    fused = Network.from_spec(spec, seed=3)
+    plain = run_layer_by_layer(Network.from_spec(spec, seed=3))
+    assert fused.layers[0].pool_tile == (2, 2) and fused.layers[2].pool_tile == (2, 1)
+    assert fused.layers[1].takes_stack and fused.layers[3].takes_stack
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.0, 1.0, size=(6, *shape)).round(1)  # rounding makes equal pixels
+    x[:2] = 0.5  # constant images: every window ties
+    y = rng.integers(0, 3, 6)
+    np.testing.assert_array_equal(fused.forward(x), plain.forward(x))
+    tol = {"float32": 1e-5, "float64": 1e-12}[dtype]
+    loss_fused, grads_fused = fused.loss_and_gradients(x, y)
+    loss_plain, grads_plain = plain.loss_and_gradients(x, y)
+    np.testing.assert_allclose(loss_fused, loss_plain, rtol=tol)
+    for name, g in grads_plain.items():
+        np.testing.assert_allclose(grads_fused[name], g, rtol=tol, atol=tol, err_msg=name)
+    assert all(np.any(g) for g in grads_plain.values())
+    dx = {}
+    for name, net in (("fused", fused), ("plain", plain)):
+        z = net.logits(net.as_input(x), training=True)
+        _, dz, _ = net.loss(net.output_activation, z, y)
+        dx[name] = net.backward(dz, input_gradient=True)
+    np.testing.assert_allclose(dx["fused"], dx["plain"], rtol=tol, atol=tol)
+
+
+def test_only_a_pool_whose_windows_tile_the_image_takes_the_convs_output():
+    conv = {"type": "conv2d", "filters": 2, "kernel_size": 3}
+    for pool in ({"pool_size": 2, "strides": 1}, {"pool_size": 2, "padding": "same"},
+                 {"pool_size": 2, "strides": 3}):
+        net = make([conv, {"type": "max_pool2d", **pool}], (9, 9, 1))
+        assert net.layers[0].pool_tile is None and not net.layers[1].takes_stack, pool
+    net = make([conv, {"type": "avg_pool2d"}], (9, 9, 1))
+    assert net.layers[0].pool_tile is None
+
+
 def test_dtype_is_kept_end_to_end():
     for dtype in (np.float32, np.float64):
         net = make([{"type": "conv2d", "filters": 2, "kernel_size": 3, "activation": "relu"},
@@ -177,6 +238,24 @@ def test_conv_gradients(conv, shape):
     y = rng.standard_normal((2, *net.output_shape))
     # a step of 1e-5: with five channels, 1e-6 leaves a rounding error of 2e-6 in dL/dx
     check_gradients(net, x, y, eps=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 5])  # both im2col layouts
+def test_gradients_through_a_conv_that_hands_its_output_to_a_pool(channels):
+    """conv (strided, odd output) -> max-pool that takes the conv's stack -> conv -> max-pool:
+    the weight gradients. (dL/dx is compared with the layer-by-layer run above; through two
+    conv-pool stages many of its entries are tiny, and central differences on them are noise.)"""
+    net = make([{"type": "conv2d", "filters": 4, "kernel_size": 3, "strides": [1, 2], "activation": "tanh",
+                 "bias_initializer": "glorot_uniform"},
+                {"type": "max_pool2d", "pool_size": 2},
+                {"type": "conv2d", "filters": 3, "kernel_size": 2, "activation": "relu",
+                 "bias_initializer": "glorot_uniform"},
+                {"type": "max_pool2d", "pool_size": [1, 2]},
+                {"type": "flatten"}, {"type": "dense", "units": 2}], (9, 15, channels))
+    assert net.layers[0].pool_tile == (2, 2) and net.layers[2].pool_tile == (1, 2)
+    x = distinct((2, 9, 15, channels))
+    y = np.random.default_rng(1).standard_normal((2, 2))
+    assert_gradients_match(net, x, y, eps=1e-5, tol=1e-6)
 
 
 @pytest.mark.parametrize("pool,shape", [

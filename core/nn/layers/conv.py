@@ -169,6 +169,11 @@ class Conv2D(Spatial2D, ActivatedLayer):
         **REGULARIZER_FIELDS,
     }
 
+    # (kp, kq) when the network hands this layer's output straight to a max-pool whose (kp, kq)
+    # windows tile it (Network._hand_convs_to_pools): the output rows then come grouped by
+    # window offset, and forward returns the pool's stack (see MaxPool2D) instead of an image
+    pool_tile: tuple[int, int] | None = None
+
     def build(self, input_shape, rng, dtype):
         oh, ow, c = self.spatial_build(input_shape, self.config["kernel_size"], self.config["strides"])
         (kh, kw), f = self.window, self.config["filters"]
@@ -180,12 +185,21 @@ class Conv2D(Spatial2D, ActivatedLayer):
 
     def forward(self, x, training):
         xp = self.pad(self.to_last(x))
-        n, oh, ow = len(xp), self.out_h, self.out_w
         cols = self.im2col(xp)
         if training:
             self._cols, self._padded_shape = cols, xp.shape
         z = cols @ self._stacked_weights()
-        return self.from_last(self.activate(z.reshape(n, oh, ow, -1), training))
+        if self.pool_tile:  # the pool's stack: (window offset, n, ph, pw, filters)
+            kp, kq, n, ph, pw = self._row_order(len(xp))
+            return self.activate(z.reshape(kp * kq, n, ph, pw, -1), training)
+        return self.from_last(self.activate(z.reshape(len(xp), self.out_h, self.out_w, -1), training))
+
+    def _row_order(self, n: int) -> tuple[int, int, int, int, int]:
+        """The axes of im2col's rows, outermost first: (kp, kq, n, ph, pw) is output pixel
+        (n, a * kp + p, b * kq + q) at (p, q, n, a, b). Without a pool tile, (1, 1, n, out_h,
+        out_w): the image's own order. With one, pixels no pool window reads are left out."""
+        kp, kq = self.pool_tile or (1, 1)
+        return kp, kq, n, self.out_h // kp, self.out_w // kq
 
     def _stacked_weights(self) -> np.ndarray:
         """The kernel as (kh*kw*c, filters), with the bias as one more row: cols ends in a
@@ -197,35 +211,40 @@ class Conv2D(Spatial2D, ActivatedLayer):
     def im2col(self, xp: np.ndarray) -> np.ndarray:
         """Every (kh, kw, c) patch of the padded input as one row of an (n*oh*ow, kh*kw*c)
         matrix, so that the convolution is one GEMM: cols @ W; with a bias, each row ends in a
-        1 (see _stacked_weights).
+        1 (see _stacked_weights). The rows come in _row_order: the image's order, or grouped by
+        the window offset of the max-pool this layer hands its output to.
 
         Built row by row, the copy moves c values at a time, which is slow for few channels (an
         image's first layer); then the matrix is built column by column instead, one strided
         slice per window offset and channel, and returned transposed: the same matrix."""
         (kh, kw), (sh, sw) = self.window, self.strides
-        n, c, oh, ow = len(xp), xp.shape[-1], self.out_h, self.out_w
+        c = xp.shape[-1]
+        kp, kq, n, ph, pw = order = self._row_order(len(xp))
         k, ones = kh * kw * c, int("bias" in self.params)
         if c >= 4:
-            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
-            cols = np.empty((n, oh, ow, k + ones), xp.dtype)
-            np.copyto(cols[..., :k].reshape(n, oh, ow, kh, kw, c), win.transpose(0, 1, 2, 4, 5, 3))
+            win = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :ph * kp, :pw * kq]
+            cols = np.empty((*order, k + ones), xp.dtype)
+            np.copyto(cols[..., :k].reshape(*order, kh, kw, c),
+                      win.reshape(n, ph, kp, pw, kq, c, kh, kw).transpose(2, 4, 0, 1, 3, 6, 7, 5))
             cols[..., k:] = 1
-            return cols.reshape(n * oh * ow, k + ones)
-        cols_t = np.empty((k + ones, n, oh, ow), xp.dtype)
-        patches = cols_t[:k].reshape(kh, kw, c, n, oh, ow)
+            return cols.reshape(-1, k + ones)
+        cols_t = np.empty((k + ones, *order), xp.dtype)
+        patches = cols_t[:k].reshape(kh, kw, c, *order)
         for i, j, index in self.window_slices():
-            patches[i, j] = xp[index].transpose(3, 0, 1, 2)
+            at_offset = xp[index][:, :ph * kp, :pw * kq]  # the input pixel each output pixel sees at (i, j)
+            patches[i, j] = at_offset.reshape(n, ph, kp, pw, kq, c).transpose(5, 2, 4, 0, 1, 3)
         cols_t[k:] = 1
-        return cols_t.reshape(k + ones, n * oh * ow).T
+        return cols_t.reshape(k + ones, -1).T
 
     def backward_params(self, dy):
         self._weight_grads(dy)
 
     def _weight_grads(self, dy):
         """dL/dW = cols^T dz, whose last row is dL/db (the column sums of dz) when cols ends in
-        ones; returns dz (n*oh*ow, filters)."""
+        ones; returns dz, one row per output pixel in im2col's row order."""
         f = self.params["kernel"].shape[-1]
-        dz2 = self.activation_backward(self.to_last(dy)).reshape(-1, f)
+        dy = dy if self.pool_tile else self.to_last(dy)  # the pool's stack needs no transpose
+        dz2 = self.activation_backward(dy).reshape(-1, f)
         if "bias" in self.params:
             g = self._cols.T @ dz2
             self.grads["kernel"].reshape(-1, f)[...] = g[:-1]
@@ -238,13 +257,20 @@ class Conv2D(Spatial2D, ActivatedLayer):
         kernel = self.params["kernel"]
         c = kernel.shape[2]
         dz2 = self._weight_grads(dy)
+        n = self._padded_shape[0]
+        if self.pool_tile:  # back to the image's order; pixels no pool window reads get zero
+            kp, kq, _, ph, pw = order = self._row_order(n)
+            dz = np.zeros((n, self.out_h, self.out_w, dz2.shape[-1]), dz2.dtype)
+            read = dz[:, :ph * kp, :pw * kq].reshape(n, ph, kp, pw, kq, -1)
+            read[...] = dz2.reshape(*order, -1).transpose(2, 3, 0, 4, 1, 5)
+            dz2 = dz.reshape(-1, dz.shape[-1])
         # dL/dcols = dz W^T, taken one window offset (i, j) at a time: dz W[i, j]^T is the
         # gradient of the input pixels that offset saw, added back where they came from (col2im)
         dxp = np.zeros(self._padded_shape, dtype=dz2.dtype)
         part = np.empty((len(dz2), c), dz2.dtype)
         for i, j, index in self.window_slices():
             np.matmul(dz2, kernel[i, j].T, out=part)
-            dxp[index] += part.reshape(len(dy), self.out_h, self.out_w, c)
+            dxp[index] += part.reshape(n, self.out_h, self.out_w, c)
         return self.from_last(self.crop(dxp))
 
 
@@ -275,32 +301,48 @@ class MaxPool2D(Pool2D):
     # the previous layer's activation when the network moved it here, to run on the pooled
     # array (Network._activate_after_pooling); None otherwise
     activation = None
+    # True when the conv before this layer hands over its output as the stack itself
+    # (Conv2D.pool_tile): forward then starts from it, and backward returns the stack's gradient
+    takes_stack = False
 
     def forward(self, x, training):
-        xp = self.pad(self.to_last(x), -np.inf)  # padding never wins a max
-        offsets = [index for _, _, index in self.window_slices()]
-        if not self.overlapping:
-            # Gather every window's pixel at each offset into one contiguous block, once: the
-            # max here and the search for winners in backward then run on contiguous arrays.
-            # A strided pass over a channels_last image moves only c values per step, several
-            # times slower, and backward makes a dozen such passes.
+        if self.takes_stack:
+            stack = x
+        elif not self.overlapping:
+            # Gather every window's pixel at each offset into one contiguous block, the stack
+            # (offset, n, out_h, out_w, c), once: the max here and the search for winners in
+            # backward then run on contiguous arrays. A strided pass over a channels_last image
+            # moves only c values per step, several times slower, and backward makes a dozen.
+            xp = np.ascontiguousarray(self.pad(self.to_last(x), -np.inf))  # padding never wins a max
+            offsets = [index for _, _, index in self.window_slices()]
             stack = np.empty((len(offsets), len(xp), self.out_h, self.out_w, xp.shape[-1]), xp.dtype)
-            pixels_in, pixels_out = whole_pixels(np.ascontiguousarray(xp)), whole_pixels(stack)
+            pixels_in, pixels_out = whole_pixels(xp), whole_pixels(stack)
             for k, index in enumerate(offsets):
                 pixels_out[k] = pixels_in[index[:3]]
-            out = np.maximum(stack[0], stack[1]) if len(offsets) > 1 else stack[0].copy()
-            for k in range(2, len(offsets)):
-                np.maximum(out, stack[k], out=out)
             if training:
-                self._stack, self._padded_shape = stack, xp.shape
+                self._padded_shape = xp.shape
         else:
-            # the maximum over window offsets, one strided slice (every window's pixel at that
-            # offset) at a time
-            out = xp[offsets[0]].copy()
-            for index in offsets[1:]:
-                np.maximum(out, xp[index], out=out)
-            if training:
-                self._stack, self._xp = None, xp
+            return self._forward_overlapping(x, training)
+        out = np.maximum(stack[0], stack[1]) if len(stack) > 1 else stack[0].copy()
+        for k in range(2, len(stack)):
+            np.maximum(out, stack[k], out=out)
+        if training:
+            self._stack = stack
+        return self._activate(out, training)
+
+    def _forward_overlapping(self, x, training):
+        """The maximum over window offsets, one strided slice (every window's pixel at that
+        offset) at a time: a stack would hold each pixel once per window that reads it."""
+        xp = self.pad(self.to_last(x), -np.inf)
+        offsets = [index for _, _, index in self.window_slices()]
+        out = xp[offsets[0]].copy()
+        for index in offsets[1:]:
+            np.maximum(out, xp[index], out=out)
+        if training:
+            self._stack, self._xp = None, xp
+        return self._activate(out, training)
+
+    def _activate(self, out, training):
         a = out if self.activation is None else self.activation.forward(out)
         if training:
             self._out, self._a = out, a
@@ -318,35 +360,29 @@ class MaxPool2D(Pool2D):
         out = self._out
         if self.activation is not None:
             dy = self.activation.backward(out, self._a, dy)
-        if self._stack is not None:
-            return self.from_last(self.crop(self._backward_stacked(dy)))
-        xp = self._xp
-        dxp = np.zeros(xp.shape, dtype=dy.dtype)
-        overlapping = self.overlapping
-        pending = np.ones(out.shape, bool)  # windows whose maximum is still to be found
-        for _, _, index in self.window_slices():
-            win = xp[index] == out  # this offset holds its window's maximum...
-            win &= pending  # ...and is the first offset that does: one winner per window
-            pending ^= win
-            if overlapping:
-                dxp[index] += dy * win
-            else:
-                np.multiply(dy, win, out=dxp[index])
-        return self.from_last(self.crop(dxp))
-
-    def _backward_stacked(self, dy):
-        """Non-overlapping windows: each offset's winners found on its contiguous block of the
-        forward's stack, in the same order as the strided path, so the same pixel wins."""
-        stack, out = self._stack, self._out
+        if self._stack is None:
+            return self._backward_overlapping(dy)
+        grads = self._stack_gradients(dy)
+        if self.takes_stack:
+            return grads
+        # each offset's gradients back to the pixels it gathered
         (kh, kw), (sh, sw) = self.window, self.strides
         hp, wp = self._padded_shape[1:3]
         # windows that tile the image exactly write every pixel of dx once: no zeroing needed
         tiled = kh == sh and kw == sw and self.out_h * sh == hp and self.out_w * sw == wp
         dxp = (np.empty if tiled else np.zeros)(self._padded_shape, dtype=dy.dtype)
-        grad = np.empty(out.shape, dy.dtype)  # dL/dx at one offset, contiguous, then copied into place
-        pixels_in, pixels_out = whole_pixels(grad), whole_pixels(dxp)
-        taken = None  # windows whose maximum an earlier offset holds
+        pixels_in, pixels_out = whole_pixels(grads), whole_pixels(dxp)
         for k, (_, _, index) in enumerate(self.window_slices()):
+            pixels_out[index[:3]] = pixels_in[k]
+        return self.from_last(self.crop(dxp))
+
+    def _stack_gradients(self, dy):
+        """dL/d(stack): dy at each window's first maximum, in offset order (the strided path's
+        order, so the same pixel wins), zero elsewhere."""
+        stack, out = self._stack, self._out
+        grads = np.empty(stack.shape, dy.dtype)
+        taken = None  # windows whose maximum an earlier offset holds
+        for k in range(len(stack)):
             win = stack[k] == out
             if taken is None:
                 taken = win
@@ -354,9 +390,19 @@ class MaxPool2D(Pool2D):
                 np.greater(win, taken, out=win)  # a maximum here and none earlier: win & ~taken
                 if k < len(stack) - 1:
                     taken |= win
-            np.multiply(dy, win, out=grad)
-            pixels_out[index[:3]] = pixels_in
-        return dxp
+            np.multiply(dy, win, out=grads[k])
+        return grads
+
+    def _backward_overlapping(self, dy):
+        xp, out = self._xp, self._out
+        dxp = np.zeros(xp.shape, dtype=dy.dtype)
+        pending = np.ones(out.shape, bool)  # windows whose maximum is still to be found
+        for _, _, index in self.window_slices():
+            win = xp[index] == out  # this offset holds its window's maximum...
+            win &= pending  # ...and is the first offset that does: one winner per window
+            pending ^= win
+            dxp[index] += dy * win  # a pixel can win in two windows: add, not assign
+        return self.from_last(self.crop(dxp))
 
 
 @register
