@@ -187,7 +187,7 @@ def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype
     np.testing.assert_allclose(dx["fused"], dx["plain"], rtol=tol, atol=tol)
 
 
-def test_only_a_pool_whose_windows_tile_the_image_takes_the_convs_output():
+def test_only_a_max_pool_with_stride_equal_to_window_and_no_padding_takes_the_convs_output():
     conv = {"type": "conv2d", "filters": 2, "kernel_size": 3}
     for pool in ({"pool_size": 2, "strides": 1}, {"pool_size": 2, "padding": "same"},
                  {"pool_size": 2, "strides": 3}):
