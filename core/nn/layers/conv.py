@@ -134,14 +134,16 @@ class Spatial2D(Layer):
         h, w = self.in_hw
         return dxp[:, self.pad_h[0]:self.pad_h[0] + h, self.pad_w[0]:self.pad_w[0] + w, :]
 
-    def window_slices(self):
+    def window_slices(self, out_h: int | None = None, out_w: int | None = None):
         """(i, j, index) for each offset in the window: index picks, from the padded input, the
-        input element at that offset for every output position."""
+        input element at that offset for every output position (the first out_h x out_w
+        positions, when given)."""
         (kh, kw), (sh, sw) = self.window, self.strides
+        out_h, out_w = out_h or self.out_h, out_w or self.out_w
         for i in range(kh):
             for j in range(kw):
-                yield i, j, (slice(None), slice(i, i + sh * (self.out_h - 1) + 1, sh),
-                             slice(j, j + sw * (self.out_w - 1) + 1, sw), slice(None))
+                yield i, j, (slice(None), slice(i, i + sh * (out_h - 1) + 1, sh),
+                             slice(j, j + sw * (out_w - 1) + 1, sw), slice(None))
 
 
 @register
@@ -257,20 +259,20 @@ class Conv2D(Spatial2D, ActivatedLayer):
         kernel = self.params["kernel"]
         c = kernel.shape[2]
         dz2 = self._weight_grads(dy)
-        n = self._padded_shape[0]
-        if self.pool_tile:  # back to the image's order; pixels no pool window reads get zero
-            kp, kq, _, ph, pw = order = self._row_order(n)
-            dz = np.zeros((n, self.out_h, self.out_w, dz2.shape[-1]), dz2.dtype)
-            read = dz[:, :ph * kp, :pw * kq].reshape(n, ph, kp, pw, kq, -1)
-            read[...] = dz2.reshape(*order, -1).transpose(2, 3, 0, 4, 1, 5)
+        kp, kq, n, ph, pw = order = self._row_order(self._padded_shape[0])
+        oh, ow = ph * kp, pw * kq  # the output pixels computed: all, or those a pool window reads
+        if self.pool_tile:  # the rows back in the image's order
+            dz = np.empty((n, oh, ow, dz2.shape[-1]), dz2.dtype)
+            whole_pixels(dz).reshape(n, ph, kp, pw, kq)[...] = \
+                whole_pixels(dz2.reshape(*order, -1)).transpose(2, 3, 0, 4, 1)
             dz2 = dz.reshape(-1, dz.shape[-1])
         # dL/dcols = dz W^T, taken one window offset (i, j) at a time: dz W[i, j]^T is the
         # gradient of the input pixels that offset saw, added back where they came from (col2im)
         dxp = np.zeros(self._padded_shape, dtype=dz2.dtype)
         part = np.empty((len(dz2), c), dz2.dtype)
-        for i, j, index in self.window_slices():
+        for i, j, index in self.window_slices(oh, ow):
             np.matmul(dz2, kernel[i, j].T, out=part)
-            dxp[index] += part.reshape(n, self.out_h, self.out_w, c)
+            dxp[index] += part.reshape(n, oh, ow, c)
         return self.from_last(self.crop(dxp))
 
 
