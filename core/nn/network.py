@@ -10,7 +10,7 @@ import numpy as np
 from .activations import get_activation
 from .layers import LAYERS
 from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
-from .layers.conv import Conv2D, MaxPool2D
+from .layers.conv import Conv2D, MaxPool2D, Pool2D
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
 
@@ -105,13 +105,13 @@ class Network:
                 layer.set_activation("linear")
 
     def _hand_convs_to_pools(self) -> None:
-        """conv -> max-pool whose windows tile the image (stride = window, no padding): the conv
+        """conv -> pool whose windows tile the image (stride = window, no padding): the conv
         orders its im2col rows by window offset, so that its GEMM output is the pool's stack of
-        window offsets itself (MaxPool2D) and the pool's gradient is the conv's dz, with no
+        window offsets itself (Pool2D.stack) and the pool's gradient is the conv's dz, with no
         gather or scatter between the two. The conv also skips the pixels no window reads
         (an odd edge row or column): they change neither the output nor any gradient."""
         for layer, after in zip(self.layers[:-1], self.layers[1:], strict=True):
-            if (isinstance(layer, Conv2D) and isinstance(after, MaxPool2D) and not after.padded
+            if (isinstance(layer, Conv2D) and isinstance(after, Pool2D) and not after.padded
                     and after.window == after.strides and layer.channels_last == after.channels_last):
                 layer.pool_tile, after.takes_stack = after.window, True
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.nn import LAYERS, Network, SpecError, train
 from core.nn.layers.base import layer_json_schemas
-from core.nn.layers.conv import Conv2D, MaxPool2D
+from core.nn.layers.conv import Conv2D, Pool2D
 from tests.core.gradcheck import assert_gradients_match, check_gradients, make
 from tests.data import digits_split
 
@@ -139,18 +139,19 @@ def test_max_pool_backward_matches_direct_loops_with_ties(pool, shape, pads):
 
 def run_layer_by_layer(net: Network) -> Network:
     """The same network without Network._hand_convs_to_pools: each conv returns its image and
-    each max-pool gathers its own windows."""
+    each pool gathers its own windows."""
     for layer in net.layers:
         if isinstance(layer, Conv2D):
             layer.pool_tile = None
-        if isinstance(layer, MaxPool2D):
+        if isinstance(layer, Pool2D):
             layer.takes_stack = False
     return net
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype):
+@pytest.mark.parametrize("pool_type", ["max_pool2d", "avg_pool2d"])
+def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype, pool_type):
     """The conv emits the pool's stack and the pool returns the conv's dz: the outputs are
     bit-identical to running the layers one by one, ties included, and every gradient (weights,
     dL/dx) agrees. Odd sizes leave rows and columns that no pool window reads; the first conv
@@ -159,9 +160,9 @@ def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype
     shape = [11, 9, 1] if data_format == "channels_last" else [1, 11, 9]
     spec = {"input_shape": shape, "loss": "categorical_crossentropy", "dtype": dtype, "layers": [
         {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu", "data_format": data_format},
-        {"type": "max_pool2d", "pool_size": 2, "data_format": data_format},  # 9x7 -> 4x3
+        {"type": pool_type, "pool_size": 2, "data_format": data_format},  # 9x7 -> 4x3
         {"type": "conv2d", "filters": 5, "kernel_size": 2, "activation": "tanh", "data_format": data_format},
-        {"type": "max_pool2d", "pool_size": [2, 1], "data_format": data_format},  # 3x2 -> 1x2
+        {"type": pool_type, "pool_size": [2, 1], "data_format": data_format},  # 3x2 -> 1x2
         {"type": "flatten"}, {"type": "dense", "units": 3, "activation": "softmax"}]}
     fused = Network.from_spec(spec, seed=3)
     plain = run_layer_by_layer(Network.from_spec(spec, seed=3))
@@ -187,14 +188,15 @@ def test_a_conv_handing_its_output_to_a_pool_changes_no_value(data_format, dtype
     np.testing.assert_allclose(dx["fused"], dx["plain"], rtol=tol, atol=tol)
 
 
-def test_only_a_max_pool_with_stride_equal_to_window_and_no_padding_takes_the_convs_output():
+@pytest.mark.parametrize("pool_type", ["max_pool2d", "avg_pool2d"])
+def test_only_a_pool_with_stride_equal_to_window_and_no_padding_takes_the_convs_output(pool_type):
     conv = {"type": "conv2d", "filters": 2, "kernel_size": 3}
     for pool in ({"pool_size": 2, "strides": 1}, {"pool_size": 2, "padding": "same"},
                  {"pool_size": 2, "strides": 3}):
-        net = make([conv, {"type": "max_pool2d", **pool}], (9, 9, 1))
+        net = make([conv, {"type": pool_type, **pool}], (9, 9, 1))
         assert net.layers[0].pool_tile is None and not net.layers[1].takes_stack, pool
-    net = make([conv, {"type": "avg_pool2d"}], (9, 9, 1))
-    assert net.layers[0].pool_tile is None
+    net = make([conv, {"type": pool_type, "pool_size": [3, 2]}], (9, 9, 1))
+    assert net.layers[0].pool_tile == (3, 2) and net.layers[1].takes_stack
 
 
 def test_dtype_is_kept_end_to_end():

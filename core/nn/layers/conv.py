@@ -171,9 +171,9 @@ class Conv2D(Spatial2D, ActivatedLayer):
         **REGULARIZER_FIELDS,
     }
 
-    # (kp, kq) when the network hands this layer's output straight to a max-pool whose (kp, kq)
+    # (kp, kq) when the network hands this layer's output straight to a pool whose (kp, kq)
     # windows tile it (Network._hand_convs_to_pools): the output rows then come grouped by
-    # window offset, and forward returns the pool's stack (see MaxPool2D) instead of an image
+    # window offset, and forward returns the pool's stack (Pool2D.stack) instead of an image
     pool_tile: tuple[int, int] | None = None
 
     def build(self, input_shape, rng, dtype):
@@ -214,7 +214,7 @@ class Conv2D(Spatial2D, ActivatedLayer):
         """Every (kh, kw, c) patch of the padded input as one row of an (n*oh*ow, kh*kw*c)
         matrix, so that the convolution is one GEMM: cols @ W; with a bias, each row ends in a
         1 (see _stacked_weights). The rows come in _row_order: the image's order, or grouped by
-        the window offset of the max-pool this layer hands its output to.
+        the window offset of the pool this layer hands its output to.
 
         Built row by row, the copy moves c values at a time, which is slow for few channels (an
         image's first layer); then the matrix is built column by column instead, one strided
@@ -285,12 +285,55 @@ class Pool2D(Spatial2D):
         "padding": PADDING_FIELD,
         "data_format": DATA_FORMAT_FIELD,
     }
+    # True when the conv before this layer hands over its output as the stack itself
+    # (Conv2D.pool_tile): forward then starts from it, and backward returns the stack's gradient
+    takes_stack = False
 
     def build(self, input_shape, rng, dtype):
         size = self.config["pool_size"]
         strides = self.config["strides"] if self.config["strides"] is not None else size
         oh, ow, c = self.spatial_build(input_shape, size, strides)
         return self.image_shape(oh, ow, c)
+
+    @property
+    def overlapping(self) -> bool:
+        """Windows share pixels (a stride smaller than the window): then a stack would hold a
+        pixel once per window that reads it, and its gradients from those windows add."""
+        (kh, kw), (sh, sw) = self.window, self.strides
+        return sh < kh or sw < kw
+
+    def stack(self, x, pad_value: float, training: bool) -> np.ndarray:
+        """Non-overlapping windows: every window's pixel at each window offset, gathered into
+        one contiguous block (offsets, n, out_h, out_w, c), or the stack the conv before handed
+        over. Pooling and its gradient then run on contiguous arrays; a strided pass over a
+        channels_last image moves only c values per step, several times slower."""
+        if self.takes_stack:
+            return x
+        xp = np.ascontiguousarray(self.pad(self.to_last(x), pad_value))
+        (kh, kw) = self.window
+        stack = np.empty((kh * kw, len(xp), self.out_h, self.out_w, xp.shape[-1]), xp.dtype)
+        pixels_in, pixels_out = whole_pixels(xp), whole_pixels(stack)
+        for k, (_, _, index) in enumerate(self.window_slices()):
+            pixels_out[k] = pixels_in[index[:3]]
+        if training:
+            self._padded_shape = xp.shape
+        return stack
+
+    def unstack(self, grads: np.ndarray) -> np.ndarray:
+        """dL/dx from the stack's gradient: each offset's block back to the pixels it was
+        gathered from (the conv before takes the stack's gradient as it is when it handed the
+        stack over)."""
+        if self.takes_stack:
+            return grads
+        (kh, kw), (sh, sw) = self.window, self.strides
+        hp, wp = self._padded_shape[1:3]
+        # windows that tile the image exactly write every pixel of dx once: no zeroing needed
+        tiled = kh == sh and kw == sw and self.out_h * sh == hp and self.out_w * sw == wp
+        dxp = (np.empty if tiled else np.zeros)(self._padded_shape, dtype=grads.dtype)
+        pixels_in, pixels_out = whole_pixels(grads), whole_pixels(dxp)
+        for k, (_, _, index) in enumerate(self.window_slices()):
+            pixels_out[index[:3]] = pixels_in[k]
+        return self.from_last(self.crop(dxp))
 
 
 @register
@@ -303,28 +346,11 @@ class MaxPool2D(Pool2D):
     # the previous layer's activation when the network moved it here, to run on the pooled
     # array (Network._activate_after_pooling); None otherwise
     activation = None
-    # True when the conv before this layer hands over its output as the stack itself
-    # (Conv2D.pool_tile): forward then starts from it, and backward returns the stack's gradient
-    takes_stack = False
 
     def forward(self, x, training):
-        if self.takes_stack:
-            stack = x
-        elif not self.overlapping:
-            # Gather every window's pixel at each offset into one contiguous block, the stack
-            # (offset, n, out_h, out_w, c), once: the max here and the search for winners in
-            # backward then run on contiguous arrays. A strided pass over a channels_last image
-            # moves only c values per step, several times slower, and backward makes a dozen.
-            xp = np.ascontiguousarray(self.pad(self.to_last(x), -np.inf))  # padding never wins a max
-            offsets = [index for _, _, index in self.window_slices()]
-            stack = np.empty((len(offsets), len(xp), self.out_h, self.out_w, xp.shape[-1]), xp.dtype)
-            pixels_in, pixels_out = whole_pixels(xp), whole_pixels(stack)
-            for k, index in enumerate(offsets):
-                pixels_out[k] = pixels_in[index[:3]]
-            if training:
-                self._padded_shape = xp.shape
-        else:
+        if self.overlapping:
             return self._forward_overlapping(x, training)
+        stack = self.stack(x, -np.inf, training)  # padding never wins a max
         out = np.maximum(stack[0], stack[1]) if len(stack) > 1 else stack[0].copy()
         for k in range(2, len(stack)):
             np.maximum(out, stack[k], out=out)
@@ -334,14 +360,14 @@ class MaxPool2D(Pool2D):
 
     def _forward_overlapping(self, x, training):
         """The maximum over window offsets, one strided slice (every window's pixel at that
-        offset) at a time: a stack would hold each pixel once per window that reads it."""
+        offset) at a time."""
         xp = self.pad(self.to_last(x), -np.inf)
         offsets = [index for _, _, index in self.window_slices()]
         out = xp[offsets[0]].copy()
         for index in offsets[1:]:
             np.maximum(out, xp[index], out=out)
         if training:
-            self._stack, self._xp = None, xp
+            self._xp = xp
         return self._activate(out, training)
 
     def _activate(self, out, training):
@@ -350,33 +376,14 @@ class MaxPool2D(Pool2D):
             self._out, self._a = out, a
         return self.from_last(a)
 
-    @property
-    def overlapping(self) -> bool:
-        """Windows share pixels (a stride smaller than the window): then a pixel can win in two
-        windows, and its gradients add."""
-        (kh, kw), (sh, sw) = self.window, self.strides
-        return sh < kh or sw < kw
-
     def backward(self, dy):
         dy = self.to_last(dy)
         out = self._out
         if self.activation is not None:
             dy = self.activation.backward(out, self._a, dy)
-        if self._stack is None:
+        if self.overlapping:
             return self._backward_overlapping(dy)
-        grads = self._stack_gradients(dy)
-        if self.takes_stack:
-            return grads
-        # each offset's gradients back to the pixels it gathered
-        (kh, kw), (sh, sw) = self.window, self.strides
-        hp, wp = self._padded_shape[1:3]
-        # windows that tile the image exactly write every pixel of dx once: no zeroing needed
-        tiled = kh == sh and kw == sw and self.out_h * sh == hp and self.out_w * sw == wp
-        dxp = (np.empty if tiled else np.zeros)(self._padded_shape, dtype=dy.dtype)
-        pixels_in, pixels_out = whole_pixels(grads), whole_pixels(dxp)
-        for k, (_, _, index) in enumerate(self.window_slices()):
-            pixels_out[index[:3]] = pixels_in[k]
-        return self.from_last(self.crop(dxp))
+        return self.unstack(self._stack_gradients(dy))
 
     def _stack_gradients(self, dy):
         """dL/d(stack): dy at each window's first maximum, in offset order (the strided path's
@@ -424,16 +431,21 @@ class AvgPool2D(Pool2D):
         return shape
 
     def forward(self, x, training):
-        xp = self.pad(self.to_last(x))
-        if training:
-            self._padded_shape = xp.shape
-        total = np.zeros((len(xp), self.out_h, self.out_w, xp.shape[-1]), dtype=xp.dtype)
-        for _, _, index in self.window_slices():
-            total += xp[index]
+        if self.overlapping:
+            xp = self.pad(self.to_last(x))
+            if training:
+                self._padded_shape = xp.shape
+            total = np.zeros((len(xp), self.out_h, self.out_w, xp.shape[-1]), dtype=xp.dtype)
+            for _, _, index in self.window_slices():
+                total += xp[index]
+        else:
+            total = self.stack(x, 0.0, training).sum(axis=0)  # padding adds nothing
         return self.from_last(total * self._inv_count.astype(total.dtype, copy=False))
 
     def backward(self, dy):
         g = self.to_last(dy) * self._inv_count.astype(dy.dtype, copy=False)
+        if not self.overlapping:  # every pixel of a window gets its share
+            return self.unstack(np.broadcast_to(g, (self.window[0] * self.window[1], *g.shape)))
         dxp = np.zeros(self._padded_shape, dtype=g.dtype)
         for _, _, index in self.window_slices():
             dxp[index] += g
