@@ -310,7 +310,7 @@ class Pool2D(Spatial2D):
         if self.takes_stack:
             return x
         xp = np.ascontiguousarray(self.pad(self.to_last(x), pad_value))
-        (kh, kw) = self.window
+        kh, kw = self.window
         stack = np.empty((kh * kw, len(xp), self.out_h, self.out_w, xp.shape[-1]), xp.dtype)
         pixels_in, pixels_out = whole_pixels(xp), whole_pixels(stack)
         for k, (_, _, index) in enumerate(self.window_slices()):
