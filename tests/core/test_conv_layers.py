@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.nn import LAYERS, Network, SpecError, train
 from core.nn.layers.base import layer_json_schemas
@@ -96,21 +98,27 @@ def test_max_pool_gradient_goes_to_one_winner_on_ties():
     assert np.count_nonzero(dx) == 8  # one winner per window and channel
 
 
-def max_pool_backward_reference(x, dy, window, strides, pads):
-    """Direct loops: each window's gradient goes to its first maximum in row-major order;
-    padding never wins."""
+def pool_reference(x, dy, kind, window, strides, pads):
+    """Direct loops over windows: (output, dL/dx). max: the first maximum in row-major order
+    takes the gradient, padding never wins; avg: the mean over the window's real pixels."""
     (kh, kw), (sh, sw), (ph, pw) = window, strides, pads
-    xp = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-np.inf)
-    dxp = np.zeros_like(xp)
-    n, oh, ow, c = dy.shape
-    for s in range(n):
-        for r in range(oh):
-            for q in range(ow):
-                for ch in range(c):
-                    win = xp[s, r * sh:r * sh + kh, q * sw:q * sw + kw, ch]
-                    i, j = np.unravel_index(np.argmax(win), win.shape)  # argmax: the first maximum
-                    dxp[s, r * sh + i, q * sw + j, ch] += dy[s, r, q, ch]
-    return dxp[:, ph[0]:ph[0] + x.shape[1], pw[0]:pw[0] + x.shape[2]]
+    real = np.pad(np.ones(x.shape[1:3], bool), (ph, pw))
+    xp = np.pad(x, ((0, 0), ph, pw, (0, 0)), constant_values=-np.inf if kind == "max" else 0.0)
+    out, dxp = np.zeros(dy.shape), np.zeros_like(xp)
+    for r in range(dy.shape[1]):
+        for q in range(dy.shape[2]):
+            rows, cols = slice(r * sh, r * sh + kh), slice(q * sw, q * sw + kw)
+            win, mask = xp[:, rows, cols], real[rows, cols]
+            for s in range(len(x)):
+                for ch in range(x.shape[-1]):
+                    if kind == "max":
+                        i, j = np.unravel_index(np.argmax(win[s, :, :, ch]), mask.shape)
+                        out[s, r, q, ch] = win[s, i, j, ch]
+                        dxp[s, r * sh + i, q * sw + j, ch] += dy[s, r, q, ch]
+                    else:
+                        out[s, r, q, ch] = win[s, :, :, ch][mask].mean()
+                        dxp[s, rows, cols, ch] += mask * dy[s, r, q, ch] / mask.sum()
+    return out, dxp[:, ph[0]:ph[0] + x.shape[1], pw[0]:pw[0] + x.shape[2]]
 
 
 @pytest.mark.parametrize("pool,shape,pads", [
@@ -132,9 +140,29 @@ def test_max_pool_backward_matches_direct_loops_with_ties(pool, shape, pads):
     x[0] = 1.0  # a constant image: every window ties
     out = layer.forward(x, training=True)
     dy = rng.standard_normal(out.shape)
-    want = max_pool_backward_reference(x, dy, layer.window, layer.strides, pads)
+    _, want = pool_reference(x, dy, "max", layer.window, layer.strides, pads)
     np.testing.assert_array_equal(layer.backward(dy), want)
     np.testing.assert_array_equal(out, layer.forward(x, training=False))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(kind=st.sampled_from(["max", "avg"]), window=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)), padding=st.sampled_from(["valid", "same"]),
+       size=st.tuples(st.integers(3, 7), st.integers(3, 7)), channels=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+def test_pools_match_direct_loops_for_any_geometry(kind, window, strides, padding, size, channels, seed):
+    """Forward and backward of both pools, on either path (a stack for windows that do not
+    overlap, strided slices otherwise), against direct loops; three input values, so ties are
+    everywhere."""
+    spec = {"type": f"{kind}_pool2d", "pool_size": list(window), "strides": list(strides), "padding": padding}
+    layer = make([spec], (*size, channels)).layers[0]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, (2, *size, channels)).astype(np.float64)
+    out = layer.forward(x, training=True)
+    dy = rng.standard_normal(out.shape)
+    want_out, want_dx = pool_reference(x, dy, kind, layer.window, layer.strides, (layer.pad_h, layer.pad_w))
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.backward(dy), want_dx, rtol=1e-12, atol=1e-12)
 
 
 def run_layer_by_layer(net: Network) -> Network:
