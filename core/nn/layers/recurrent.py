@@ -105,10 +105,18 @@ class _Recurrent(Layer):
     def _bias_shape(self) -> tuple[int, ...]:
         return (self.gates * self.units,)
 
+    # internal row r of a step's pre-activations holds public gate column _order[r]; the
+    # forward's stacked weights are multiplied row by row by _scale, when a fast path sets it
+    _order: slice | np.ndarray = slice(None)
+    _scale: np.ndarray | None = None
+
     def _stacked_weights(self, scaled: bool) -> np.ndarray:
         """(rows, units + features [+ 1]): a step's pre-activations are this times S[t].
         `scaled` is the forward's variant, where a fast path may fold constants in."""
-        raise NotImplementedError
+        p = self.params
+        w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
+        rows = np.concatenate(w)[:, self._order].T
+        return np.ascontiguousarray(rows * self._scale if scaled and self._scale is not None else rows)
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, x, training):
@@ -161,7 +169,13 @@ class _Recurrent(Layer):
             dh += dys
 
     def _store_grads(self, G: np.ndarray) -> None:
-        raise NotImplementedError
+        """The stacked weight gradient G, (units + features [+ 1], rows), back into the public
+        arrays, gate columns in their public order."""
+        u, features, g = self.units, self.params["kernel"].shape[0], self.grads
+        g["recurrent_kernel"][:, self._order] = G[:u]
+        g["kernel"][:, self._order] = G[u:u + features]
+        if "bias" in self.params:
+            g["bias"][self._order] = G[u + features]
 
 
 @register
@@ -171,11 +185,6 @@ class SimpleRNN(_Recurrent):
     type_name = "simple_rnn"
     gates = 1
     fields = _COMMON_FIELDS
-
-    def _stacked_weights(self, scaled):
-        p = self.params
-        w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
-        return np.ascontiguousarray(np.concatenate(w).T)
 
     def _run(self, W, S, training):
         u, steps = self.units, S.shape[0] - 1
@@ -197,13 +206,6 @@ class SimpleRNN(_Recurrent):
             if t:
                 np.matmul(U, dZ[t], out=dh)
         return dZ
-
-    def _store_grads(self, G):
-        u, features = self.units, self.params["kernel"].shape[0]
-        self.grads["recurrent_kernel"][...] = G[:u]
-        self.grads["kernel"][...] = G[u:u + features]
-        if "bias" in self.params:
-            self.grads["bias"][...] = G[u + features]
 
 
 @register
@@ -239,16 +241,10 @@ class LSTM(_Recurrent):
         # default activations: sigmoid(z) = (tanh(z/2) + 1)/2, so one tanh covers all four gates
         # once the sigmoid gates' weights are halved (_scale)
         self._fast = self.rec.name == "sigmoid" and self.act.name == "tanh"
-        self._scale = np.ones((4 * u, 1), dtype)
         if self._fast:
+            self._scale = np.ones((4 * u, 1), dtype)
             self._scale[:3 * u] = 0.5
         return out
-
-    def _stacked_weights(self, scaled):
-        p = self.params
-        w = [p["recurrent_kernel"], p["kernel"]] + ([p["bias"][None]] if "bias" in p else [])
-        rows = np.concatenate(w)[:, self._order].T
-        return np.ascontiguousarray(rows * self._scale if scaled else rows)
 
     def _run(self, W, S, training):
         u, fast, act, rec = self.units, self._fast, self.act, self.rec
@@ -328,13 +324,6 @@ class LSTM(_Recurrent):
                 np.multiply(dc, k[r:r + u], out=dz[r:r + u])
             dc *= A[t, 2 * u:3 * u]  # through c_t = f * c_{t-1} + ...
         return dZ
-
-    def _store_grads(self, G):
-        u, features, g = self.units, self.params["kernel"].shape[0], self.grads
-        g["recurrent_kernel"][:, self._order] = G[:u]
-        g["kernel"][:, self._order] = G[u:u + features]
-        if "bias" in self.params:
-            g["bias"][self._order] = G[u + features]
 
 
 @register
