@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -490,12 +491,20 @@ def job_events(job_id: str):
         raise ApiError(503, "too_many_streams", "this API process is serving as many event streams as it has "
                        "threads to spare; poll /epochs instead, or try again", headers={"Retry-After": "5"})
 
+    # The slot is given back when the response is closed, which the server does whether or not
+    # the body was ever read: a HEAD request, or a client gone before the first byte, never starts
+    # the generator, so its `finally` alone would keep the slot forever.
+    give_back = threading.Lock()
+
+    def release() -> None:
+        if give_back.acquire(blocking=False):
+            streams.release()
+
     def events():
-        nonlocal last_epoch
         try:
             yield from follow()
         finally:
-            streams.release()
+            release()
 
     def follow():
         nonlocal last_epoch
@@ -529,8 +538,10 @@ def job_events(job_id: str):
                 quiet_since = time.monotonic()
             time.sleep(SSE_POLL_SECONDS)
 
-    return Response(stream_with_context(events()), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = Response(stream_with_context(events()), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(release)
+    return response
 
 
 def _sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:

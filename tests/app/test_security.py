@@ -301,3 +301,29 @@ def test_event_streams_leave_threads_for_everything_else(migrated):
     finally:
         server.shutdown()
         app.extensions["backprop"]["engine"].dispose()
+
+
+def test_event_streams_that_never_start_give_their_slot_back(migrated):
+    """A HEAD request, or a client that leaves before reading, never runs the stream's body:
+    the slot must still come back, or a few such requests shut the stream out for good."""
+    app = create_app(dataclasses.replace(migrated, web_threads=2))  # room for 1 stream
+    job_id = app.test_client().post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def request(method):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request(method, f"/v1/jobs/{job_id}/events")
+        resp = conn.getresponse()
+        status = resp.status
+        conn.close()
+        return status
+
+    try:
+        for _ in range(3):
+            assert request("HEAD") == 200
+        assert request("GET") == 200  # still a slot, after three HEADs and the GET before it closed
+        assert request("GET") == 200
+    finally:
+        server.shutdown()
+        app.extensions["backprop"]["engine"].dispose()
