@@ -64,6 +64,15 @@ def check_finite(arr: np.ndarray, path: str) -> None:
         raise validation_error([{"path": f"{path}{where}", "message": "must be a finite number"}])
 
 
+# Whole numbers from this on are not taken for class indices: float64 no longer holds every
+# whole number there, and int64 holds none beyond 2**63 (1e20 would become -2**63).
+CLASS_INDEX_LIMIT = 2**53
+
+
+def _whole_below_limit(targets: np.ndarray) -> np.ndarray:
+    return (np.mod(targets, 1) == 0) & (np.abs(targets) < CLASS_INDEX_LIMIT)
+
+
 def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     """Targets as numbers, or as class labels (strings) mapped to indices in sorted order."""
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
@@ -76,7 +85,7 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
                                  "message": "mixes class labels (strings) with other values"}])
     arr = numeric_array(value, path)
     # whole numbers become class indices, but only where int64 holds them exactly
-    if arr.ndim == 1 and np.all(np.mod(arr, 1) == 0) and np.all(np.abs(arr) < 2**53):
+    if arr.ndim == 1 and np.all(_whole_below_limit(arr)):
         return arr.astype(np.int64), None
     return arr, None
 
@@ -320,11 +329,13 @@ def targets_array(arr: np.ndarray, path: str) -> tuple[np.ndarray, list[Any] | N
         arr = arr.astype(np.dtype(arr.dtype.name) if arr.dtype.name in ("float32", "float64") else np.float64)
         check_finite(arr, path)
         return arr, None
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        return arr.astype(np.float64), None  # int64 would wrap these round to negative numbers
     return arr.astype(np.int64), None
 
 
 def _first_not_class_index(targets: np.ndarray) -> int | None:
-    bad = np.flatnonzero((np.mod(targets, 1) != 0) | (targets < 0))
+    bad = np.flatnonzero(~_whole_below_limit(targets) | (targets < 0))
     return int(bad[0]) if len(bad) else None
 
 
@@ -347,7 +358,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
             raise _npy_problem(tpath, "holds class labels (strings); task=regression needs numbers")
         classes = True
     else:
-        integral = targets.dtype.kind in "iub" or bool(np.all(np.mod(targets, 1) == 0))
+        integral = targets.dtype.kind in "iub" or bool(np.all(_whole_below_limit(targets)))
         one_hot = (targets.ndim == 2 and targets.shape[1] > 1 and bool(np.all((targets == 0) | (targets == 1)))
                    and bool(np.all(targets.sum(axis=1) == 1)))
         indices = targets.ndim == 1 and integral and targets.min() >= 0
@@ -356,8 +367,8 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
         elif task == "classification":
             if targets.ndim == 1 and not indices:
                 i = _first_not_class_index(targets)
-                raise _npy_problem(f"{tpath}[{i}]", f"{targets[i]!r} is not a class index (a whole number >= 0); "
-                                                    "task=classification")
+                raise _npy_problem(f"{tpath}[{i}]", f"{targets[i]!r} is not a class index (a whole number "
+                                                    f">= 0 and below 2**53); task=classification")
             if targets.ndim != 1 and not one_hot:
                 raise _npy_problem(tpath, f"shape {list(targets.shape)}: task=classification needs class indices, "
                                           "class labels or one-hot rows")

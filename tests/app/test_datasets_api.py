@@ -237,6 +237,32 @@ def test_task_hint_decides_what_whole_numbers_are(client):
     assert body["target_kind"] == "classes" and body["class_counts"] == {"0": 5, "1": 5}
 
 
+def test_whole_numbers_too_large_for_class_indices_are_kept_as_numbers(client, sessions):
+    """1e20 is a whole number, but no class index: cast to int64 it became -2**63. JSON, CSV and
+    NumPy uploads keep such targets as they are, continuous, and task=classification names them."""
+    from core.store import dataset_targets
+
+    x = np.arange(8, dtype=float).reshape(4, 2)
+    big = [0, 1, 1e20, 2**53]
+    bodies = [
+        created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": big})),
+        created(upload(client, "a,b,y\n" + "".join(f"{r[0]},{r[1]},{t!r}\n" for r, t in zip(x, big, strict=True)),
+                       "big.csv", target="y")),
+        created(upload(client, npz_bytes(features=x, targets=np.array([0, 1, 2**63, 2**64 - 1], np.uint64)),
+                       "big.npz")),
+    ]
+    stored = []
+    for body in bodies:
+        assert body["target_kind"] == "continuous" and body["target_dtype"] == "float64", body
+        with sessions() as s:
+            stored.append(dataset_targets(s, body["id"]))
+    np.testing.assert_array_equal(stored[0], big)
+    np.testing.assert_array_equal(stored[1], big)
+    np.testing.assert_array_equal(stored[2], [0, 1, 2.0**63, 2.0**64])
+    assert_422(client.post("/v1/datasets", json={"features": x.tolist(), "targets": big, "task": "classification"}),
+               "targets[2]", "not a class index")
+
+
 # -- validation -------------------------------------------------------------------------------
 
 HUGE = 123456.789  # written into the raw body as 1e400, which JSON parsers read as infinity
