@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from core.nn.casting import BeyondDtype, narrowed
+
 from .errors import ApiError, validation_error
 from .limits import check_dataset_limits
 
@@ -71,6 +73,21 @@ CLASS_INDEX_LIMIT = 2**53
 
 def _whole_below_limit(targets: np.ndarray) -> np.ndarray:
     return (np.mod(targets, 1) == 0) & (np.abs(targets) < CLASS_INDEX_LIMIT)
+
+
+def as_model_dtype(arr: np.ndarray, dtype, path: str, name: str | None = None) -> np.ndarray:
+    """`arr` in the model's dtype; 422 naming the first value that dtype cannot hold (1e39 in
+    float32), which would otherwise become infinite and fail the job epochs later as a
+    diverged loss. `name` names the array when `path` is not its own (a dataset_id)."""
+    try:
+        return narrowed(arr, dtype, name or path)
+    except BeyondDtype as exc:
+        cell = "".join(f"[{i}]" for i in exc.index)
+        problem = (f"{exc.value:g} is beyond the range of the model's dtype {exc.dtype.name} (largest "
+                   f"{exc.largest:.3g}); scale the data, or use dtype float64")
+        error = ({"path": f"{path}{cell}", "message": problem} if name is None
+                 else {"path": path, "message": f"{name}{cell}: {problem}"})
+        raise validation_error([error]) from None
 
 
 def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:

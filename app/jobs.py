@@ -25,11 +25,18 @@ from core.nn.network import count_parameters
 from core.nn.serialization import arrays_to_npz
 from core.nn.training import stratified_split
 from core.queue import enqueue_training
-from core.store import create_dataset, dataset_targets, load_weights, weight_shapes
+from core.store import create_dataset, dataset_arrays, dataset_targets, load_weights, weight_shapes
 
 from . import limits
 from .auth import current_tenant
-from .datasets import check_dataset_fits, dataset_summary_fields, not_found, numeric_array, parse_targets
+from .datasets import (
+    as_model_dtype,
+    check_dataset_fits,
+    dataset_summary_fields,
+    not_found,
+    numeric_array,
+    parse_targets,
+)
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .limits import (
@@ -183,12 +190,13 @@ def create_job():
             check_dataset_limits(features.shape[0], features[0].size, "dataset.features")
             targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
             check_dataset_fits(features, targets, net.input_shape)
+            features = as_model_dtype(features, net.dtype, "dataset.features")
             _check_training_fits(net, training, targets, labels, "dataset.targets")
             names = body.dataset.feature_names
             if names is not None and len(names) != features[0].size:
                 raise validation_error([{"path": "dataset.feature_names",
                                          "message": f"has {len(names)} names for {features[0].size} features"}])
-            ds = create_dataset(session, features.astype(net.dtype), targets, names, labels,
+            ds = create_dataset(session, features, targets, names, labels,
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))
         else:
@@ -199,6 +207,8 @@ def create_job():
                 raise validation_error([{"path": "dataset_id", "message":
                                          f"samples have shape {ds.feature_shape}, model.input_shape is "
                                          f"{list(net.input_shape)}"}])
+            if np.dtype(ds.feature_dtype).itemsize > net.dtype.itemsize:  # float64 data, a float32 model
+                as_model_dtype(dataset_arrays(ds)[0], net.dtype, "dataset_id", name="features")
             _check_training_fits(net, training, dataset_targets(session, ds.id), ds.class_labels, "dataset_id")
         check_compute_budget(net.parameter_count, ds.n_samples, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,

@@ -15,8 +15,8 @@ from core.nn import Network
 from core.nn.network import walk
 from core.store import load_weights
 
-from .datasets import numeric_array
-from .errors import ApiError
+from .datasets import as_model_dtype, numeric_array
+from .errors import ApiError, validation_error
 
 
 class CachedModel:
@@ -95,7 +95,14 @@ def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str) 
                        f"{path}: expected rows of shape {list(net.input_shape)}, got {list(x.shape[1:])}",
                        errors=[{"path": path, "message": f"expected shape (n, {', '.join(map(str, net.input_shape))}),"
                                                          f" got {tuple(x.shape)}"}])
-    out = net.forward(x)
+    x = as_model_dtype(x, net.dtype, path)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is answered just below
+        out = net.forward(x)
+    overflowed = np.flatnonzero(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))
+    if len(overflowed):  # finite inputs, yet too large for the weights: NaN is no answer (nor JSON)
+        raise validation_error([{"path": f"{path}[{overflowed[0]}]", "message":
+                                 f"the network's output for this row is not finite: its values overflow "
+                                 f"{net.dtype.name} inside the network; scale it as the training data was"}])
     loss = net.spec["loss"]
     if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
         idx = out.argmax(axis=-1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import Activation, _sigmoid
+from .casting import narrowed
 
 
 class Loss:
@@ -22,7 +23,7 @@ class Loss:
             y = y.reshape(y.shape + (1,)) if output_shape[-1] == 1 else y
         if y.shape[1:] != tuple(output_shape):
             raise ValueError(f"targets have shape {y.shape[1:]} per sample, the network outputs {tuple(output_shape)}")
-        return y.astype(dtype, copy=False)
+        return narrowed(y, dtype, "targets")
 
     def __call__(self, activation: Activation, z: np.ndarray, y: np.ndarray,
                  sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:

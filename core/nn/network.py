@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .activations import get_activation
+from .casting import narrowed
 from .layers import LAYERS
 from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
@@ -174,7 +175,7 @@ class Network:
         return None
 
     def as_input(self, x) -> np.ndarray:
-        x = np.asarray(x, dtype=self.dtype)
+        x = narrowed(x, self.dtype, "inputs")
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"inputs must have shape (n, {', '.join(map(str, self.input_shape))}), got {x.shape}")
         return x

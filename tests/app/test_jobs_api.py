@@ -126,6 +126,40 @@ def test_predict_rejects_wrong_shapes(client, sessions):
     assert resp.status_code == 422
 
 
+def test_values_beyond_float32_are_refused_at_submission_and_at_predict(client, sessions):
+    """float32 cannot hold 1e39: cast, it became infinite, and the job failed epochs later as
+    "the weights became non-finite". Submission and predict name the value instead."""
+    x, y = iris()
+    x = x.copy()
+    x[7, 2] = 1e300
+    ds = client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}).get_json()["id"]
+    resp = submit(client, {**iris_job(), "dataset": None, "dataset_id": ds})
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["errors"][0]
+    assert error["path"] == "dataset_id" and error["message"].startswith("features[7][2]: 1e+300 is beyond"), error
+    as_float64 = iris_job(epochs=2)
+    as_float64["model"]["dtype"] = "float64"
+    assert submit(client, {**as_float64, "dataset": None, "dataset_id": ds}).status_code == 202
+
+    job_id = trained_job(client, sessions, iris_job(epochs=2))
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": [[1, 1, 1, 1], [1, 1e39, 1, 1]]})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "instances[1][1]", resp.get_json()
+
+
+def test_predict_refuses_rows_whose_output_overflows(client, sessions):
+    """Finite float32 inputs can still overflow inside the network: NaN is neither an answer nor
+    JSON, so the row is named instead."""
+    body = {"model": {"input_shape": [2], "layers": [{"type": "dense", "units": 1}], "loss": "mse"},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 0.1}, "epochs": 200},
+            "dataset": {"features": [[0, 1], [1, 0], [1, 1], [0, 0]] * 10, "targets": [3, 3, 6, 0] * 10}}
+    job_id = trained_job(client, sessions, body)
+    ok = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[1, 1]]})
+    assert ok.status_code == 200 and abs(ok.get_json()["predictions"][0] - 6) < 0.5
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[1, 1], [3e38, 3e38]]})
+    assert resp.status_code == 422, resp.get_json()
+    assert resp.get_json()["errors"][0]["path"] == "inputs[1]" and "not finite" in resp.get_json()["detail"]
+
+
 def _with(path: str, value):
     body = iris_job()
     target = body
@@ -174,7 +208,18 @@ BAD_INPUTS = [
      "0 validation samples"),
     ("labels with a regression loss", lambda: _regression_with_labels(), "dataset.targets",
      "need a classification loss"),
+    ("beyond float32", lambda: _with("dataset.features.1", [1e39, 0, 0, 0]), "dataset.features[1][0]",
+     "beyond the range of the model's dtype float32"),
+    ("regression target beyond float32", lambda: _regression_target(1e300), "dataset.targets",
+     "beyond the range of float32"),
 ]
+
+
+def _regression_target(value):
+    body = _with("model.loss", "mse")
+    body["model"]["layers"][1].update(activation="linear", units=1)
+    body["dataset"]["targets"] = [0.5] * 149 + [value]
+    return body
 
 
 def _regression_with_labels():
