@@ -12,6 +12,7 @@ from .casting import narrowed
 from .layers import LAYERS
 from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
+from .layers.regularization import BatchNorm
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
 
@@ -286,6 +287,10 @@ class Network:
         if unknown:
             raise ValueError(f"cannot freeze unknown layers {unknown}; layers are {sorted(names)}")
         self.frozen = set(layer_names)
+        for top in self.layers:
+            for layer in walk([top]):
+                if isinstance(layer, BatchNorm):  # see BatchNorm
+                    layer.frozen = top.name in self.frozen
 
     def layer_norms(self, arrays: dict[str, np.ndarray]) -> dict[str, float]:
         """L2 norm per top-level layer over the given arrays (weights or gradients)."""

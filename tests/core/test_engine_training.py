@@ -431,6 +431,41 @@ def test_fine_tuning_with_a_frozen_layer():
         tuned.freeze(["dense_9"])
 
 
+def test_a_frozen_batch_norm_keeps_what_it_computes():
+    """Frozen, batch norm normalizes with its moving statistics in training too and leaves them
+    alone (as in Keras): a wholly frozen network predicts the same after training, and layers
+    around a frozen batch norm learn through it with the right gradients."""
+    from tests.core.gradcheck import check_gradients, make
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 4)) * 3 + 5, rng.standard_normal(64)
+    spec = {"input_shape": [4], "loss": "mse", "layers": [
+        {"type": "dense", "units": 4}, {"type": "batch_norm", "name": "bn"}, {"type": "dense", "units": 1}]}
+    net = Network.from_spec(spec, seed=0)
+    net.set_weights({**net.get_weights(), "bn/moving_mean": np.full(4, 0.5), "bn/moving_variance": np.full(4, 2.0)})
+    net.freeze(["dense_0", "bn", "dense_1"])
+    before, stats = net.forward(x), {k: v.copy() for k, v in net.buffers().items()}
+    Trainer(net, {"epochs": 3, "optimizer": {"type": "sgd"}}).fit(x, y)
+    np.testing.assert_array_equal(net.forward(x), before)
+    for k, v in net.buffers().items():
+        np.testing.assert_array_equal(v, stats[k])
+
+    net.freeze(["bn"])  # the dense layers learn, through the frozen normalization
+    result = Trainer(net, {"epochs": 3, "optimizer": {"type": "sgd"}}).fit(x, y)
+    assert set(result.history[0]["grad_norms"]) == {"dense_0", "dense_1"}
+    for k, v in net.buffers().items():
+        np.testing.assert_array_equal(v, stats[k])
+    net.freeze([])  # unfrozen, it normalizes with the batch's statistics again
+    Trainer(net, {"epochs": 1, "optimizer": {"type": "sgd"}}).fit(x, y)
+    assert not np.array_equal(net.buffers()["bn/moving_mean"], stats["bn/moving_mean"])
+
+    checked = make(spec["layers"], [4])
+    checked.set_weights({**checked.get_weights(), "bn/moving_mean": np.full(4, 0.5),
+                         "bn/moving_variance": np.full(4, 2.0)})
+    checked.freeze(["bn"])
+    check_gradients(checked, x[:8], y[:8, None])
+
+
 def test_set_weights_checks_names_and_shapes():
     net = classifier()
     w = net.get_weights()

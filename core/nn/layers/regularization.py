@@ -74,7 +74,9 @@ class BatchNorm(Layer):
     Defaults follow Keras: momentum 0.99 (moving = momentum * moving + (1 - momentum) * batch),
     epsilon 1e-3, axis -1 (the feature axis of dense outputs and of channels_last images; use
     axis 1 after a channels_first conv). `axis` counts the batch axis as 0, as Keras does.
-    Training normalizes with the batch's statistics; inference with the moving ones."""
+    Training normalizes with the batch's statistics; inference with the moving ones. A frozen
+    layer (Network.freeze) normalizes with the moving ones in training too and leaves them
+    alone, as in Keras: fine-tuning must not change what the frozen part computes."""
 
     type_name = "batch_norm"
     fields = {
@@ -89,6 +91,7 @@ class BatchNorm(Layer):
     def __init__(self, config, name):
         super().__init__(config, name)
         self.stochastic = True
+        self.frozen = False
 
     @classmethod
     def check_extra(cls, checked, path, errors):
@@ -116,7 +119,8 @@ class BatchNorm(Layer):
         eps = self.config["epsilon"]
         gamma = self.params["gamma"].reshape(self.bshape)
         beta = self.params["beta"].reshape(self.bshape)
-        if training:
+        batch_stats = training and not self.frozen
+        if batch_stats:
             mean = x.mean(axis=self.reduce, keepdims=True)
             xc = x - mean
             var = (xc * xc).mean(axis=self.reduce, keepdims=True)
@@ -132,7 +136,7 @@ class BatchNorm(Layer):
         inv_std = 1 / np.sqrt(var + eps)
         xhat = xc * inv_std
         if training:
-            self._inv_std, self._xhat = inv_std, xhat
+            self._inv_std, self._xhat, self._batch_stats = inv_std, xhat, batch_stats
         return xhat * gamma + beta
 
     def backward(self, dy):
@@ -140,6 +144,8 @@ class BatchNorm(Layer):
         dy.sum(axis=self.reduce, out=self.grads["beta"])
         (dy * xhat).sum(axis=self.reduce, out=self.grads["gamma"])
         dxhat = dy * self.params["gamma"].reshape(self.bshape)
+        if not self._batch_stats:  # the moving statistics are constants
+            return dxhat * inv_std
         # mean and variance depend on x too: dx = (dxhat - mean(dxhat) - xhat * mean(dxhat*xhat)) / std
         return inv_std * (dxhat - dxhat.mean(axis=self.reduce, keepdims=True)
                           - xhat * (dxhat * xhat).mean(axis=self.reduce, keepdims=True))
