@@ -223,6 +223,8 @@ class Trainer:
         result = FitResult(history=self.history)
         if self.stopped:  # resumed from a checkpoint taken as the run was stopping: it stays stopped
             result.stop_reason, result.best_epoch = self.stopped, self.best_epoch
+            if self._restores_best(self.stopped):  # done before that checkpoint was taken
+                result.restored_epoch = self.best_epoch
             return result
         # The optimizer updates the trainable runs of the network's flat weight vector (one run
         # unless a layer inside is frozen), so a step costs the same few calls for any network.
@@ -279,7 +281,7 @@ class Trainer:
             self.epoch = epoch
             self.history.append(record)
             stop = self.stopped = self._early_stopping(record) or self._target_reached(record)
-            if stop == "early_stopping" and cfg["early_stopping"]["restore_best_weights"] and self.best_weights:
+            if self._restores_best(stop):
                 net.set_weights(self.best_weights)
                 result.restored_epoch = self.best_epoch
             if on_epoch is not None:
@@ -289,6 +291,10 @@ class Trainer:
                 break
         result.best_epoch = self.best_epoch
         return result
+
+    def _restores_best(self, stop: str | None) -> bool:
+        return bool(stop == "early_stopping" and self.cfg["early_stopping"]["restore_best_weights"]
+                    and self.best_weights)
 
     def _clip(self, grads):
         if self.cfg["clip_value"]:

@@ -502,3 +502,20 @@ def test_resume_from_a_checkpoint_taken_when_the_target_was_reached_stays_stoppe
     resumed.load_state(meta, arrays)
     again = resumed.fit(x, y)
     assert again.stop_reason == "target_reached" and resumed.epoch == first.epoch
+    assert again.restored_epoch is None
+
+
+def test_resume_from_a_checkpoint_taken_when_early_stopping_restored_says_so():
+    """The worker takes a job's metrics from the restored epoch: a run resumed from the
+    checkpoint of its stopping epoch must still report which epoch its weights are from."""
+    x, y = blobs()
+    training = {"epochs": 20, "early_stopping": {"monitor": "loss", "patience": 2, "min_delta": 100.0}}
+    saved = {}
+    first = Trainer(classifier(), training)
+    result = first.fit(x, y, on_epoch=lambda r, t: saved.update(state=t.state()))
+    assert result.stop_reason == "early_stopping" and result.restored_epoch == result.best_epoch == 1
+    resumed = Trainer(classifier(), training)
+    resumed.load_state(*saved["state"])
+    again = resumed.fit(x, y)
+    assert (again.stop_reason, again.best_epoch, again.restored_epoch) == ("early_stopping", 1, 1)
+    assert_same_weights(resumed.net.get_weights(), first.net.get_weights())
