@@ -82,6 +82,11 @@ class Network:
             raise SpecError([{"path": f"model.layers[{len(self.layers) - 1}].activation",
                               "message": f"loss {spec['loss']} needs a {self.loss.requires_activation[0]} "
                                          f"output layer, got {out_act}"}])
+        if out_act == "softmax" and isinstance(last, Conv2D) and not last.channels_last:
+            # the output activation runs over the last axis, which here is the width
+            raise SpecError([{"path": f"model.layers[{len(self.layers) - 1}].data_format",
+                              "message": "a softmax output over channels needs channels_last: with "
+                                         "channels_first it would run over the image's width"}])
         # The output activation is applied by the loss (fused gradients) or at inference.
         self.output_activation = get_activation(out_act)
         if isinstance(last, ActivatedLayer):

@@ -346,6 +346,22 @@ def test_spec_errors_name_paths():
                                            "model.layers[0].kernels"}
 
 
+def test_a_softmax_output_over_channels_first_is_refused():
+    """The output layer's softmax runs over the last axis, which for channels_first is the width,
+    whereas the same conv as a hidden layer normalizes over the channels: refused, not computed."""
+    conv = {"type": "conv2d", "filters": 3, "kernel_size": 1, "activation": "softmax",
+            "data_format": "channels_first"}
+    with pytest.raises(SpecError) as exc:
+        Network.from_spec({"input_shape": [2, 4, 5], "loss": "categorical_crossentropy", "layers": [conv]})
+    assert exc.value.errors[0]["path"] == "model.layers[0].data_format"
+    hidden = Network.from_spec({"input_shape": [2, 4, 5], "loss": "mse",
+                                "layers": [conv, {"type": "activation", "activation": "linear"}]})
+    out = hidden.forward(np.random.default_rng(0).standard_normal((2, 2, 4, 5)))
+    np.testing.assert_allclose(out.sum(axis=1), 1, rtol=1e-6)  # hidden: a softmax over the channels
+    relu = {**conv, "activation": "relu"}  # element-wise output activations do not care
+    Network.from_spec({"input_shape": [2, 4, 5], "loss": "mse", "layers": [relu]})
+
+
 def test_shape_errors_name_the_layer():
     errors = spec_errors([{"type": "conv2d", "filters": 2, "kernel_size": 3},
                           {"type": "conv2d", "filters": 2, "kernel_size": 7, "name": "big"}])
