@@ -70,6 +70,11 @@ def check_training_spec(spec: Any) -> dict[str, Any]:
                                              "training.early_stopping", errors)
     if out.get("target") is not None:
         out["target"] = check_object(out["target"], TARGET_FIELDS, "training.target", errors)
+    opt, sched = out.get("optimizer") or {}, out.get("lr_schedule") or {}
+    if sched.get("min_lr") is not None and opt.get("learning_rate") is not None \
+            and sched["min_lr"] > opt["learning_rate"]:  # a schedule that decays upwards
+        errors.append({"path": "training.lr_schedule.min_lr",
+                       "message": f"must be at most the learning rate ({opt['learning_rate']:g})"})
     if errors:
         raise SpecError(errors)
     return out
