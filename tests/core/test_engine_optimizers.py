@@ -208,7 +208,8 @@ def test_optimizer_state_is_a_snapshot():
 # -- schedules --------------------------------------------------------------------------------
 
 def schedule(epochs=10, base_lr=0.1, **config):
-    checked = check_training_spec({"lr_schedule": config})["lr_schedule"]
+    checked = check_training_spec({"optimizer": {"type": "sgd", "learning_rate": base_lr},
+                                   "lr_schedule": config})["lr_schedule"]
     return SCHEDULES[checked["type"]](checked, base_lr, epochs)
 
 
