@@ -160,7 +160,13 @@ class CategoricalCrossEntropy(Loss):
                 raise ValueError(f"class labels must be in 0..{k - 1} for an output layer of {k} units")
             return y.astype(np.intp)
         if y.shape[1:] == tuple(output_shape):
-            return y.astype(dtype, copy=False)
+            rows = y.reshape(-1, k).astype(np.float64)
+            sums = rows.sum(axis=1)
+            bad = np.flatnonzero((rows < 0).any(axis=1) | (rows > 1).any(axis=1) | (np.abs(sums - 1) > 1e-3))
+            if len(bad):  # a negative "probability" makes the loss unbounded below
+                raise ValueError(f"targets given as one-hot or probability rows need values in [0, 1] that sum "
+                                 f"to 1; sample {bad[0] // (len(rows) // len(y))} has {rows[bad[0]].tolist()!r:.80}")
+            return narrowed(y, dtype, "targets")
         raise ValueError(
             f"targets must be class indices of shape (n{''.join(f', {d}' for d in lead)}) or "
             f"one-hot rows of shape (n, {', '.join(map(str, output_shape))}); got {y.shape}")

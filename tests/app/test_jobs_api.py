@@ -212,6 +212,8 @@ BAD_INPUTS = [
      "beyond the range of the model's dtype float32"),
     ("regression target beyond float32", lambda: _regression_target(1e300), "dataset.targets",
      "beyond the range of float32"),
+    ("not probability rows", lambda: _with("dataset.targets", [[-3, 4, 0]] * 150), "dataset.targets",
+     "in [0, 1] that sum to 1"),
 ]
 
 

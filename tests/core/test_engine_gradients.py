@@ -111,6 +111,18 @@ def test_integer_and_one_hot_labels_agree():
             np.testing.assert_allclose(gi[key], go[key], rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("rows", [[[-3, 4], [0, 1]], [[0.3, 0.9], [0, 1]], [[0, 0], [1, 0]], [[1, 0], [2, -1]]],
+                         ids=["negative", "sum over 1", "sum 0", "second row"])
+def test_categorical_targets_must_be_probability_rows(rows):
+    """A negative "probability" makes the cross-entropy unbounded below: such a job trained
+    until it diverged. Rows outside [0, 1], or that do not sum to 1, are refused up front."""
+    net = build([dense(2, "softmax")], "categorical_crossentropy")
+    with pytest.raises(ValueError, match="in \\[0, 1\\] that sum to 1; sample"):
+        net.loss.prepare_targets(np.array(rows), net.output_shape, net.dtype)
+    soft = np.array([[0.25, 0.75], [1.0, 0.0]])
+    np.testing.assert_array_equal(net.loss.prepare_targets(soft, net.output_shape, net.dtype), soft)
+
+
 @pytest.mark.parametrize("penalty", [{"l2": 0.05}, {"l1": 0.03}, {"l1": 0.02, "l2": 0.04}],
                          ids=["l2", "l1", "l1+l2"])
 def test_dense_penalty_gradients(penalty):
