@@ -28,6 +28,9 @@ def _find_bad_cell(value: list, path: str) -> dict[str, str]:
         if depth == len(expected):
             if isinstance(v, bool) or not isinstance(v, int | float):
                 return {"path": p, "message": f"must be a number, got {type(v).__name__} {v!r:.40}"}
+            if isinstance(v, int) and not -2**63 <= v < 2**64:  # NumPy keeps such an int as an object
+                return {"path": p, "message": f"a whole number of {len(str(abs(v)))} digits is out of range; "
+                                              "write a large value as a float (it must stay finite)"}
             return None
         if not isinstance(v, list) or len(v) != expected[depth]:
             got = f"{len(v)} values" if isinstance(v, list) else type(v).__name__

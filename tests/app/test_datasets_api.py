@@ -287,6 +287,8 @@ JSON_CASES = [
     ("non-finite", _iris_body(features=_set(7, [0.1, HUGE, 0.2, 0.3])), "features[7][1]", "finite"),
     ("ragged rows", _iris_body(features=_set(3, [1.0, 2.0])), "features[3]", "ragged"),
     ("non-numeric", _iris_body(features=_set(2, [1.0, "x", 2.0, 3.0])), "features[2][1]", "must be a number"),
+    ("huge whole number", _iris_body(features=_set(5, [1, 2, 10**400, 3])), "features[5][2]",
+     "a whole number of 401 digits is out of range"),
     ("empty features", _iris_body(features=[]), "features", "non-empty"),
     ("samples without values", _iris_body(features=[[]] * 150), "features", "no values"),
     ("single class", _iris_body(targets=[1] * 150), "targets", "only one class"),
