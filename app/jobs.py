@@ -263,7 +263,7 @@ def list_jobs():
     stmt = select(Job).where(Job.tenant == current_tenant())
     if q.status:
         statuses = [s.strip() for s in q.status.split(",") if s.strip()]
-        bad = [s for s in statuses if s not in JobStatus.ALL]
+        bad = [s for s in statuses if s not in JobStatus.ALL] or ([] if statuses else [q.status])
         if bad:
             raise validation_error([{"path": "status", "message": f"unknown status {bad[0]!r}; one of "
                                                                   f"{', '.join(JobStatus.ALL)}"}])

@@ -105,6 +105,9 @@ def test_status_filter_applies_before_the_limit(client, six_jobs):
     assert rest == succeeded[2:] and cursor is None
     both, _ = listed(client, "?status=failed,queued")
     assert both == [ids[5], ids[4], ids[1]]
+    for bad in ("runing", ",", "%20"):  # unknown, or naming no status at all (it used to list none)
+        resp = client.get(f"/v1/jobs?status={bad}")
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "status", resp.get_json()
 
 
 def test_created_after_and_before(client, six_jobs):
