@@ -167,7 +167,7 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
     if not target:
         raise validation_error([{"path": "target", "message": "name the CSV column that holds the targets "
                                                               "(?target=COLUMN, or a `target` form field)"}])
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # a stray quote is an error
     header: list[str] | None = None
     rows: list[list[str]] = []
     lines: list[int] = []
@@ -185,6 +185,10 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
             rows.append(row)
             lines.append(reader.line_num)
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):  # it swallowed every line after its opening quote
+            start = (lines[-1] if lines else header_line if header is not None else 0) + 1
+            raise validation_error([{"path": f"line {start}", "message": "not valid CSV: a quoted value that "
+                                     "starts on this line or the next ones is never closed"}]) from None
         raise validation_error([{"path": f"line {reader.line_num}", "message": f"not valid CSV: {exc}"}]) from None
     if header is None:
         raise validation_error([{"path": part, "message": "is empty: expected a header row and data rows"}])

@@ -336,6 +336,8 @@ CSV_CASES = [
     ("repeated column", "a,a,species\n1,2,x\n3,4,y\n", "species", "line 1", "column name 'a' repeats"),
     ("single class", iris_csv(["virginica"] * 150), "species", "targets", "only one class ('virginica')"),
     ("not utf-8", "a,species\n\xff\xfe,1\n".encode("latin-1"), "species", "file", "is not utf-8 text"),
+    ("unclosed quote", "a,b,y\n1,2,0\n1,2,\"0\n3,4,1\n5,6,0\n", "y", "line 3", "is never closed"),
+    ("stray quote", "a,b,y\n1,2,0\n1,2,\"0\"1\n3,4,1\n", "y", "line 3", "not valid CSV"),
 ]
 
 
