@@ -25,7 +25,14 @@ from core.nn.network import count_parameters
 from core.nn.serialization import arrays_to_npz
 from core.nn.training import stratified_split
 from core.queue import enqueue_training
-from core.store import create_dataset, dataset_arrays, dataset_targets, load_weights, weight_shapes
+from core.store import (
+    cancel_between_attempts,
+    create_dataset,
+    dataset_arrays,
+    dataset_targets,
+    load_weights,
+    weight_shapes,
+)
 
 from . import limits
 from .auth import current_tenant
@@ -289,25 +296,23 @@ def get_job(job_id: str):
 
 @bp.post("/<job_id>/cancel")
 @doc("Cancel a queued or running job", response=JobOut, status=202, errors=(404, 409), tag=TAG,
-     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops within "
-                 "an epoch, keeping the weights of its last finished epoch. 409 `job_finished` once it ended.")
+     description="A queued job is cancelled at once (one that ran before keeps what its last checkpoint holds); "
+                 "a running one becomes `cancelling` and stops within an epoch, keeping the weights of its last "
+                 "finished epoch. 409 `job_finished` once it ended.")
 def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
-        job = load_job(session, job_id)
-        # each change is guarded by the status it expects, so a worker that claims or finishes the
-        # job at this very moment is never overwritten (a finished job stays finished)
-        cancelled = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(status=JobStatus.CANCELLED, stop_reason="cancelled", finished_at=utcnow(), cancel_requested=True)
-            .execution_options(synchronize_session=False)).rowcount
-        if not cancelled:
-            session.execute(
-                update(Job).where(Job.id == job_id, Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
-                .values(status=JobStatus.CANCELLING, cancel_requested=True)
-                .execution_options(synchronize_session=False))
-        session.refresh(job)
-        if job.status in JobStatus.TERMINAL and not cancelled:
+        load_job(session, job_id)
+        # the row lock orders this against a worker claiming or finishing the job at this very
+        # moment (they lock it too), so a finished job stays finished
+        job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        if job.status == JobStatus.QUEUED:
+            # no attempt runs it: it ends now, with what its checkpoint holds if it has run before
+            cancel_between_attempts(session, job)
+        elif job.status in (JobStatus.RUNNING, JobStatus.CANCELLING):
+            job.status, job.cancel_requested = JobStatus.CANCELLING, True
+        else:
             raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}", job_status=job.status)
+        session.flush()
         body = job_json(job)  # the state this request left, whatever a worker does next
     resp = current_app.response_class(current_app.json.dumps(body), status=202, mimetype="application/json")
     resp.headers["Location"] = body["links"]["self"]

@@ -11,7 +11,10 @@ import numpy as np
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from .db import Dataset, EpochRecord, Job, WeightArray
+from .db import Checkpoint, Dataset, EpochRecord, Job, JobStatus, WeightArray
+from .db.models import utcnow
+from .nn.serialization import arrays_from_npz
+from .nn.training import weights_in_state
 
 # only plain numeric dtypes ever go into or come out of the database
 ARRAY_DTYPES = {"float32", "float64", "int64", "int32", "uint8", "bool"}
@@ -92,6 +95,37 @@ def _json_number(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _json_number(x) for k, x in v.items()}
     return v
+
+
+def epoch_metrics(record: EpochRecord) -> dict[str, Any]:
+    """A stored epoch as the job's `metrics`."""
+    return {"loss": record.loss, **record.metrics}
+
+
+def forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
+    """Drop the epochs after `epoch` (trained again by the next attempt, or not kept), and take
+    the job's progress and metrics back to that epoch's."""
+    session.execute(delete(EpochRecord).where(EpochRecord.job_id == job.id, EpochRecord.epoch > epoch))
+    job.epochs_done = epoch
+    kept = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job.id,
+                                                     EpochRecord.epoch == epoch)).first() if epoch else None
+    job.metrics = None if kept is None else epoch_metrics(kept)
+
+
+def cancel_between_attempts(session: Session, job: Job) -> None:
+    """Cancel a job that no attempt is running (queued, or claimed with a cancel already asked
+    for). It keeps exactly what its checkpoint holds: those weights, the epochs up to it and that
+    epoch's metrics. Epochs after the checkpoint, or all of them without one, have no stored
+    weights (the next attempt would have trained them again), so they go too: status, history,
+    metrics and weights always describe the same epoch."""
+    checkpoint = session.get(Checkpoint, job.id)
+    if checkpoint is not None:
+        arrays, _ = arrays_from_npz(checkpoint.data)
+        save_weights(session, job.id, weights_in_state(arrays))
+    forget_epochs_after(session, job, checkpoint.epoch if checkpoint is not None else 0)
+    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
+    job.status, job.stop_reason, job.finished_at = JobStatus.CANCELLED, "cancelled", utcnow()
+    job.cancel_requested = True
 
 
 def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> None:

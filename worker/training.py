@@ -21,14 +21,21 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
-from core.db import Checkpoint, EpochRecord, Job, JobStatus
+from core.db import Checkpoint, Dataset, EpochRecord, Job, JobStatus
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
 from core.nn.serialization import arrays_from_npz, arrays_to_npz
 from core.nn.training import weights_in_state
-from core.store import add_epochs, dataset_arrays, load_weights, save_weights
+from core.store import (
+    add_epochs,
+    cancel_between_attempts,
+    dataset_arrays,
+    forget_epochs_after,
+    load_weights,
+    save_weights,
+)
 
 log = logging.getLogger("backprop.worker")
 
@@ -45,9 +52,8 @@ class Claim:
     attempt: int
     model_spec: dict[str, Any]
     training_spec: dict[str, Any]
-    x: Any
-    y: Any
-    start_weights: dict | None
+    dataset_id: str
+    init_from: str | None
     freeze: list[str] | None
     checkpoint: bytes | None
     started_at: Any
@@ -168,11 +174,6 @@ def _heartbeat_fresh(job: Job, settings: Settings) -> bool:
     return (utcnow() - job.heartbeat_at).total_seconds() < settings.stale_after_seconds
 
 
-def _forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
-    session.execute(delete(EpochRecord).where(EpochRecord.job_id == job.id, EpochRecord.epoch > epoch))
-    job.epochs_done = epoch
-
-
 def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> Claim | None:
     with sessions.begin() as session:
         job = session.get(Job, job_id, with_for_update=True)
@@ -185,15 +186,10 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING) and _heartbeat_fresh(job, settings):
             log.info("job %s is running elsewhere (attempt %s); duplicate message dropped", job_id, job.attempts)
             return None
-        checkpoint = session.get(Checkpoint, job_id)
         if job.cancel_requested:
-            if checkpoint is not None:  # keep what the checkpoint holds, and report exactly that
-                arrays, _ = arrays_from_npz(checkpoint.data)
-                save_weights(session, job_id, weights_in_state(arrays))
-                _forget_epochs_after(session, job, checkpoint.epoch)
-            job.status, job.finished_at, job.stop_reason = JobStatus.CANCELLED, utcnow(), "cancelled"
-            session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
+            cancel_between_attempts(session, job)
             return None
+        checkpoint = session.get(Checkpoint, job_id)
         if job.attempts >= settings.max_attempts:
             job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
             job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost each time "
@@ -207,17 +203,24 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         job.heartbeat_at = utcnow()
         job.worker = worker
         # epochs after the checkpoint will be trained again, and written again, by this attempt
-        _forget_epochs_after(session, job, checkpoint.epoch if checkpoint is not None else 0)
-        x, y = dataset_arrays(job.dataset)
-        start = None
-        if job.init_from and checkpoint is None:
-            start = load_weights(session, job.init_from)
-            if not start:  # never train "fine-tuning" from random weights without saying so
-                job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
-                job.error = f"init_from job {job.init_from} has no stored weights to start from"
-                return None
-        return Claim(job.attempts, job.model_spec, job.training_spec, x, y, start, job.freeze,
+        forget_epochs_after(session, job, checkpoint.epoch if checkpoint is not None else 0)
+        # committed before the data is read, so that a worker killed while reading it (a large
+        # dataset, out of memory) has still used up an attempt, and BACKPROP_MAX_ATTEMPTS ends it
+        return Claim(job.attempts, job.model_spec, job.training_spec, job.dataset_id, job.init_from, job.freeze,
                      checkpoint.data if checkpoint is not None else None, job.started_at)
+
+
+def _load(sessions: sessionmaker[Session], claim: Claim) -> tuple[Any, Any, dict | None]:
+    """The claimed job's data, and the weights fine-tuning starts from (None when it resumes
+    from a checkpoint, which holds its own)."""
+    with sessions() as session:
+        x, y = dataset_arrays(session.get(Dataset, claim.dataset_id))
+        if not claim.init_from or claim.checkpoint is not None:
+            return x, y, None
+        start = load_weights(session, claim.init_from)
+    if not start:  # never train "fine-tuning" from random weights without saying so
+        raise ValueError(f"init_from job {claim.init_from} has no stored weights to start from")
+    return x, y, start
 
 
 def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, error=None,
@@ -260,21 +263,27 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     writer = EpochWriter(attempt, settings)
     monitor = Monitor(attempt, settings, claim.started_at, hand_back)
     try:
-        net = Network.from_spec(claim.model_spec, seed=claim.training_spec["seed"])
-        if claim.start_weights:  # fine-tuning: backpropagation continues from the parent's weights
-            net.set_weights(claim.start_weights)
-        net.freeze(claim.freeze or [])
-        trainer = Trainer(net, claim.training_spec)
-        if claim.checkpoint:
-            arrays, meta = arrays_from_npz(claim.checkpoint)
-            trainer.load_state(meta, arrays)
-        monitor.start()
+        monitor.start()  # the heartbeat covers reading the data too
         try:
-            result = trainer.fit(claim.x, claim.y, on_epoch=writer.on_epoch, should_stop=monitor.should_stop)
+            x, y, start_weights = _load(sessions, claim)
+            net = Network.from_spec(claim.model_spec, seed=claim.training_spec["seed"])
+            if start_weights:  # fine-tuning: backpropagation continues from the parent's weights
+                net.set_weights(start_weights)
+            net.freeze(claim.freeze or [])
+            trainer = Trainer(net, claim.training_spec)
+            if claim.checkpoint:
+                arrays, meta = arrays_from_npz(claim.checkpoint)
+                trainer.load_state(meta, arrays)
+                writer.last_weights = weights_in_state(arrays)  # kept if stopped before another epoch ends
+            result = trainer.fit(x, y, on_epoch=writer.on_epoch, should_stop=monitor.should_stop)
         finally:
             monitor.stop()
         if monitor.reason == "superseded":
             raise Superseded(job_id)
+        if result.stop_reason != "cancelled":
+            # the run ended on its own; a reason the heartbeat found after that (the time limit
+            # passing during the last epoch's writes) stopped nothing
+            monitor.reason = None
         if monitor.reason == "handed back":
             _hand_back(attempt)
             log.info("job %s attempt %d handed back: the worker is shutting down", job_id, claim.attempt)

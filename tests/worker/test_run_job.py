@@ -4,6 +4,7 @@ checkpoint -> resume, fencing of stale attempts, attempt limits, time limits, ca
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -287,3 +288,132 @@ def test_restored_best_weights_come_with_that_epochs_metrics(client, sessions, f
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
     assert job["metrics"]["loss"] == epochs[0]["loss"] != epochs[-1]["loss"]
     assert job["metrics"]["val_accuracy"] == epochs[0]["val_accuracy"]
+
+
+# -- a job stopped between or early in attempts keeps one consistent state ----------------------
+# Status, progress, epoch history, metrics and weights must all describe the same epoch: the
+# checkpoint's when the job stops before another epoch ends, none at all without a checkpoint.
+
+def crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch, checkpoints=True) -> str:
+    """A running job whose worker died during epoch 8, the last checkpoint at epoch 5 (none if
+    `checkpoints` is false), its heartbeat stale: what the next claim finds."""
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2))
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    original = training.EpochWriter.on_epoch
+
+    def on_epoch(self, record, trainer):
+        checkpoint_now = checkpoints and record["epoch"] <= 5
+        self.settings = dataclasses.replace(fast, checkpoint_seconds=0.0 if checkpoint_now else 1e9)
+        original(self, record, trainer)
+        if record["epoch"] == 8:
+            raise WorkerDied
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    with pytest.raises(WorkerDied):
+        run_job(sessions, job_id, settings=fast)
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", original)
+    with sessions.begin() as s:
+        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+    return job_id
+
+
+def assert_describes_epoch(client, sessions, job_id, epoch: int) -> None:
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["progress"]["epoch"] == epoch and epochs_of(sessions, job_id) == list(range(1, epoch + 1))
+    with sessions() as s:
+        assert s.get(Checkpoint, job_id) is None
+    weights = client.get(f"/v1/jobs/{job_id}/weights")
+    if epoch == 0:
+        assert job["metrics"] is None and weights.status_code == 409
+        return
+    last = client.get(f"/v1/jobs/{job_id}/epochs").get_json()["epochs"][-1]
+    assert job["metrics"]["loss"] == last["loss"] and job["metrics"]["val_loss"] == last["val_loss"]
+    stored = weights.get_json()["weights"]
+    norm = np.sqrt(sum(np.sum(np.square(w["values"])) for w in stored if w["layer"] == "dense_0"))
+    assert norm == pytest.approx(last["weight_norms"]["dense_0"], rel=1e-5)
+
+
+def test_a_resumed_attempt_cancelled_before_an_epoch_ends_keeps_the_checkpoint(client, sessions, fast,
+                                                                                monkeypatch):
+    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch)
+    claim = training._claim
+
+    def claim_then_cancel(*args):
+        claimed = claim(*args)
+        assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelling"
+        return claimed
+
+    monkeypatch.setattr(training, "_claim", claim_then_cancel)
+    run_job(sessions, job_id, settings=fast)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert_describes_epoch(client, sessions, job_id, 5)
+
+
+def test_a_resumed_attempt_out_of_time_before_an_epoch_ends_keeps_the_checkpoint(client, sessions, fast,
+                                                                                  monkeypatch):
+    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch)
+    with sessions.begin() as s:
+        s.execute(update(Job).values(started_at=utcnow() - timedelta(seconds=5)))
+    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=1))
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["stop_reason"] == "time limit" and "after epoch 5" in job["error"]
+    assert_describes_epoch(client, sessions, job_id, 5)
+
+
+@pytest.mark.parametrize("checkpoints", [True, False], ids=["checkpoint", "no checkpoint"])
+def test_cancel_seen_at_claim_keeps_the_checkpoint_or_nothing(client, sessions, fast, monkeypatch, checkpoints):
+    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch, checkpoints)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelling"
+    run_job(sessions, job_id, settings=fast)  # the reconciler's re-send, after the worker died
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert_describes_epoch(client, sessions, job_id, 5 if checkpoints else 0)
+
+
+def test_a_handed_back_job_cancelled_while_queued_keeps_its_checkpoint(client, sessions, fast):
+    fast = dataclasses.replace(fast, checkpoint_seconds=0.0)
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2))
+    calls = []
+    assert run_job(sessions, job_id, settings=fast, hand_back=lambda: calls.append(1) or len(calls) >= 30)
+    with sessions() as s:
+        checkpoint = s.get(Checkpoint, job_id).epoch
+    resp = client.post(f"/v1/jobs/{job_id}/cancel")
+    assert resp.status_code == 202 and resp.get_json()["status"] == "cancelled"
+    assert_describes_epoch(client, sessions, job_id, checkpoint)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_the_time_limit_passing_after_the_last_epoch_stops_nothing(client, sessions, fast, monkeypatch):
+    """The heartbeat may see the deadline pass while the last epoch is being written: the run
+    has ended on its own by then, and succeeds."""
+    job_id = submit(client, iris_job(epochs=3))
+    original = training.EpochWriter.on_epoch
+
+    def on_epoch(self, record, trainer):
+        original(self, record, trainer)
+        if record["epoch"] == 3:
+            time.sleep(0.5)  # a slow last write, past the limit; the heartbeat beats meanwhile
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=0.3))
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["stop_reason"] == "completed", job
+
+
+def test_a_worker_killed_while_reading_the_data_uses_up_an_attempt(client, sessions, fast, monkeypatch):
+    """The attempt is committed before the dataset is read, so a job whose data kills its worker
+    (out of memory) fails after BACKPROP_MAX_ATTEMPTS instead of being sent again forever."""
+    job_id = submit(client, iris_job(epochs=3))
+
+    def killed(*args):
+        raise WorkerDied
+
+    monkeypatch.setattr(training, "dataset_arrays", killed)
+    for attempt in range(1, fast.max_attempts + 1):
+        with pytest.raises(WorkerDied):
+            run_job(sessions, job_id, settings=fast)
+        with sessions.begin() as s:
+            assert s.get(Job, job_id).attempts == attempt
+            s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+    run_job(sessions, job_id, settings=fast)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and f"gave up after {fast.max_attempts} attempts" in job["error"]
