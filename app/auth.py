@@ -41,6 +41,14 @@ def init_auth(app: Flask) -> None:
         g.unauthorized = tenant is None
         if tenant is not None:
             g.api_key_id = key.strip().split("_")[1]  # the key's public prefix: its rate-limit budget
+            g.api_key = key.strip()
+
+
+def key_still_valid(session) -> bool:
+    """For responses that outlive their request (event streams): a key revoked since the request
+    began ends them. Always true with authentication off."""
+    key = g.get("api_key")
+    return key is None or tenant_for_key(session, key) == g.tenant
 
 
 def enforce_auth(app: Flask) -> None:

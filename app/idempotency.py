@@ -42,12 +42,14 @@ def _stored(record: IdempotencyRecord, digest: str):
 
 
 def request_digest() -> str:
-    """What makes two requests "the same": method, path, query string and body. A multipart
-    body is hashed part by part, because its boundary is random per request (so the same
-    upload sent twice never has the same bytes)."""
+    """What makes two requests "the same": method, path, query string, media type (with its
+    charset, which changes what the bytes say) and body. A multipart body is hashed part by part,
+    because its boundary is random per request (so the same upload sent twice never has the same
+    bytes)."""
     h = hashlib.sha256(request.method.encode() + request.path.encode() + b"\0")
     if request.query_string:
         h.update(b"?" + request.query_string + b"\0")
+    h.update(f"{request.mimetype};{request.mimetype_params.get('charset', '')}".encode() + b"\0")
     if request.mimetype != "multipart/form-data":
         h.update(request.get_data())
         return h.hexdigest()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
@@ -35,7 +36,7 @@ from core.store import (
 )
 
 from . import limits
-from .auth import current_tenant
+from .auth import current_tenant, key_still_valid
 from .datasets import (
     as_model_dtype,
     check_dataset_fits,
@@ -187,6 +188,24 @@ def create_job():
     if (body.dataset is None) == (body.dataset_id is None):
         raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
     sessions = ext()["sessions"]
+    try:
+        job_id = _create_job(sessions, body, net, training)
+    except IntegrityError:
+        # the parent job or the dataset was deleted between the checks and the commit
+        with sessions() as session:
+            if body.init_from is not None and session.get(Job, body.init_from) is None:
+                raise ApiError(404, "job_not_found", f"init_from: no job with id {body.init_from!r}",
+                               errors=[{"path": "init_from", "message": "the job was deleted"}]) from None
+            if body.dataset_id is not None and session.get(Dataset, body.dataset_id) is None:
+                raise validation_error([{"path": "dataset_id", "message": f"no dataset with id "
+                                                                          f"{body.dataset_id!r}"}]) from None
+        raise
+    # committed first, then enqueued: a worker never sees an id the database does not have
+    enqueue(job_id)
+    return accepted(job_id)
+
+
+def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any]) -> str:
     with sessions.begin() as session:
         check_active_jobs(session, current_tenant())
         _check_fine_tuning(session, body, net)
@@ -222,9 +241,8 @@ def create_job():
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   freeze=body.freeze)
         session.add(job)
-    # committed first, then enqueued: a worker never sees an id the database does not have
-    enqueue(job.id)
-    return accepted(job.id)
+        session.flush()
+        return job.id
 
 
 def _check_training_fits(net: Network, training: dict[str, Any], targets: np.ndarray,
@@ -528,6 +546,8 @@ def job_events(job_id: str):
         yield "retry: 2000\n\n"
         while True:
             with sessions() as session:
+                if not key_still_valid(session):
+                    return  # revoked: the client's reconnection gets the 401
                 job = session.get(Job, job_id)
                 if job is None:
                     yield _sse("status", {"id": job_id, "status": "deleted"})

@@ -31,6 +31,8 @@ def decode_cursor(token: str, path: str = "next") -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         at, last_id = raw.split("|", 1)
+        if "\0" in last_id:  # PostgreSQL refuses NUL in text; no id holds one
+            raise ValueError(last_id)
         return aware(datetime.fromisoformat(at)), last_id
     except (ValueError, UnicodeDecodeError):
         raise validation_error([{"path": path, "message": "not a cursor this API returned"}]) from None

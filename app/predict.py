@@ -15,7 +15,7 @@ from core.nn import Network
 from core.nn.network import walk
 from core.store import load_weights
 
-from .datasets import as_model_dtype, numeric_array
+from .datasets import as_model_dtype, not_found, numeric_array
 from .errors import ApiError, validation_error
 
 
@@ -62,8 +62,11 @@ class ModelCache:
             if hit is not None:
                 self._items.move_to_end(job.id)
                 return hit
+        weights = load_weights(session, job.id)
+        if not weights:  # deleted since the caller found it (a succeeded job always has weights)
+            raise not_found("job", job.id)
         net = Network.from_spec(job.model_spec, seed=0, inference=True)
-        net.set_weights(load_weights(session, job.id))
+        net.set_weights(weights)
         labels = session.scalar(select(Dataset.class_labels).where(Dataset.id == job.dataset_id))
         model = CachedModel(net, labels)
         with self._lock:

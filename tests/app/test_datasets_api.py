@@ -387,6 +387,12 @@ def test_idempotent_upload_is_stored_once(client, sessions):
                        headers={"Idempotency-Key": "k2"}) for t in ("species", "species", "petal_width")]
     assert [r.status_code for r in raw] == [201, 201, 422] and raw[0].get_json() == raw[1].get_json()
     assert count_datasets(sessions) == 3
+    # the same bytes in another charset say something else: not the same request
+    text = "a,label\n1,\u00e9\n2,\u00fc\n3,\u00e9\n".encode()
+    sent = [client.post("/v1/datasets?target=label", data=text, content_type=f"text/csv; charset={charset}",
+                        headers={"Idempotency-Key": "k3"}) for charset in ("latin-1", "utf-8")]
+    assert sent[0].status_code == 201 and sent[1].status_code == 422, sent[1].get_json()
+    assert sent[1].get_json()["code"] == "idempotency_key_reused"
 
 
 # -- listing, reading, tenants ------------------------------------------------------------------

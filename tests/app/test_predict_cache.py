@@ -80,3 +80,22 @@ def test_the_cache_is_bounded_in_bytes(client, sessions):
         assert [j in cache for j in jobs] == [True, True, False]
         tiny = ModelCache(max_bytes=1)
         assert tiny.get(session, session.get(Job, jobs[0])) is tiny.get(session, session.get(Job, jobs[0]))
+
+
+def test_a_job_deleted_before_its_weights_are_read_is_a_404(client, sessions):
+    """On PostgreSQL a delete can commit between predict finding the job and the cache reading
+    its weights: that read finds none, which is a 404, not a 500 from building an empty model."""
+    from sqlalchemy import delete
+
+    from app.errors import ApiError
+    from core.db import Job, WeightArray
+
+    job_id = trained(client, sessions)
+    with sessions() as session:
+        job = session.get(Job, job_id)  # what the predict view found
+        session.expunge(job)
+    with sessions.begin() as other:  # the delete, committed meanwhile (its weights go with it)
+        other.execute(delete(WeightArray).where(WeightArray.job_id == job_id))
+    with sessions() as session, pytest.raises(ApiError) as exc:
+        ModelCache(max_bytes=1 << 30).get(session, job)
+    assert exc.value.status == 404 and job_id not in ModelCache(max_bytes=1 << 30)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.client
 import json
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from werkzeug.serving import make_server
 
 from app import create_app
 from core.config import Settings
-from core.db import ApiKey, Job
+from core.db import ApiKey, Dataset, EpochRecord, Job, WeightArray
 from core.keys import create_key
-from tests.data import iris_job
+from tests.data import iris, iris_job
 from worker.training import run_job
 
 
@@ -50,6 +51,25 @@ def test_the_database_keeps_only_a_hash_and_revoked_keys_stop_working(secured):
         assert key.startswith(f"bp_{row.prefix}_")
         row.revoked_at = row.created_at
     assert secured.test_client().get("/v1/jobs", headers=headers).status_code == 401
+
+
+def test_an_open_event_stream_ends_when_its_key_is_revoked(secured, monkeypatch):
+    import app.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "SSE_POLL_SECONDS", 0.02)
+    c = secured.test_client()
+    headers = key_for(secured, "acme")
+    job_id = c.post("/v1/jobs", json=iris_job(epochs=3), headers=headers).get_json()["id"]
+    resp = c.get(f"/v1/jobs/{job_id}/events", headers=headers, buffered=False)
+    chunks = iter(resp.response)
+    assert b"retry" in next(chunks)
+    with secured.extensions["backprop"]["sessions"].begin() as s:
+        s.execute(update(ApiKey).values(revoked_at=ApiKey.created_at))
+    run_job(secured.extensions["backprop"]["sessions"], job_id)
+    rest = b"".join(chunks)  # ends at the next poll, without the epochs trained since
+    assert b"event: epoch" not in rest and b'"succeeded"' not in rest, rest
+    resp.close()
+    assert c.get(f"/v1/jobs/{job_id}/events", headers=headers).status_code == 401
 
 
 def test_another_tenants_ids_answer_404_everywhere(secured):
@@ -271,6 +291,51 @@ def test_odd_ids_and_parameters_are_4xx_on_postgres(migrated, postgres_url):
         resp = c.get(f"/v1/jobs/{job_id}/events?after=1", headers={"Last-Event-ID": "\u00b2"})
         assert resp.status_code == 200  # a non-ASCII "digit" is ignored, not a 500
         resp.close()
+        cursor = base64.urlsafe_b64encode(b"2030-01-01T00:00:00+00:00|\x00").decode().rstrip("=")
+        for listing in ("/v1/jobs", "/v1/datasets"):  # a tampered cursor with a NUL in its id
+            resp = c.get(f"{listing}?next={cursor}")
+            assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "next", listing
+    finally:
+        app.extensions["backprop"]["engine"].dispose()
+
+
+def test_a_parent_or_dataset_deleted_during_a_submit_is_a_4xx_on_postgres(migrated, postgres_url, monkeypatch):
+    """PostgreSQL lets a delete commit between a submit's checks and its insert (SQLite's
+    IMMEDIATE transactions do not): the insert's foreign key then failed, which was a 500."""
+    import app.jobs as jobs_module
+    from tests.conftest import migrate
+
+    migrate(postgres_url)
+    app = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off"))
+    c = app.test_client()
+    sessions = app.extensions["backprop"]["sessions"]
+    doomed: list = []  # (table, id) rows that another request deletes while the submit runs
+    budget = jobs_module.check_compute_budget
+
+    def deleted_meanwhile(*args):  # called after the submit's checks, before its insert
+        budget(*args)
+        with sessions.begin() as s:
+            for table, row_id in doomed:
+                if table is Job:
+                    s.execute(delete(EpochRecord).where(EpochRecord.job_id == row_id))
+                    s.execute(delete(WeightArray).where(WeightArray.job_id == row_id))
+                s.execute(delete(table).where(table.id == row_id))
+        doomed.clear()
+
+    monkeypatch.setattr(jobs_module, "check_compute_budget", deleted_meanwhile)
+    try:
+        parent = c.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+        run_job(sessions, parent)
+        doomed.append((Job, parent))
+        resp = c.post("/v1/jobs", json={**iris_job(epochs=1), "init_from": parent})
+        assert resp.status_code == 404 and resp.get_json()["code"] == "job_not_found", resp.get_json()
+
+        x, y = iris()
+        dataset = c.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}).get_json()["id"]
+        doomed.append((Dataset, dataset))
+        resp = c.post("/v1/jobs", json={**iris_job(epochs=1), "dataset": None, "dataset_id": dataset})
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id", resp.get_json()
+        assert c.post("/v1/jobs", json=iris_job(epochs=1)).status_code == 202  # nothing deleted: accepted
     finally:
         app.extensions["backprop"]["engine"].dispose()
 
