@@ -71,15 +71,16 @@ def test_redelivered_message_for_a_finished_job_does_nothing(client, sessions, f
     assert epochs_of(sessions, job_id) == [1, 2, 3]
 
 
-def test_crash_then_resume_from_checkpoint_matches_an_uninterrupted_run(client, sessions, fast, monkeypatch):
-    adam = {"type": "adam", "learning_rate": 0.01}
-    job_id = submit(client, iris_job(epochs=12, validation_split=0.2, optimizer=adam))
+def crashed_at_8(client, sessions, fast, monkeypatch, checkpoints=True, **training_spec) -> str:
+    """A job whose worker died during epoch 8, after writing epochs 1..8, the last checkpoint at
+    epoch 5 (none if `checkpoints` is false); it is left `running`, its heartbeat fresh."""
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2, **training_spec))
     monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)  # every epoch written as soon as it ends
     original = training.EpochWriter.on_epoch
 
     def on_epoch(self, record, trainer):
-        # checkpoints at epochs 1..5 only; epochs 6..8 are written without one; the worker dies at 8
-        self.settings = dataclasses.replace(fast, checkpoint_seconds=0.0 if record["epoch"] <= 5 else 1e9)
+        checkpoint_now = checkpoints and record["epoch"] <= 5
+        self.settings = dataclasses.replace(fast, checkpoint_seconds=0.0 if checkpoint_now else 1e9)
         original(self, record, trainer)
         if record["epoch"] == 8:
             raise WorkerDied
@@ -87,17 +88,27 @@ def test_crash_then_resume_from_checkpoint_matches_an_uninterrupted_run(client, 
     monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
     with pytest.raises(WorkerDied):
         run_job(sessions, job_id, settings=fast)
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", original)
+    return job_id
+
+
+def make_heartbeat_stale(sessions) -> None:
+    """As a dead worker's heartbeat becomes: the next claim takes the job over."""
+    with sessions.begin() as s:
+        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+
+
+def test_crash_then_resume_from_checkpoint_matches_an_uninterrupted_run(client, sessions, fast, monkeypatch):
+    job_id = crashed_at_8(client, sessions, fast, monkeypatch, optimizer={"type": "adam", "learning_rate": 0.01})
     assert epochs_of(sessions, job_id) == list(range(1, 9))
     with sessions() as s:
         assert s.get(Checkpoint, job_id).epoch == 5
         assert s.get(Job, job_id).status == "running"
 
-    monkeypatch.setattr(training.EpochWriter, "on_epoch", original)
     run_job(sessions, job_id, settings=fast)  # heartbeat is fresh: a duplicate, not a takeover
     with sessions() as s:
         assert s.get(Job, job_id).attempts == 1
-        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
-        s.commit()
+    make_heartbeat_stale(sessions)
     run_job(sessions, job_id, settings=fast)  # the dead worker's heartbeat is stale: resume
 
     job = client.get(f"/v1/jobs/{job_id}").get_json()
@@ -294,29 +305,6 @@ def test_restored_best_weights_come_with_that_epochs_metrics(client, sessions, f
 # Status, progress, epoch history, metrics and weights must all describe the same epoch: the
 # checkpoint's when the job stops before another epoch ends, none at all without a checkpoint.
 
-def crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch, checkpoints=True) -> str:
-    """A running job whose worker died during epoch 8, the last checkpoint at epoch 5 (none if
-    `checkpoints` is false), its heartbeat stale: what the next claim finds."""
-    job_id = submit(client, iris_job(epochs=12, validation_split=0.2))
-    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
-    original = training.EpochWriter.on_epoch
-
-    def on_epoch(self, record, trainer):
-        checkpoint_now = checkpoints and record["epoch"] <= 5
-        self.settings = dataclasses.replace(fast, checkpoint_seconds=0.0 if checkpoint_now else 1e9)
-        original(self, record, trainer)
-        if record["epoch"] == 8:
-            raise WorkerDied
-
-    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
-    with pytest.raises(WorkerDied):
-        run_job(sessions, job_id, settings=fast)
-    monkeypatch.setattr(training.EpochWriter, "on_epoch", original)
-    with sessions.begin() as s:
-        s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
-    return job_id
-
-
 def assert_describes_epoch(client, sessions, job_id, epoch: int) -> None:
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["progress"]["epoch"] == epoch and epochs_of(sessions, job_id) == list(range(1, epoch + 1))
@@ -335,7 +323,8 @@ def assert_describes_epoch(client, sessions, job_id, epoch: int) -> None:
 
 def test_a_resumed_attempt_cancelled_before_an_epoch_ends_keeps_the_checkpoint(client, sessions, fast,
                                                                                 monkeypatch):
-    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch)
+    job_id = crashed_at_8(client, sessions, fast, monkeypatch)
+    make_heartbeat_stale(sessions)
     claim = training._claim
 
     def claim_then_cancel(*args):
@@ -351,7 +340,8 @@ def test_a_resumed_attempt_cancelled_before_an_epoch_ends_keeps_the_checkpoint(c
 
 def test_a_resumed_attempt_out_of_time_before_an_epoch_ends_keeps_the_checkpoint(client, sessions, fast,
                                                                                   monkeypatch):
-    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch)
+    job_id = crashed_at_8(client, sessions, fast, monkeypatch)
+    make_heartbeat_stale(sessions)
     with sessions.begin() as s:
         s.execute(update(Job).values(started_at=utcnow() - timedelta(seconds=5)))
     run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=1))
@@ -362,7 +352,8 @@ def test_a_resumed_attempt_out_of_time_before_an_epoch_ends_keeps_the_checkpoint
 
 @pytest.mark.parametrize("checkpoints", [True, False], ids=["checkpoint", "no checkpoint"])
 def test_cancel_seen_at_claim_keeps_the_checkpoint_or_nothing(client, sessions, fast, monkeypatch, checkpoints):
-    job_id = crashed_at_8_with_a_checkpoint_at_5(client, sessions, fast, monkeypatch, checkpoints)
+    job_id = crashed_at_8(client, sessions, fast, monkeypatch, checkpoints)
+    make_heartbeat_stale(sessions)
     assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelling"
     run_job(sessions, job_id, settings=fast)  # the reconciler's re-send, after the worker died
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
@@ -411,9 +402,9 @@ def test_a_worker_killed_while_reading_the_data_uses_up_an_attempt(client, sessi
     for attempt in range(1, fast.max_attempts + 1):
         with pytest.raises(WorkerDied):
             run_job(sessions, job_id, settings=fast)
-        with sessions.begin() as s:
+        with sessions() as s:
             assert s.get(Job, job_id).attempts == attempt
-            s.execute(update(Job).values(heartbeat_at=utcnow() - timedelta(seconds=60)))
+        make_heartbeat_stale(sessions)
     run_job(sessions, job_id, settings=fast)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and f"gave up after {fast.max_attempts} attempts" in job["error"]
