@@ -475,7 +475,9 @@ def get_diagnostics(job_id: str):
     grads = {n: [math.inf if g is None else g for g in (r.grad_norms.get(n, 0.0) for r in rows)] for n in names}
     out_layers = [{"layer": n, "grad_norms": grads[n],
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
-    trainable = [n for n in names if any(grads[n])] if rows else []
+    # frozen layers record no gradient norm; a trainable one whose norms are all 0 (every relu
+    # dead) is the worst vanishing gradient, and flagged as one
+    trainable = [n for n in names if any(n in r.grad_norms for r in rows)]
     return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": finite(out_layers),
             "flags": gradient_flags(trainable, grads) if rows else []}
 

@@ -518,6 +518,25 @@ def test_overflowing_norms_are_null_never_infinity(client, sessions):
     assert "Infinity" not in events and "NaN" not in events
 
 
+def test_a_layer_with_no_gradient_at_all_is_flagged_and_a_frozen_one_is_not(client, sessions):
+    """Every relu of dense_0 dead from the start: its gradient norms are all 0, the worst
+    vanishing gradient there is (it used to be taken for a frozen layer and left out)."""
+    x = -np.random.default_rng(0).uniform(1, 2, (32, 3))
+    body = {"model": {"input_shape": [3], "loss": "mse", "layers": [
+                {"type": "dense", "units": 8, "activation": "relu", "kernel_initializer": "ones"},
+                {"type": "dense", "units": 1}]},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 0.01}, "epochs": 3},
+            "dataset": {"features": x.round(4).tolist(), "targets": x.sum(1).round(4).tolist()}}
+    job_id = trained_job(client, sessions, body)
+    d = diagnostics(client, job_id)
+    assert d["layers"][0]["grad_norms"] == [0.0, 0.0, 0.0]
+    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("vanishing_gradients", "dense_0")]
+    tuned = trained_job(client, sessions, {**body, "dataset": None, "dataset_id": client.get(
+        f"/v1/jobs/{job_id}").get_json()["dataset_id"], "init_from": job_id, "freeze": ["dense_0"]})
+    d = diagnostics(client, tuned)
+    assert d["layers"][0]["grad_norms"] == [0.0, 0.0, 0.0] and d["flags"] == []  # frozen: nothing to flag
+
+
 def test_diagnostics_with_an_overflowed_norm_stored_as_null(client, sessions):
     job_id = queued_job(client)
     with sessions.begin() as s:
