@@ -12,7 +12,11 @@ LOWER_IS_BETTER = ("loss", "val_loss", "mae", "val_mae")
 
 
 def improved(metric: str, value: float, best: float | None, min_delta: float) -> bool:
-    """Whether `value` beats `best` by more than min_delta in the metric's direction."""
+    """Whether `value` beats `best` by more than min_delta in the metric's direction. A NaN is
+    never an improvement: taken for the first best, nothing could ever beat it (every comparison
+    with NaN is false), and early stopping would end a run that goes on improving."""
+    if value is None or math.isnan(value):
+        return False
     if best is None:
         return True
     if metric in LOWER_IS_BETTER:

@@ -244,6 +244,22 @@ def test_early_stopping_min_delta_counts_only_real_improvements():
     assert stop == len(losses) and result.stop_reason == "early_stopping"
 
 
+def test_a_nan_monitored_value_is_never_the_best():
+    """A NaN val_loss in the first epoch (one extreme validation row can give it) used to become
+    the best, which nothing can beat: early stopping then ended a run that kept improving."""
+    trainer = Trainer(classifier(), {"early_stopping": {"monitor": "val_loss", "patience": 2}})
+    stops = [trainer._early_stopping({"epoch": e, "val_loss": v})
+             for e, v in enumerate([float("nan"), 5.0, 4.0, float("nan"), 3.0], start=1)]
+    assert stops == [None] * 5 and (trainer.best, trainer.best_epoch) == (3.0, 5)
+    plateau = Trainer(classifier(), {"lr_schedule": {"type": "reduce_on_plateau", "monitor": "loss",
+                                                     "patience": 0}}).schedule
+    base = plateau.lr(0)
+    for value in (float("nan"), 2.0, 1.0):
+        plateau.observe({"loss": value})
+    # the NaN epoch did not improve (one cut, patience 0); 2 and 1 then did, and cut nothing
+    assert plateau.best == 1.0 and plateau.lr(3) == pytest.approx(base * 0.1)
+
+
 def test_early_stopping_maximises_accuracy():
     x, y = blobs(spread=0.3)  # separable: accuracy climbs to 1 and then cannot improve
     result = train(classifier(), x, y, {"epochs": 200, "validation_split": 0.2,
