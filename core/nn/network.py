@@ -203,17 +203,28 @@ class Network:
         return loss + self._add_penalties()
 
     def _add_penalties(self) -> float:
-        """L1/L2 penalties on kernels: added to the loss and to the gradients already computed."""
-        extra = 0.0
+        """L1/L2 penalties on kernels: added to the gradients already computed; returns their
+        value, which the loss includes."""
         for layer in self._penalized:
             for key in layer.regularized:
                 w, g = layer.params[key], layer.grads[key]
                 if layer.l2:
-                    extra += layer.l2 * float(np.sum(w * w))
                     g += (2 * layer.l2) * w
                 if layer.l1:
-                    extra += layer.l1 * float(np.sum(np.abs(w)))
                     g += layer.l1 * np.sign(w)
+        return self.penalty()
+
+    def penalty(self) -> float:
+        """The L1/L2 penalties' value: part of the loss, in training and in evaluation alike (as
+        in Keras), so that training and validation losses compare like with like."""
+        extra = 0.0
+        for layer in self._penalized:
+            for key in layer.regularized:
+                w = layer.params[key]
+                if layer.l2:
+                    extra += layer.l2 * float(np.sum(w * w))
+                if layer.l1:
+                    extra += layer.l1 * float(np.sum(np.abs(w)))
         return extra
 
     def loss_and_gradients(self, x, y, sample_weight=None) -> tuple[float, dict[str, np.ndarray]]:

@@ -328,7 +328,7 @@ class Trainer:
                 correct += net.loss.accuracy(a, yb) * len(xb)
             else:
                 reg.add(a, yb)
-        out = {f"{prefix}loss": loss_sum / n}
+        out = {f"{prefix}loss": loss_sum / n + net.penalty()}
         if reg is None:
             out[f"{prefix}accuracy"] = correct / n
         else:

@@ -244,6 +244,20 @@ def test_early_stopping_min_delta_counts_only_real_improvements():
     assert stop == len(losses) and result.stop_reason == "early_stopping"
 
 
+def test_validation_loss_includes_the_penalties_as_the_training_loss_does():
+    """On the training data itself, with weights that do not move, the two losses must agree:
+    with an l2 penalty counted in one only, the curves showed a gap that was no generalisation."""
+    x, y = blobs()
+    spec = {"input_shape": [x.shape[1]], "loss": "categorical_crossentropy", "layers": [
+        {"type": "dense", "units": 8, "activation": "tanh", "l2": 1.0, "l1": 0.1},
+        {"type": "dense", "units": 3, "activation": "softmax"}]}
+    net = Network.from_spec(spec, seed=0, dtype="float64")
+    record = Trainer(net, {"epochs": 1, "optimizer": {"type": "sgd", "learning_rate": 1e-30}}).fit(
+        x, y, validation_data=(x, y)).history[-1]
+    assert net.penalty() > 0.1 * record["loss"]
+    assert record["val_loss"] == pytest.approx(record["loss"], rel=1e-9)
+
+
 def test_a_nan_monitored_value_is_never_the_best():
     """A NaN val_loss in the first epoch (one extreme validation row can give it) used to become
     the best, which nothing can beat: early stopping then ended a run that kept improving."""
