@@ -125,15 +125,35 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator, c
         perm = rng.permutation(n)
         k = max(1, int(round(n * fraction)))
         return np.sort(perm[k:]), np.sort(perm[:k])
+    classes, counts = np.unique(labels, return_counts=True)
+    take = _validation_counts(counts, fraction)
     val = []
-    for c in np.unique(labels):
+    for c, k in zip(classes, take, strict=True):
         idx = np.flatnonzero(labels == c)
         idx = idx[rng.permutation(len(idx))]
-        val.append(idx[:int(round(len(idx) * fraction))])
+        val.append(idx[:k])
     val_idx = np.sort(np.concatenate(val)) if val else np.arange(0)
     mask = np.ones(n, bool)
     mask[val_idx] = False
     return np.flatnonzero(mask), val_idx
+
+
+def _validation_counts(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """How many samples of each class go to validation: round(n * fraction) in all, shared in
+    proportion to the classes' sizes (largest remainders first), every class keeping at least
+    one sample for training. Rounding each class on its own could miss the fraction by far
+    (ten classes of 2 at 0.2 gave no validation sample at all)."""
+    share = counts * fraction
+    room = np.maximum(counts - 1, 0)
+    take = np.minimum(np.floor(share).astype(np.int64), room)
+    left = min(int(round(counts.sum() * fraction)), int(room.sum())) - int(take.sum())
+    by_remainder = np.argsort(-(share - np.floor(share)), kind="stable")
+    while left > 0:
+        for c in by_remainder:
+            if left and take[c] < room[c]:
+                take[c] += 1
+                left -= 1
+    return take
 
 
 class _RegressionStats:

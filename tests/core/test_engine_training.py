@@ -386,6 +386,19 @@ def test_stratified_split_keeps_class_proportions(form):
     np.testing.assert_array_equal(counts, want)
 
 
+@pytest.mark.parametrize("counts, fraction", [([2] * 10, 0.2), ([3] * 10, 0.2), ([3] * 10 + [100], 0.1),
+                                              ([1] * 5 + [20], 0.6), ([7, 5, 3], 0.5)])
+def test_stratified_split_holds_the_fraction_and_leaves_every_class_in_training(counts, fraction):
+    """Rounded class by class, ten classes of 2 at 0.2 gave no validation sample, ten of 3 gave
+    a third, and classes of one sample went to validation only."""
+    labels = np.repeat(np.arange(len(counts)), counts)
+    tr, va = stratified_split(labels, fraction, np.random.default_rng(0), classification=True)
+    assert len(va) == round(len(labels) * fraction)
+    assert set(labels[tr]) == set(range(len(counts)))
+    got = np.bincount(labels[va], minlength=len(counts))
+    assert np.all(np.abs(got - np.asarray(counts) * fraction) < 1 + 1e-9) or min(counts) == 1
+
+
 def test_sequence_labels_get_a_plain_split():
     """(n, steps) class indices are not one-hot rows: argmax over time would be no class."""
     y = np.zeros((100, 5), dtype=np.intp)
