@@ -221,13 +221,14 @@ class Trainer:
         if validation_data is not None:
             xv = net.as_input(validation_data[0])
             yv = net.loss.prepare_targets(validation_data[1], net.output_shape, net.dtype)
-            return x, y, sample_weight, xv, yv
+            return x, y, sample_weight, xv, yv, None
         split_rng = np.random.default_rng([self.cfg["seed"], 1])  # independent of training draws
         tr, va = stratified_split(y, self.cfg["validation_split"], split_rng, net.classification)
         if len(va) == 0:
-            return x, y, sample_weight, None, None
-        sw = None if sample_weight is None else sample_weight[tr]
-        return x[tr], y[tr], sw, x[va], y[va]
+            return x, y, sample_weight, None, None, None
+        if sample_weight is None:
+            return x[tr], y[tr], None, x[va], y[va], None
+        return x[tr], y[tr], sample_weight[tr], x[va], y[va], sample_weight[va]
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, x, y, sample_weight=None, validation_data=None,
@@ -239,7 +240,7 @@ class Trainer:
             return self._fit(x, y, sample_weight, validation_data, on_epoch, should_stop)
 
     def _fit(self, x, y, sample_weight, validation_data, on_epoch, should_stop) -> FitResult:
-        x, y, sw, xv, yv = self._prepare(x, y, sample_weight, validation_data)
+        x, y, sw, xv, yv, swv = self._prepare(x, y, sample_weight, validation_data)
         n, bs = len(x), self.cfg["batch_size"]
         if n == 0:
             raise ValueError("no training samples")
@@ -264,7 +265,8 @@ class Trainer:
             epoch = self.epoch + 1
             lr = self.schedule.lr(self.epoch)
             order = self.rng.permutation(n) if cfg["shuffle"] else np.arange(n)
-            loss_sum, correct, seen = 0.0, 0.0, 0
+            # the epoch's loss is a mean over its samples, weighted by sample_weight when given
+            loss_sum, loss_weight, correct, seen = 0.0, 0.0, 0.0, 0
             reg = None if net.classification else _RegressionStats()
             grad_sum = [0.0] * len(layer_grads)
             batches = 0
@@ -278,7 +280,9 @@ class Trainer:
                 if not math.isfinite(loss):
                     raise TrainingDiverged(epoch, "the loss")
                 m = len(idx)
-                loss_sum += loss * m
+                weight = m if sw is None else float(sw[idx].sum())
+                loss_sum += loss * weight
+                loss_weight += weight
                 seen += m
                 if net.classification:
                     correct += net.loss.accuracy(net.last_output, yb) * m
@@ -289,13 +293,14 @@ class Trainer:
                 self._clip(grads)
                 self.optimizer.step(params, grads, lr)
                 batches += 1
-            record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / seen, "lr": lr}
+            loss = loss_sum / loss_weight if loss_weight > 0 else net.penalty()
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss, "lr": lr}
             if net.classification:
                 record["accuracy"] = correct / seen
             else:
                 record.update(reg.result(int(np.prod(net.output_shape))))
             if xv is not None:
-                record.update(self.evaluate(xv, yv, prefix="val_"))
+                record.update(self.evaluate(xv, yv, prefix="val_", sample_weight=swv))
             if not np.isfinite(net.flat_params).all():
                 raise TrainingDiverged(epoch, "the weights")
             record["grad_norms"] = {name: total / batches
@@ -333,22 +338,26 @@ class Trainer:
                 for g in grads.values():
                     g *= g.dtype.type(scale)
 
-    def evaluate(self, x, y, prefix="") -> dict[str, float]:
+    def evaluate(self, x, y, prefix="", sample_weight=None) -> dict[str, float]:
         """Loss and metrics in inference mode (running statistics, no dropout), computed in
         batches of the training batch size: memory stays what training needs (a convolution's
-        im2col matrix grows with the batch)."""
+        im2col matrix grows with the batch). The loss is weighted by sample_weight when given,
+        as in training; the metrics are not."""
         net, bs, n = self.net, self.cfg["batch_size"], len(x)
-        loss_sum, correct = 0.0, 0.0
+        loss_sum, loss_weight, correct = 0.0, 0.0, 0.0
         reg = None if net.classification else _RegressionStats()
         for start in range(0, n, bs):
             xb, yb = x[start:start + bs], y[start:start + bs]
-            loss, _, a = net.loss(net.output_activation, net.logits(xb, training=False), yb)
-            loss_sum += loss * len(xb)
+            wb = None if sample_weight is None else sample_weight[start:start + bs]
+            loss, _, a = net.loss(net.output_activation, net.logits(xb, training=False), yb, wb)
+            weight = len(xb) if wb is None else float(wb.sum())
+            loss_sum += loss * weight
+            loss_weight += weight
             if reg is None:
                 correct += net.loss.accuracy(a, yb) * len(xb)
             else:
                 reg.add(a, yb)
-        out = {f"{prefix}loss": loss_sum / n + net.penalty()}
+        out = {f"{prefix}loss": (loss_sum / loss_weight if loss_weight > 0 else 0.0) + net.penalty()}
         if reg is None:
             out[f"{prefix}accuracy"] = correct / n
         else:

@@ -244,6 +244,28 @@ def test_early_stopping_min_delta_counts_only_real_improvements():
     assert stop == len(losses) and result.stop_reason == "early_stopping"
 
 
+def test_with_sample_weights_the_epoch_losses_are_weighted_means():
+    """Each batch's weighted mean used to be counted by the batch's size (an all-zero batch as
+    a loss of 0 for its samples), and the validation part lost its weights."""
+    from sklearn.metrics import mean_squared_error
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(23, 4)), rng.normal(size=(23, 3)) * 5
+    sw = rng.uniform(0, 2, 23)
+    sw[7:14] = 0  # one whole batch weighs nothing
+    spec = {"input_shape": [4], "loss": "mse", "layers": [{"type": "dense", "units": 3}]}
+    net = Network.from_spec(spec, seed=0, dtype="float64")
+    training = {"epochs": 1, "batch_size": 7, "shuffle": False, "validation_split": 0.3,
+                "optimizer": {"type": "sgd", "learning_rate": 1e-30}}  # the weights stay put
+    trainer = Trainer(net, training)
+    record = trainer.fit(x, y, sample_weight=sw).history[-1]
+    _, _, _, xv, yv, swv = trainer._prepare(x, y, sw, None)
+    tr = np.setdiff1d(np.arange(23), [np.flatnonzero((x == row).all(axis=1))[0] for row in xv])
+    pred = net.forward(x)
+    assert record["loss"] == pytest.approx(mean_squared_error(y[tr], pred[tr], sample_weight=sw[tr]), rel=1e-9)
+    assert record["val_loss"] == pytest.approx(mean_squared_error(yv, net.forward(xv), sample_weight=swv), rel=1e-9)
+
+
 def test_validation_loss_includes_the_penalties_as_the_training_loss_does():
     """On the training data itself, with weights that do not move, the two losses must agree:
     with an l2 penalty counted in one only, the curves showed a gap that was no generalisation."""
