@@ -362,18 +362,26 @@ class Client:
                     pass  # idle for stream_timeout (a long queue) or dropped: resume
             time.sleep(min(delay, 5.0))
 
-    def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        """Block until the job has ended; its final state."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> Job:
+        """Block until the job has ended; its final state. With a timeout it polls (every
+        `poll` seconds), since an event stream says nothing while a job waits in the queue and
+        could not be left on time; TimeoutError once `timeout` seconds have passed."""
         job = self.get_job(job_id)
         if job.finished:
             return job
-        for item in self.follow(job_id, after=job.epoch):
-            if isinstance(item, Job) and item.finished:
-                return item
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still running after {timeout} s")
-        return self.get_job(job_id)  # pragma: no cover - follow only ends on a finished job
+        if timeout is None:
+            for item in self.follow(job_id, after=job.epoch):
+                if isinstance(item, Job) and item.finished:
+                    return item
+            return self.get_job(job_id)  # pragma: no cover - follow only ends on a finished job
+        deadline = time.monotonic() + timeout
+        while not job.finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"job {job_id} is still {job.status} after {timeout} s")
+            time.sleep(min(poll, left))
+            job = self.get_job(job_id)
+        return job
 
     def predict(self, job_id: str, rows: list[Any]) -> Prediction:
         return Prediction.from_json(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": rows}))

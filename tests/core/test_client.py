@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -196,6 +197,16 @@ def test_wait_returns_the_final_job_following_from_its_current_epoch(fake_api):
     final = Client(fake_api).wait("j1")
     assert (final.id, final.status, final.finished) == ("j1", "succeeded", True)
     assert [p for _, p, _ in FakeApi.requests] == ["/v1/jobs/j1", "/v1/jobs/j1/events?after=3"]
+
+
+def test_wait_with_a_timeout_gives_up_on_time_while_nothing_happens(fake_api):
+    """An event stream says nothing while a job waits in the queue, so a timeout checked between
+    its events was never checked: wait(timeout=3) blocked for as long as the job queued."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="still running after 0.3 s"):
+        Client(fake_api).wait("j1", timeout=0.3, poll=0.05)  # j1 stays running when asked directly
+    assert time.monotonic() - started < 2
+    assert {p for _, p, _ in FakeApi.requests} == {"/v1/jobs/j1"}
 
 
 def test_unreachable_server_is_a_transport_error():
