@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import http.client
 import json
 import os
 import shutil
@@ -194,7 +195,7 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 # --- client commands: talk to a running server over HTTP through core/client.py -------------
 
-EXIT_API_ERROR = 1  # the server refused a request, or could not be reached
+EXIT_API_ERROR = 1  # the server refused a request or could not be reached, or a local file was unusable
 JOB_KEYS = {"model", "training", "init_from", "freeze", "dataset", "dataset_id"}
 EXIT_JOB_FAILED = 3  # the followed job failed or was cancelled
 
@@ -218,7 +219,14 @@ def with_client(f):
             if exc.status == 401 and not api_key:
                 click.echo("  (no API key given: set BACKPROP_API_KEY or pass --api-key)", err=True)
             sys.exit(EXIT_API_ERROR)
-        except TransportError as exc:
+        except (TransportError, TimeoutError, http.client.HTTPException) as exc:
+            # TimeoutError and IncompleteRead: an answer that stalled or broke off mid-body
+            click.echo(f"error: {exc.__class__.__name__ + ': ' if not isinstance(exc, TransportError) else ''}"
+                       f"{exc}", err=True)
+            sys.exit(EXIT_API_ERROR)
+        except (OSError, UnicodeError, ValueError, TypeError) as exc:
+            # a local file that cannot be read or written, or does not hold what it should (a
+            # JSON list where an object belongs, text that is not UTF-8): a message, not a traceback
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_API_ERROR)
 
@@ -479,7 +487,8 @@ def jobs_show(client: Client, job_id: str, as_json: bool) -> None:
 @with_client
 def jobs_follow(client: Client, job_id: str) -> None:
     """Show a job's progress until it ends; exit 3 unless it succeeds."""
-    finish(follow_job(client, job_id))
+    # the total first: the stream sends the stored epochs before the job's status
+    finish(follow_job(client, job_id, total=client.get_job(job_id).total_epochs))
 
 
 @jobs.command("cancel")
@@ -523,8 +532,11 @@ def _csv_rows(path: Path, dataset) -> list[list[float]]:
     """Numeric rows from a CSV. A header row is optional; when it names the training data's
     feature columns, those are taken in training order and any other column (say, the
     target) is ignored."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{path} is not UTF-8 text (a CSV is expected here)") from None
     if not lines:
         raise click.ClickException(f"{path} has no rows")
     header, pick = None, None
@@ -534,6 +546,12 @@ def _csv_rows(path: Path, dataset) -> list[list[float]]:
         names = dataset().feature_names
         if names and all(n in header for n in names):
             pick = [header.index(n) for n in names]
+        elif names and any(n in header for n in names):
+            # some columns named, others not (a typo): file order could silently swap features
+            missing = [n for n in names if n not in header]
+            raise click.ClickException(f"{path}: the header does not name the feature(s) {missing} of the "
+                                       f"training data ({', '.join(names)}); name every one, or leave the "
+                                       "header out to give the columns in that order")
     rows = []
     for n, row in lines:
         cells = [row[i] for i in pick] if pick is not None else row

@@ -138,6 +138,37 @@ def test_predict_answers_with_the_string_labels(stack, trained, tmp_path):
     assert cli(stack, "predict", ident, "--input", str(tmp_path / "rows.json")).stdout.split() == predicted
 
 
+def test_jobs_follow_of_a_finished_job_shows_its_total(stack, trained):
+    """The stream sends the stored epochs before the job's status: the total came too late, and
+    every past epoch was printed as `epoch N/N ... eta 0s`."""
+    _, ident = trained
+    run = cli(stack, "jobs", "follow", ident)
+    assert run.returncode == 0, run.stderr
+    shown = re.findall(r"^epoch (\d+)/(\d+) ", run.stdout, re.M)
+    assert shown[0] == ("1", "30") and shown[-1] == ("30", "30"), run.stdout
+    assert {total for _, total in shown} == {"30"}, run.stdout  # as `train --follow` shows them
+
+
+def test_a_csv_header_naming_only_some_features_is_refused(stack, trained, tmp_path):
+    _, ident = trained
+    typo = tmp_path / "typo.csv"
+    typo.write_text("petal_width,sepal_lenght,petal_length,sepal_width\n0.2,5.1,1.4,3.5\n")
+    run = cli(stack, "predict", ident, "--input", str(typo))
+    assert run.returncode == 1 and "['sepal_length']" in run.stderr, run.stderr
+
+
+def test_unusable_local_files_are_messages_not_tracebacks(stack, trained, tmp_path):
+    _, ident = trained
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "latin1.csv").write_bytes("sepal_length\n\xe9\n".encode("latin-1"))
+    runs = [cli(stack, "datasets", "upload", str(tmp_path / "list.json")),
+            cli(stack, "predict", ident, "--input", str(tmp_path / "latin1.csv")),
+            cli(stack, "weights", ident, "--out", str(tmp_path / "missing-dir" / "w.npz"))]
+    for run in runs:
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert run.stderr.startswith("error:") or "Error:" in run.stderr, run.stderr
+
+
 def test_weights_download_loads_without_pickle(stack, trained, tmp_path):
     _, ident = trained
     run = cli(stack, "weights", ident, "--out", str(tmp_path / "w.npz"))
