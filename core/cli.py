@@ -614,7 +614,8 @@ def predict(client: Client, job_id: str, input_path: Path, output: Path | None, 
 
 def _write_predictions_csv(path: Path, result, labels: list | None) -> None:
     """A `prediction` column, then the probabilities: one column per class (named by its
-    label when the targets were labels), or one `probability` for a binary output."""
+    label when the targets were labels), or for a binary output one, named after the class it
+    is the probability of (`probability_1`, or the second label)."""
     probs = result.probabilities
     with path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -622,8 +623,9 @@ def _write_predictions_csv(path: Path, result, labels: list | None) -> None:
         if width > 1:
             names = labels if labels and len(labels) == width else list(range(width))
             head = [f"probability_{name}" for name in names]
-        else:
-            head = ["probability"] * width
+        else:  # a binary output's probability is that of its second class (label 1)
+            positive = labels[1] if labels and len(labels) == 2 else 1
+            head = [f"probability_{positive}"] * width
         w.writerow(["prediction", *head])
         for i, p in enumerate(result.predictions):
             pr = probs[i] if probs else []

@@ -326,19 +326,23 @@ class Client:
     def follow(self, job_id: str, *, after: int = 0, reconnect_delay: float = 1.0,
                max_failures: int = 5) -> Iterator[Epoch | Job]:
         """An Epoch for every finished epoch and a Job on every status change, until the job
-        ends. An idle or dropped stream is resumed after the last epoch seen; TransportError
-        after `max_failures` failed connection attempts in a row."""
+        ends. An idle or dropped stream is resumed after the last epoch seen. A server that
+        cannot be reached, or has no stream to spare (503), is tried again with growing pauses
+        (1, 2, 4, 8, 16 s by default: a restart rides through); TransportError or the ApiError
+        after `max_failures` failed attempts in a row."""
         last, failures = after, 0
         while True:
             delay = reconnect_delay
             try:
                 resp = self._open("GET", f"/v1/jobs/{_q(job_id)}/events", query={"after": last or None},
                                   headers={"Accept": "text/event-stream"}, timeout=self.stream_timeout)
-            except TransportError:
+            except (TransportError, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status != 503:
+                    raise
                 failures += 1
                 if failures >= max_failures:
                     raise
-                time.sleep(delay)
+                time.sleep(reconnect_delay * 2 ** (failures - 1))
                 continue
             failures = 0
             with resp:

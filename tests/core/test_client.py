@@ -122,6 +122,11 @@ class FakeApi(BaseHTTPRequestHandler):
             return self.send(200, {"jobs": [job(i, "succeeded") for i in ids[0]], "next": ids[1]})
         if url.path == "/v1/jobs/j1/events":
             return self.events(int(q.get("after", 0)))
+        if url.path == "/v1/jobs/busy/events":  # no stream to spare twice, then one
+            if sum(p == self.path for _, p, _ in self.requests) <= 2:
+                return self.send(503, {"status": 503, "code": "too_many_streams", "detail": "busy"},
+                                 "application/problem+json")
+            return self.events(2)
         if url.path == "/v1/jobs/j1":
             return self.send(200, {**job("j1", "running"), "progress": {"epoch": 3, "total_epochs": 4}})
         if url.path == "/v1/jobs/missing":
@@ -191,6 +196,19 @@ def test_follow_resumes_after_the_last_epoch_when_the_stream_drops(fake_api):
     assert [i.epoch for i in items if isinstance(i, Epoch)] == [1, 2, 3, 4]
     assert isinstance(items[-1], Job) and items[-1].status == "succeeded"
     assert [p for _, p, _ in FakeApi.requests] == ["/v1/jobs/j1/events", "/v1/jobs/j1/events?after=2"]
+
+
+def test_follow_rides_through_a_busy_or_unreachable_server(fake_api):
+    items = list(Client(fake_api).follow("busy", reconnect_delay=0.01))
+    assert [i.epoch for i in items if isinstance(i, Epoch)] == [3, 4] and items[-1].status == "succeeded"
+    FakeApi.requests = []  # busy again
+    with pytest.raises(ApiError) as err:
+        list(Client(fake_api).follow("busy", reconnect_delay=0.01, max_failures=1))
+    assert err.value.status == 503
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        list(Client("http://127.0.0.1:9", timeout=1).follow("x", reconnect_delay=0.05, max_failures=4))
+    assert time.monotonic() - started >= 0.05 + 0.1 + 0.2  # growing pauses between attempts
 
 
 def test_wait_returns_the_final_job_following_from_its_current_epoch(fake_api):
