@@ -328,7 +328,7 @@ class Client:
         """An Epoch for every finished epoch and a Job on every status change, until the job
         ends. An idle or dropped stream is resumed after the last epoch seen. A server that
         cannot be reached, or has no stream to spare (503), is tried again with growing pauses
-        (1, 2, 4, 8, 16 s by default: a restart rides through); TransportError or the ApiError
+        (1, 2, 4 and 8 s by default: a restart rides through); TransportError or the ApiError
         after `max_failures` failed attempts in a row."""
         last, failures = after, 0
         while True:
