@@ -128,7 +128,9 @@ function route() {
     const ctx = (current = pageContext());
     const root = h('div', {class: 'page', dataset: {page: section}});
     put(view, root);
-    page(ctx, root, ...m.slice(1).map(p => (p == null ? p : decodeURIComponent(p)))).catch(err => {
+    // a page is async, so that anything it throws, a malformed %-escape in the link included,
+    // ends in its error box rather than in a blank page
+    (async () => page(ctx, root, ...m.slice(1).map(p => (p == null ? p : decodeURIComponent(p)))))().catch(err => {
       if (!ctx.signal.aborted) put(root, errorBox(err));
     });
     return;
@@ -223,15 +225,24 @@ async function jobPage(ctx, root, jobId) {
   const history = await epochsAfter(jobId, 0, ctx.signal);
   if (ctx.signal.aborted) return;
 
-  // epochs as columns: xs and one array per metric / per layer
-  const xs = [], metric = {}, grads = {}, wnorms = {};
+  // epochs as columns: xs and one array per metric / per layer, aligned with xs. A value that
+  // is missing or null (an overflow) is a null, which the charts draw as a gap: skipping it
+  // would shift the rest of its curve onto earlier epochs. The objects have no prototype, so
+  // that a layer named "constructor" or "__proto__" is just a name.
+  const xs = [], metric = Object.create(null), grads = Object.create(null), wnorms = Object.create(null);
+  const add = (cols, entries) => {
+    for (const [k, v] of entries) {
+      const col = cols[k] ||= new Array(xs.length - 1).fill(null);
+      col.push(typeof v === 'number' ? v : null);
+    }
+    for (const col of Object.values(cols)) if (col.length < xs.length) col.push(null);
+  };
   const push = rec => {
     xs.push(rec.epoch);
-    for (const [k, v] of Object.entries(rec)) {
-      if (typeof v === 'number' && !['epoch', 'duration'].includes(k)) (metric[k] ||= []).push(v);
-    }
-    for (const [k, v] of Object.entries(rec.grad_norms || {})) (grads[k] ||= []).push(v);
-    for (const [k, v] of Object.entries(rec.weight_norms || {})) (wnorms[k] ||= []).push(v);
+    add(metric, Object.entries(rec).filter(([k, v]) =>
+      !['epoch', 'duration'].includes(k) && (typeof v === 'number' || v === null)));
+    add(grads, Object.entries(rec.grad_norms || {}));
+    add(wnorms, Object.entries(rec.weight_norms || {}));
   };
   history.forEach(push);
 
@@ -342,11 +353,22 @@ async function jobPage(ctx, root, jobId) {
   renderPredict(job, path, predict);
   if (TERMINAL.includes(job.status)) { finished(); return; }
   loadFlags().catch(() => {});
-  let lastFlags = Date.now();
+  let lastFlags = Date.now(), lastHead = 0;
+  const recent = [];  // the latest epochs' durations, for the time left
   const handlers = {
     onEpoch(rec) {
       push(rec);
       redraw();
+      // progress and the latest metrics: the server sends the job itself only when its status
+      // changes, so the head is brought up to date from the epochs, at most once a second
+      recent.push(rec.duration || 0);
+      if (recent.length > 20) recent.shift();
+      const total = (job.progress || {}).total_epochs || rec.epoch;
+      job = {...job, progress: {...(job.progress || {}), epoch: rec.epoch},
+             eta_seconds: (total - rec.epoch) * recent.reduce((a, b) => a + b, 0) / recent.length,
+             metrics: Object.fromEntries(Object.entries(rec).filter(([k, v]) => typeof v === 'number' &&
+                                                                   !['epoch', 'duration'].includes(k)))};
+      if (Date.now() - lastHead > 1000) { lastHead = Date.now(); renderHead(); }
       if (Date.now() - lastFlags > 3000) { lastFlags = Date.now(); loadFlags().catch(() => {}); }
     },
     onStatus(j) {
@@ -445,16 +467,21 @@ function renderPredict(job, path, box) {
     h('form', {id: 'predict-form', onsubmit: run}, input, h('div', {class: 'row'}, h('button', {type: 'submit'}, 'Predict'))), out);
 }
 
+/** The probability of what was predicted: a class row's largest; for a binary output (it is
+ * thresholded at 0.5) P(1) or 1 - P(1); for several outputs or steps, the weakest of them. */
+function confidence(pred, prob) {
+  if (!Array.isArray(prob)) return Math.max(prob, 1 - prob);
+  const perItem = Array.isArray(pred) || prob.every(Array.isArray);  // outputs or steps
+  if (!perItem) return Math.max(...prob);  // one class row
+  return Math.min(...prob.map((q, j) => confidence(Array.isArray(pred) ? pred[j] : pred, q)));
+}
+
 function predictionTable(rows, res) {
   const probs = res.probabilities;
   return h('table', {class: 'predictions'},
     h('thead', {}, h('tr', {}, h('th', {}, '#'), h('th', {}, 'Input'), h('th', {}, 'Prediction'), probs ? h('th', {}, 'Confidence') : null)),
     h('tbody', {}, res.predictions.map((p, i) => {
-      let conf = null;
-      if (probs) {
-        const pr = probs[i];
-        conf = Array.isArray(pr) ? Math.max(...pr.flat(Infinity)) : (p === 1 || p === true ? pr : 1 - pr);
-      }
+      const conf = probs ? confidence(p, probs[i]) : null;
       const inputText = JSON.stringify(rows[i]);
       return h('tr', {},
         h('td', {}, i + 1),

@@ -108,6 +108,9 @@ def test_pages_load_without_console_errors(driver, stack, seeded, shots):
     open_page(driver, stack, "/no/such/page")
     wait_for(driver, lambda d: "Not found" in text(d, "#view"), what="not found page")
     assert console_errors(driver) == []
+    open_page(driver, stack, "/jobs/%E0%A4%A")  # a malformed escape: an error box, not a blank page
+    wait_for(driver, lambda d: css(d, "#view .error"), what="the error box of a malformed link")
+    assert console_errors(driver) == []
 
 
 def test_live_curves_grow_while_training_and_cancel(driver, stack, shots):
@@ -134,6 +137,10 @@ def test_live_curves_grow_while_training_and_cancel(driver, stack, shots):
              what="the loss curve growing")
     after = attr_int(driver, "#chart-loss canvas", "data-points")
     assert after > before
+    # the head follows the epochs too (the stream sends the job only when its status changes)
+    head = text(driver, ".progress-row .progress")
+    wait_for(driver, lambda d: text(d, ".progress-row .progress") not in ("", head), timeout=10,
+             what="the head's progress advancing while streaming")
 
     # validation curve, accuracy, and one gradient-norm series per weighted layer
     assert attr(driver, "#chart-loss canvas", "data-series-names") == "loss,validation loss"
@@ -163,6 +170,22 @@ def test_live_curves_grow_while_training_and_cancel(driver, stack, shots):
     assert attr_int(driver, "#chart-loss canvas", "data-points") > polled
     wait_for(driver, lambda d: css(d, "#weights canvas.histogram"), what="the cancelled job's last weights")
     shots("cancelled")
+    assert console_errors(driver) == []
+
+
+def test_layers_named_like_object_properties_are_just_names(driver, stack, shots):
+    """A layer named "constructor" or "__proto__" hit the built-in properties of the page's
+    per-layer tables, and the job page showed only "grads[k].push is not a function"."""
+    body = iris_job(epochs=5)
+    body["model"]["layers"][0]["name"] = "constructor"
+    body["model"]["layers"][1]["name"] = "__proto__"
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    assert stack.wait_for_job(job["id"])["status"] == "succeeded", stack.logs()
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: attr_int(d, "#chart-grads canvas", "data-points") == 5, what="the gradient chart")
+    assert attr(driver, "#chart-grads canvas", "data-series-names") == "constructor,__proto__"
+    shots("object-property-names")
     assert console_errors(driver) == []
 
 
@@ -203,6 +226,34 @@ def test_weights_and_predict_after_success(driver, stack, seeded, shots):
     shots("predict-error")
     # the 422 itself is logged by the browser as a failed load; nothing else may be
     assert console_errors(driver, allow=lambda e: e["source"] == "network" and " 422 " in e["message"]) == []
+
+
+def test_confidence_of_a_binary_sequence_prediction(driver, stack, shots):
+    """Every step of a sequence predicted 0 with P(1) about 0: confidence near 100%, where the
+    page used to show the largest P(1), 0.0%."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (64, 5, 1))
+    body = {"model": {"input_shape": [5, 1], "loss": "binary_crossentropy", "layers": [
+                {"type": "lstm", "units": 4, "return_sequences": True},
+                {"type": "dense", "units": 1, "activation": "sigmoid"}]},
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.05}, "epochs": 40},
+            "dataset": {"features": x.round(3).tolist(), "targets": np.zeros((64, 5, 1)).tolist()}}
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    assert stack.wait_for_job(job["id"])["status"] == "succeeded", stack.logs()
+    row = [[0.05], [0.1], [0.02], [0.1], [0.05]]
+    _, expected = stack.request("POST", f"/v1/jobs/{job['id']}/predict", {"inputs": [row]})
+    weakest = min(1 - p[0] for p in expected["probabilities"][0])
+    assert weakest > 0.6
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    box = wait_for(driver, lambda d: css(d, "#predict-input"), what="the predict form")[0]
+    box.send_keys(f"[{row}]")
+    driver.find_element("css selector", "#predict-form button").click()
+    wait_for(driver, lambda d: len(css(d, "#predict-output tbody tr")) == 1, what="the prediction")
+    shown = css(driver, "#predict-output tbody tr td")[-1].text
+    assert shown == f"{100 * weakest:.1f}%", shown
+    shots("predict-sequence")
+    assert console_errors(driver) == []
 
 
 def test_api_key_prompt_when_auth_is_on(driver, auth_stack, shots):
