@@ -188,6 +188,14 @@ def test_layers_named_like_object_properties_are_just_names(driver, stack, shots
     shots("object-property-names")
     assert console_errors(driver) == []
 
+    body["model"]["layers"][0]["name"] = "a_very_long_layer_name_" * 40  # one 920-letter word
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202 and stack.wait_for_job(job["id"])["status"] == "succeeded", stack.logs()
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: css(d, "#weights canvas.histogram"), what="the weights section")
+    width, window = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window, (width, window)  # long names wrap instead of widening the page
+
 
 def test_weights_and_predict_after_success(driver, stack, seeded, shots):
     job = seeded["job"]
