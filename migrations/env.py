@@ -38,8 +38,22 @@ def _run(connection) -> None:
     # batch mode lets later migrations alter tables on SQLite too
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode rebuilds a table by dropping it: with foreign keys on (as the engine sets
+        # them), dropping `jobs` would cascade to every job's epochs and weights. The pragma only
+        # takes effect outside a transaction, hence the driver's own connection (autocommit).
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:  # the rebuilt tables still hold every reference they held before
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration left rows referring to nothing: {broken[:5]}")
+    finally:
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():
