@@ -8,7 +8,12 @@ COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
 # editable, so `backprop migrate` finds alembic.ini and migrations/ beside the code
-RUN pip install -e . && useradd --create-home backprop
+RUN pip install -e . && useradd --create-home backprop && mkdir /data && chown backprop /data
+# run alone (docker run -p 8000:8000 IMAGE), the image serves the embedded default: SQLite and
+# the file queue in /data, a volume the unprivileged user owns, and the API on every interface
+# of the container (127.0.0.1 there is unreachable from outside); docker-compose.yml sets its own
+ENV BACKPROP_DATA_DIR=/data BACKPROP_HOST=0.0.0.0
+VOLUME /data
 USER backprop
 EXPOSE 8000
 CMD ["backprop", "serve"]

@@ -3,6 +3,7 @@ backprop service runs a `backprop` subcommand that the end-to-end tests start fo
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,3 +57,13 @@ def test_dockerfile_ships_what_migrate_needs():
     text = (ROOT / "Dockerfile").read_text()
     for needed in ("alembic.ini", "migrations", "core", "app", "worker", "pip install -e ."):
         assert needed in text
+
+
+def test_the_image_alone_serves_from_a_volume_its_user_owns():
+    """Run without compose, the image used ./var under a root-owned WORKDIR (the unprivileged
+    user could not create it) and served on the container's own 127.0.0.1."""
+    text = (ROOT / "Dockerfile").read_text()
+    env = dict(re.findall(r"(BACKPROP_\w+)=(\S+)", text))
+    assert env["BACKPROP_HOST"] == "0.0.0.0" and env["BACKPROP_DATA_DIR"] == "/data"
+    assert "chown backprop /data" in text and "VOLUME /data" in text
+    assert text.index("chown backprop /data") < text.index("USER backprop")
