@@ -53,12 +53,18 @@ class Stack:
         return proc
 
     def up(self, workers: int = 1, tenant: str = "e2e") -> Stack:
-        self.run("migrate")
-        self.api_key = self.run("keys", "create", "--tenant", tenant).strip()
-        self.start("api", "serve")
-        for i in range(workers):
-            self.start(f"worker{i}", "worker")
-        self.wait_ready()
+        """Start the stack; if it does not come up, stop what did start (a caller's `finally`
+        that would have stopped it is not reached yet), then raise."""
+        try:
+            self.run("migrate")
+            self.api_key = self.run("keys", "create", "--tenant", tenant).strip()
+            self.start("api", "serve")
+            for i in range(workers):
+                self.start(f"worker{i}", "worker")
+            self.wait_ready()
+        except BaseException:
+            self.down()
+            raise
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
