@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from .client import DEFAULT_URL, ApiError, Client, Job, TransportError
-from .config import load_settings
+from .config import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,16 @@ def worker_command(settings) -> list[str]:
             "--queues", "training", "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:  # a BACKPROP_* variable that cannot be used: one line, exit 2
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """backprop: train neural networks by backpropagation over HTTP."""
 

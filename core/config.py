@@ -4,6 +4,7 @@ a SQLite file and Celery's filesystem transport under the data directory."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -12,45 +13,81 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"BACKPROP_{name}", default)
 
 
+class ConfigError(ValueError):
+    """A BACKPROP_* variable that cannot be used: named, with what it must be, at startup rather
+    than as a traceback deep inside gunicorn or Celery (or as a server that refuses everything)."""
+
+
+def _number(kind, name: str, default: str, low: float, high: float | None = None, above: bool = False):
+    raw = _env(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    ok = value is not None and (value > low if above else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        noun = "an integer" if kind is int else "a number"
+        raise ConfigError(f"BACKPROP_{name} must be {noun} {bound}, not {raw!r}")
+    return value
+
+
+def _int(name: str, default: str, low: int = 1, high: int | None = None):
+    return field(default_factory=lambda: _number(int, name, default, low, high))
+
+
+def _float(name: str, default: str, low: float = 0.0, above: bool = True):
+    return field(default_factory=lambda: _number(float, name, default, low, above=above))
+
+
+# "1200 per minute", "10/second; 1000 per day": what flask-limiter parses
+_RATE = r"\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "var")).absolute())
     database_url: str = ""
     broker_url: str = ""
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1"))
-    port: int = field(default_factory=lambda: int(_env("PORT", "8000")))
-    web_workers: int = field(default_factory=lambda: int(_env("WEB_WORKERS", "2")))
-    web_threads: int = field(default_factory=lambda: int(_env("WEB_THREADS", "8")))
-    worker_concurrency: int = field(default_factory=lambda: int(_env("WORKER_CONCURRENCY", str(os.cpu_count() or 1))))
-    blas_threads: int = field(default_factory=lambda: int(_env("BLAS_THREADS", "1")))
-    max_request_bytes: int = field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
-    idempotency_hours: float = field(default_factory=lambda: float(_env("IDEMPOTENCY_HOURS", "24")))
-    predict_cache_mb: float = field(default_factory=lambda: float(_env("PREDICT_CACHE_MB", "256")))
-    broker_poll_seconds: float = field(default_factory=lambda: float(_env("BROKER_POLL_SECONDS", "0.05")))
-    worker_metrics_port: int = field(default_factory=lambda: int(_env("WORKER_METRICS_PORT", "0")))  # 0: off
+    port: int = _int("PORT", "8000", 1, 65535)
+    web_workers: int = _int("WEB_WORKERS", "2")
+    web_threads: int = _int("WEB_THREADS", "8")
+    worker_concurrency: int = _int("WORKER_CONCURRENCY", str(os.cpu_count() or 1))
+    blas_threads: int = _int("BLAS_THREADS", "1")
+    max_request_bytes: int = _int("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))
+    idempotency_hours: float = _float("IDEMPOTENCY_HOURS", "24")
+    predict_cache_mb: float = _float("PREDICT_CACHE_MB", "256", above=False)
+    broker_poll_seconds: float = _float("BROKER_POLL_SECONDS", "0.05")
+    worker_metrics_port: int = _int("WORKER_METRICS_PORT", "0", 0, 65535)  # 0: off
     # crash safety: see worker/training.py and worker/reconciler.py
-    job_time_limit: float = field(default_factory=lambda: float(_env("JOB_TIME_LIMIT", str(6 * 3600))))
-    max_attempts: int = field(default_factory=lambda: int(_env("MAX_ATTEMPTS", "3")))
-    heartbeat_seconds: float = field(default_factory=lambda: float(_env("HEARTBEAT_SECONDS", "2")))
-    stale_after_seconds: float = field(default_factory=lambda: float(_env("STALE_AFTER_SECONDS", "30")))
-    reconcile_seconds: float = field(default_factory=lambda: float(_env("RECONCILE_SECONDS", "15")))
-    requeue_after_seconds: float = field(default_factory=lambda: float(_env("REQUEUE_AFTER_SECONDS", "60")))
-    checkpoint_seconds: float = field(default_factory=lambda: float(_env("CHECKPOINT_SECONDS", "5")))
+    job_time_limit: float = _float("JOB_TIME_LIMIT", str(6 * 3600))
+    max_attempts: int = _int("MAX_ATTEMPTS", "3")
+    heartbeat_seconds: float = _float("HEARTBEAT_SECONDS", "2")
+    stale_after_seconds: float = _float("STALE_AFTER_SECONDS", "30")
+    reconcile_seconds: float = _float("RECONCILE_SECONDS", "15")
+    requeue_after_seconds: float = _float("REQUEUE_AFTER_SECONDS", "60")
+    checkpoint_seconds: float = _float("CHECKPOINT_SECONDS", "5", above=False)
     # limits, each answered with a 4xx before anything is stored or queued (app/limits.py)
-    max_layers: int = field(default_factory=lambda: int(_env("MAX_LAYERS", "64")))
-    max_units: int = field(default_factory=lambda: int(_env("MAX_UNITS", "8192")))
-    max_parameters: int = field(default_factory=lambda: int(_env("MAX_PARAMETERS", "20000000")))
-    max_epochs: int = field(default_factory=lambda: int(_env("MAX_EPOCHS", "100000")))
-    max_rows: int = field(default_factory=lambda: int(_env("MAX_ROWS", "1000000")))
-    max_sample_values: int = field(default_factory=lambda: int(_env("MAX_SAMPLE_VALUES", "100000")))
-    max_dataset_values: int = field(default_factory=lambda: int(_env("MAX_DATASET_VALUES", "100000000")))
-    max_compute: float = field(default_factory=lambda: float(_env("MAX_COMPUTE", "2e13")))
-    max_active_jobs: int = field(default_factory=lambda: int(_env("MAX_ACTIVE_JOBS", "20")))
+    max_layers: int = _int("MAX_LAYERS", "64")
+    max_units: int = _int("MAX_UNITS", "8192")
+    max_parameters: int = _int("MAX_PARAMETERS", "20000000")
+    max_epochs: int = _int("MAX_EPOCHS", "100000")
+    max_rows: int = _int("MAX_ROWS", "1000000")
+    max_sample_values: int = _int("MAX_SAMPLE_VALUES", "100000")
+    max_dataset_values: int = _int("MAX_DATASET_VALUES", "100000000")
+    max_compute: float = _float("MAX_COMPUTE", "2e13")
+    max_active_jobs: int = _int("MAX_ACTIVE_JOBS", "20")
     rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "1200 per minute"))
     # on | off | auto (auto: off only for the embedded default bound to a loopback address)
     auth: str = field(default_factory=lambda: _env("AUTH", "auto"))
 
     def __post_init__(self):
+        if self.auth not in ("on", "off", "auto"):
+            raise ConfigError(f"BACKPROP_AUTH must be on, off or auto, not {self.auth!r}")
+        if not re.fullmatch(f"{_RATE}([;,]{_RATE})*", self.rate_limit):
+            raise ConfigError(f"BACKPROP_RATE_LIMIT must read like '1200 per minute' or '10/second; 1000 per day', "
+                              f"not {self.rate_limit!r}")
         # derived defaults depend on data_dir, so they are filled here
         if not self.database_url:
             object.__setattr__(self, "database_url",
@@ -68,8 +105,6 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        if self.auth not in ("on", "off", "auto"):
-            raise ValueError(f"BACKPROP_AUTH must be on, off or auto, not {self.auth!r}")
         if self.auth == "off" and not self.loopback:
             raise ValueError("BACKPROP_AUTH=off is only allowed when the API listens on 127.0.0.1")
         if self.auth == "auto":

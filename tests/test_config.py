@@ -1,0 +1,42 @@
+"""BACKPROP_* settings: a value that cannot be used is named at startup, with what it must be,
+by every server command (one line, exit 2), instead of a traceback inside gunicorn or Celery,
+or a server that starts and then refuses everything (MAX_REQUEST_BYTES=-1: every POST a 413)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from core.cli import main
+from core.config import ConfigError, Settings
+
+BAD = [
+    ("PORT", "abc", "BACKPROP_PORT must be an integer >= 1 and <= 65535, not 'abc'"),
+    ("PORT", "-1", "BACKPROP_PORT must be an integer >= 1"),
+    ("WORKER_CONCURRENCY", "abc", "must be an integer >= 1"),
+    ("WEB_THREADS", "0", "must be an integer >= 1"),
+    ("MAX_REQUEST_BYTES", "-1", "must be an integer >= 1"),
+    ("MAX_ACTIVE_JOBS", "-1", "must be an integer >= 1"),
+    ("RECONCILE_SECONDS", "0", "must be a number > 0"),
+    ("PREDICT_CACHE_MB", "-5", "must be a number >= 0"),
+    ("WORKER_METRICS_PORT", "99999", "<= 65535"),
+    ("RATE_LIMIT", "garbage", "must read like '1200 per minute'"),
+    ("AUTH", "maybe", "must be on, off or auto"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", BAD, ids=[f"{n}={v}" for n, v, _ in BAD])
+def test_an_unusable_setting_is_named_at_startup(monkeypatch, tmp_path, name, value, message):
+    monkeypatch.setenv("BACKPROP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(f"BACKPROP_{name}", value)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        Settings()
+    result = CliRunner().invoke(main, ["migrate"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("rate", ["1200 per minute", "10/second; 1000 per day", "5 per 2 hours", "100/minute"])
+def test_rate_limits_as_flask_limiter_reads_them(monkeypatch, rate):
+    monkeypatch.setenv("BACKPROP_RATE_LIMIT", rate)
+    assert Settings().rate_limit == rate
