@@ -249,3 +249,21 @@ def test_progress_printer_plain_lines_and_terminal(capsys):
     out = capsys.readouterr().out
     assert out.startswith("\r[#...] epoch 1/4  loss 0.5  eta 3m00s\r[####] epoch 4/4  loss 0.25  eta 0s ")
     assert out.endswith("\nstatus succeeded\n")
+
+
+@pytest.mark.parametrize("labels, column", [(["ja", "nein"], "probability_nein"), (None, "probability_1")])
+def test_a_binary_predictions_csv_names_the_class_its_probability_is_of(tmp_path, labels, column):
+    """A sigmoid output's probability is P(second class): a column called just `probability`
+    beside a predicted first label read as that label's probability."""
+    import csv
+
+    from core.cli import _write_predictions_csv
+    from core.client import Prediction
+
+    out = tmp_path / "p.csv"
+    first, second = labels or [0, 1]
+    _write_predictions_csv(out, Prediction(predictions=[first, second], probabilities=[0.2, 0.9]), labels)
+    with out.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["prediction", column]
+    assert rows[1:] == [[str(first), "0.2"], [str(second), "0.9"]]
