@@ -9,9 +9,10 @@ COPY worker ./worker
 COPY migrations ./migrations
 # editable, so `backprop migrate` finds alembic.ini and migrations/ beside the code
 RUN pip install -e . && useradd --create-home backprop && mkdir /data && chown backprop /data
-# run alone (docker run -p 8000:8000 IMAGE), the image serves the embedded default: SQLite and
-# the file queue in /data, a volume the unprivileged user owns, and the API on every interface
-# of the container (127.0.0.1 there is unreachable from outside); docker-compose.yml sets its own
+# run alone (docker run -p 8000:8000 -v backprop:/data IMAGE backprop run: the API and a worker),
+# the image keeps the embedded default's SQLite and file queue in /data, a volume its unprivileged
+# user owns, and serves on every interface of the container (its 127.0.0.1 is unreachable from
+# outside); docker-compose.yml sets its own
 ENV BACKPROP_DATA_DIR=/data BACKPROP_HOST=0.0.0.0
 VOLUME /data
 USER backprop
