@@ -234,8 +234,11 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                                          f"samples have shape {ds.feature_shape}, model.input_shape is "
                                          f"{list(net.input_shape)}"}])
             if np.dtype(ds.feature_dtype).itemsize > net.dtype.itemsize:  # float64 data, a float32 model
-                as_model_dtype(dataset_arrays(ds)[0], net.dtype, "dataset_id", name="features")
-            _check_training_fits(net, training, dataset_targets(session, ds.id), ds.class_labels, "dataset_id")
+                features, targets = dataset_arrays(ds)
+                as_model_dtype(features, net.dtype, "dataset_id", name="features")
+            else:
+                targets = dataset_targets(session, ds.id)  # the features stay in the database
+            _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
         check_compute_budget(net.parameter_count, ds.n_samples, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
@@ -319,10 +322,10 @@ def get_job(job_id: str):
                  "finished epoch. 409 `job_finished` once it ended.")
 def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
-        load_job(session, job_id)
+        job = load_job(session, job_id)
         # the row lock orders this against a worker claiming or finishing the job at this very
         # moment (they lock it too), so a finished job stays finished
-        job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        session.refresh(job, with_for_update=True)
         if job.status == JobStatus.QUEUED:
             # no attempt runs it: it ends now, with what its checkpoint holds if it has run before
             cancel_between_attempts(session, job)
