@@ -280,16 +280,16 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
             monitor.stop()
         if monitor.reason == "superseded":
             raise Superseded(job_id)
-        if result.stop_reason != "cancelled":
-            # the run ended on its own; a reason the heartbeat found after that (the time limit
-            # passing during the last epoch's writes) stopped nothing
-            monitor.reason = None
-        if monitor.reason == "handed back":
+        # what stopped the run, if the monitor did; a run that ended on its own was stopped by
+        # nothing, whatever the heartbeat found after that (the time limit passing during the
+        # last epoch's writes)
+        stopped_by = monitor.reason if result.stop_reason == "cancelled" else None
+        if stopped_by == "handed back":
             _hand_back(attempt)
             log.info("job %s attempt %d handed back: the worker is shutting down", job_id, claim.attempt)
             return True
         writer.flush()
-        if monitor.reason == "time limit":
+        if stopped_by == "time limit":
             _finish(attempt, JobStatus.FAILED, weights=writer.last_weights, stop_reason="time limit",
                     error=f"time limit: the job ran longer than {settings.job_time_limit:g} s "
                           f"(BACKPROP_JOB_TIME_LIMIT) and was stopped after epoch {trainer.epoch}")
@@ -299,7 +299,7 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
         else:
             _finish(attempt, JobStatus.SUCCEEDED, weights=net.get_weights(), stop_reason=result.stop_reason,
                     metrics_epoch=result.restored_epoch)
-        log.info("job %s ended: %s", job_id, monitor.reason or result.stop_reason)
+        log.info("job %s ended: %s", job_id, stopped_by or result.stop_reason)
     except Superseded:
         log.warning("job %s attempt %d was superseded; stopped without writing", job_id, claim.attempt)
     except (TrainingDiverged, SpecError, ValueError) as exc:
