@@ -237,10 +237,12 @@ async function jobPage(ctx, root, jobId) {
     }
     for (const col of Object.values(cols)) if (col.length < xs.length) col.push(null);
   };
+  // an epoch's metrics: its numbers (null: an overflow), but not its number or duration
+  const metricsOf = rec => Object.entries(rec).filter(([k, v]) =>
+    !['epoch', 'duration'].includes(k) && (typeof v === 'number' || v === null));
   const push = rec => {
     xs.push(rec.epoch);
-    add(metric, Object.entries(rec).filter(([k, v]) =>
-      !['epoch', 'duration'].includes(k) && (typeof v === 'number' || v === null)));
+    add(metric, metricsOf(rec));
     add(grads, Object.entries(rec.grad_norms || {}));
     add(wnorms, Object.entries(rec.weight_norms || {}));
   };
@@ -366,8 +368,7 @@ async function jobPage(ctx, root, jobId) {
       const total = (job.progress || {}).total_epochs || rec.epoch;
       job = {...job, progress: {...(job.progress || {}), epoch: rec.epoch},
              eta_seconds: (total - rec.epoch) * recent.reduce((a, b) => a + b, 0) / recent.length,
-             metrics: Object.fromEntries(Object.entries(rec).filter(([k, v]) => typeof v === 'number' &&
-                                                                   !['epoch', 'duration'].includes(k)))};
+             metrics: Object.fromEntries(metricsOf(rec))};
       if (Date.now() - lastHead > 1000) { lastHead = Date.now(); renderHead(); }
       if (Date.now() - lastFlags > 3000) { lastFlags = Date.now(); loadFlags().catch(() => {}); }
     },
