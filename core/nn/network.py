@@ -10,16 +10,17 @@ import numpy as np
 from .activations import get_activation
 from .casting import narrowed
 from .layers import LAYERS
-from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers
+from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers, size_of
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
 from .layers.regularization import BatchNorm
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
 
 DTYPES = ("float32", "float64")
+INFERENCE_BYTES = 64 * 2**20  # what one inference batch may hold (see Network.forward)
 
 MODEL_FIELDS = {
-    "input_shape": Field("int_list", description="shape of one sample, without the batch axis"),
+    "input_shape": Field("int_list", max_items=8, description="shape of one sample, without the batch axis"),
     "layers": Field("list", min_items=1),
     "loss": Field("choice", choices=tuple(LOSSES)),
     "dtype": Field("choice", default="float32", choices=DTYPES,
@@ -42,9 +43,15 @@ def check_model_spec(spec: Any) -> dict[str, Any]:
 def count_parameters(spec: dict[str, Any]) -> int:
     """The number of trainable values a spec builds, found without allocating them (so that a
     service can refuse a network too large to build). Raises SpecError like Network does."""
+    return shapes_only(spec).parameter_count
+
+
+def shapes_only(spec: dict[str, Any]) -> Network:
+    """The network a spec builds, its weights not allocated: its shapes, parameter count and
+    cost, for refusing what is too large to build or train. Raises SpecError like Network."""
     token = SHAPES_ONLY.set(True)
     try:
-        return Network(spec).parameter_count
+        return Network(spec)
     finally:
         SHAPES_ONLY.reset(token)
 
@@ -187,8 +194,10 @@ class Network:
         return x
 
     def forward(self, x, batch_size: int = 1024) -> np.ndarray:
-        """Inference: running statistics, no dropout, the output activation applied."""
+        """Inference: running statistics, no dropout, the output activation applied. At most
+        `batch_size` rows at a time, fewer when a batch would hold more than INFERENCE_BYTES."""
         x = self.as_input(x)
+        batch_size = max(1, min(batch_size, INFERENCE_BYTES // (self.cost()[1] * self.dtype.itemsize)))
         outs = [self.output_activation.forward(self.logits(x[i:i + batch_size], training=False))
                 for i in range(0, max(len(x), 1), batch_size)]
         return np.concatenate(outs) if outs else outs
@@ -318,6 +327,19 @@ class Network:
 
     def summary(self) -> list[dict[str, Any]]:
         return [layer.describe() for layer in self.layers]
+
+    def cost(self) -> tuple[int, int]:
+        """(multiply-adds, values held) per training sample (see Layer.cost), counting the input
+        and the loss's output and gradient: a job's time and memory grow with these."""
+        per_layer = [layer.cost() for layer in self.layers]
+        held = sum(v for _, v in per_layer) + size_of(self.input_shape) + 2 * size_of(self.output_shape)
+        return sum(m for m, _ in per_layer), held
+
+    @property
+    def sequential_steps(self) -> int:
+        """Recurrent steps a batch goes through one after another: each is a few NumPy calls
+        whatever the batch, a cost that multiply-adds do not show for small layers."""
+        return sum(layer.input_shape[0] for layer in walk(self.layers) if layer.sequential)
 
     @property
     def parameter_count(self) -> int:

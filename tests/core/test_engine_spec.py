@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from core.nn import Network, SpecError, check_model_spec, check_training_spec
 from core.nn.layers.base import layer_json_schemas
+from core.nn.network import shapes_only
 from core.nn.spec import Field
 from core.nn.training import TRAINING_FIELDS, training_json_schema
 
@@ -75,6 +77,10 @@ def test_valid_model_gets_defaults():
     (["input_shape"], [0], "model.input_shape[0]", "must be an integer >= 1"),
     (["input_shape"], [], "model.input_shape", "non-empty list"),
     (["input_shape"], 4, "model.input_shape", "non-empty list"),
+    # NumPy holds at most 64 axes; a sample of 9 already fits no layer but dense
+    (["input_shape"], [1] * 9, "model.input_shape", "at most 8 items"),
+    # a name keys every epoch's norms and the weights (a 70,000-letter one broke the .npz download)
+    (["layers", 0, "name"], "n" * 129, "model.layers[0].name", "at most 128 characters, not 129"),
 ])
 def test_model_errors_name_their_path(path, value, where, message):
     errors = model_errors(model_with(path, value))
@@ -252,3 +258,89 @@ def test_count_parameters_matches_a_real_build_without_allocating():
         assert tracemalloc.get_traced_memory()[1] < 50e6  # a real build would need about 17 GB
     finally:
         tracemalloc.stop()
+
+
+COST_SPECS = {
+    "mlp": ({"input_shape": [784], "loss": "categorical_crossentropy", "layers": [
+        {"type": "dense", "units": 256, "activation": "relu"}, {"type": "dense", "units": 128, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]}, 64),
+    "conv": ({"input_shape": [28, 28, 1], "loss": "categorical_crossentropy", "layers": [
+        {"type": "conv2d", "filters": 16, "kernel_size": 3, "activation": "relu"}, {"type": "max_pool2d"},
+        {"type": "conv2d", "filters": 32, "kernel_size": 3, "activation": "relu", "padding": "same"},
+        {"type": "max_pool2d"}, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}, 32),
+    "conv_channels_first": ({"input_shape": [3, 32, 32], "loss": "mse", "layers": [
+        {"type": "conv2d", "filters": 8, "kernel_size": 5, "data_format": "channels_first", "activation": "relu"},
+        {"type": "batch_norm", "axis": 1}, {"type": "avg_pool2d", "data_format": "channels_first"},
+        {"type": "flatten"}, {"type": "dense", "units": 1}]}, 32),
+    "lstm": ({"input_shape": [50, 8], "loss": "categorical_crossentropy", "layers": [
+        {"type": "lstm", "units": 64}, {"type": "dense", "units": 10, "activation": "softmax"}]}, 64),
+    "gru_rnn": ({"input_shape": [30, 4], "loss": "mse", "layers": [
+        {"type": "gru", "units": 32, "return_sequences": True}, {"type": "simple_rnn", "units": 16},
+        {"type": "dense", "units": 1}]}, 16),
+    "residual": ({"input_shape": [64], "loss": "mse", "layers": [
+        {"type": "dense", "units": 64, "activation": "relu"},
+        {"type": "residual", "layers": [{"type": "dense", "units": 64, "activation": "relu"},
+                                        {"type": "dropout", "rate": 0.2}, {"type": "dense", "units": 64}]},
+        {"type": "dense", "units": 1}]}, 128),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COST_SPECS))
+def test_cost_estimates_the_memory_a_training_step_allocates(name):
+    """The service refuses a batch by this estimate before the job is queued (a 316x316 image
+    through 8192 filters took a worker to 23 GB before the kernel killed it), so it must track
+    what a training step really allocates: NumPy reports its arrays to tracemalloc."""
+    import tracemalloc
+
+    spec, batch = COST_SPECS[name]
+    net = Network.from_spec(spec)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *net.input_shape)).astype(np.float32)
+    y = rng.integers(0, 10, batch) if spec["loss"] != "mse" else rng.standard_normal((batch, 1))
+    y = net.loss.prepare_targets(y, net.output_shape, net.dtype)
+    net.train_step_gradients(x, y)  # the first step also allocates what every step reuses
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        net.train_step_gradients(x, y)
+        allocated = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    estimate = net.cost()[1] * batch * 4
+    assert 0.8 * allocated < estimate < 2.5 * allocated, (estimate, allocated)
+    assert shapes_only(spec).cost() == net.cost()  # known before any weight is allocated
+
+
+def test_cost_counts_the_forward_multiply_adds_and_the_recurrent_steps():
+    mlp = Network.from_spec(COST_SPECS["mlp"][0])
+    assert mlp.cost()[0] == 784 * 256 + 256 * 128 + 128 * 10 and mlp.sequential_steps == 0
+    per_position = Network.from_spec({"input_shape": [5, 7], "loss": "mse",
+                                      "layers": [{"type": "dense", "units": 3}]})
+    assert per_position.cost()[0] == 5 * 7 * 3  # dense on (steps, features) acts on each step
+    conv = Network.from_spec(COST_SPECS["conv"][0])
+    # 26x26 positions x 3x3x1x16, max pool 13x13x16 x 2x2, 13x13 positions x 3x3x16x32, pool, flatten, dense
+    assert conv.cost()[0] == (26 * 26 * 9 * 16 + 13 * 13 * 16 * 4 + 13 * 13 * 9 * 16 * 32 + 6 * 6 * 32 * 4
+                              + 6 * 6 * 32 + 6 * 6 * 32 * 10)
+    seq = Network.from_spec(COST_SPECS["gru_rnn"][0])
+    # GRU: 30 steps x 3 gates x 32 units x (32 + 4 + 1); RNN: 30 x 16 x (16 + 32 + 1); dense 16
+    assert seq.cost()[0] == 30 * 96 * 37 + 30 * 16 * 49 + 16
+    assert seq.sequential_steps == 60
+
+
+def test_inference_goes_in_batches_that_fit_in_inference_bytes(monkeypatch):
+    """Predict answers rows in batches of at most 1024, fewer when one batch would hold more
+    than INFERENCE_BYTES: a wide network predicting 1024 rows at once could exhaust memory."""
+    import core.nn.network as network
+
+    net = Network.from_spec(COST_SPECS["conv"][0])
+    x = np.random.default_rng(1).random((40, 28, 28, 1), dtype=np.float32)
+    whole = net.forward(x)
+    seen = []
+    real = net.logits
+    monkeypatch.setattr(net, "logits", lambda xb, training: seen.append(len(xb)) or real(xb, training))
+    monkeypatch.setattr(network, "INFERENCE_BYTES", net.cost()[1] * 4 * 7)
+    np.testing.assert_allclose(net.forward(x), whole, rtol=1e-6)
+    assert seen == [7] * 5 + [5]
+    monkeypatch.setattr(network, "INFERENCE_BYTES", 1)
+    seen.clear()
+    assert net.forward(x[:3]).shape == (3, 10) and seen == [1, 1, 1]

@@ -31,6 +31,10 @@ def _placeholder(shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
 
 
+def size_of(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
 class ShapeError(ValueError):
     """The layer cannot take the shape the previous layer produces."""
 
@@ -49,6 +53,8 @@ class Layer:
     doc: ClassVar[str] = ""
     # names of params that L1/L2 penalties apply to (kernels, not biases)
     regularized: ClassVar[tuple[str, ...]] = ()
+    # runs its input's first axis one step after another (recurrent layers)
+    sequential: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], name: str):
         self.config = config
@@ -98,6 +104,14 @@ class Layer:
         value = INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype)
         self.add_param(key, np.ascontiguousarray(value))
 
+    def cost(self) -> tuple[int, int]:
+        """(multiply-adds, values held) for one sample going forward in training: what a service
+        bounds a job's time and memory by before building it. Values held are what backward
+        keeps of the batch plus the largest temporary, per sample; this default fits an
+        element-wise layer (its output and its pre-activation)."""
+        out = size_of(self.output_shape)
+        return out, 2 * out
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name,
                 "output_shape": list(self.output_shape),
@@ -135,7 +149,8 @@ REGULARIZER_FIELDS = {
 }
 COMMON_FIELDS = {
     "type": Field("str"),
-    "name": Field("str", default=None, nullable=True, description="defaults to TYPE_INDEX"),
+    # a name is a key of every epoch's norms and of the weights: kept short
+    "name": Field("str", default=None, nullable=True, max_length=128, description="defaults to TYPE_INDEX"),
 }
 
 

@@ -22,6 +22,7 @@ from .base import (
     Layer,
     ShapeError,
     register,
+    size_of,
 )
 
 
@@ -185,6 +186,12 @@ class Conv2D(Spatial2D, ActivatedLayer):
             self.init_param("bias", self.config["bias_initializer"], (f,), kh * kw * c, kh * kw * f, rng, dtype)
         return self.image_shape(oh, ow, f)
 
+    def cost(self):
+        (kh, kw), positions = self.window, self.out_h * self.out_w
+        k = kh * kw * self.params["kernel"].shape[2]
+        # im2col's patches (kept for backward, and their gradient) outweigh most outputs
+        return positions * self.params["kernel"].size, 2 * positions * (k + 1) + 2 * size_of(self.output_shape)
+
     def forward(self, x, training):
         xp = self.pad(self.to_last(x))
         cols = self.im2col(xp)
@@ -294,6 +301,10 @@ class Pool2D(Spatial2D):
         strides = self.config["strides"] if self.config["strides"] is not None else size
         oh, ow, c = self.spatial_build(input_shape, size, strides)
         return self.image_shape(oh, ow, c)
+
+    def cost(self):
+        (kh, kw), out = self.window, size_of(self.output_shape)
+        return out * kh * kw, size_of(self.input_shape) + 2 * out
 
     @property
     def overlapping(self) -> bool:

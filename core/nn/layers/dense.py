@@ -12,6 +12,7 @@ from .base import (
     REGULARIZER_FIELDS,
     ActivatedLayer,
     register,
+    size_of,
 )
 
 
@@ -37,6 +38,10 @@ class Dense(ActivatedLayer):
         if self.config["use_bias"]:
             self.init_param("bias", self.config["bias_initializer"], (units,), fan_in, units, rng, dtype)
         return tuple(input_shape[:-1]) + (units,)
+
+    def cost(self):
+        positions = size_of(self.input_shape[:-1])  # dense on (..., features) acts on each position
+        return positions * self.params["kernel"].size, 2 * size_of(self.output_shape)
 
     def forward(self, x, training):
         if training:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..activations import ACTIVATIONS, get_activation
 from ..spec import Field
-from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register
+from .base import INITIALIZER_CHOICES, REGULARIZER_FIELDS, Layer, ShapeError, register, size_of
 
 # Gates are computed on whole blocks of columns, so only element-wise activations make sense.
 _ELEMENTWISE = tuple(a for a in ACTIVATIONS if a != "softmax")
@@ -73,6 +73,7 @@ class _Recurrent(Layer):
 
     gates: ClassVar[int] = 1
     regularized = ("kernel", "recurrent_kernel")
+    sequential = True
     fields = _COMMON_FIELDS
 
     def __init__(self, config, name):
@@ -101,6 +102,13 @@ class _Recurrent(Layer):
                             rng, dtype)
         self._dtype = np.dtype(dtype)
         return (steps, u) if self.return_sequences else (u,)
+
+    def cost(self):
+        steps, features = self.input_shape
+        rows, state = self.gates * self.units, self.units + features + 1
+        # the stacked state S of every step, and per step and gate row: the pre-activation, the
+        # activation and their gradients, and a cell state's share (measured: about 5 values)
+        return steps * rows * state, (steps + 1) * state + 5 * steps * rows + size_of(self.output_shape)
 
     def _bias_shape(self) -> tuple[int, ...]:
         return (self.gates * self.units,)

@@ -5,7 +5,7 @@ The identity path lets gradients skip f, which is what makes deep stacks trainab
 from __future__ import annotations
 
 from ..spec import Field, _join
-from .base import ACTIVATION_FIELD, ActivatedLayer, ShapeError, check_layer_spec, make_layers, register
+from .base import ACTIVATION_FIELD, ActivatedLayer, ShapeError, check_layer_spec, make_layers, register, size_of
 
 
 @register
@@ -37,6 +37,11 @@ class Residual(ActivatedLayer):
 
     def sublayers(self):
         return self.inner
+
+    def cost(self):
+        inner = [layer.cost() for layer in self.inner]
+        out = size_of(self.output_shape)
+        return sum(m for m, _ in inner) + out, sum(v for _, v in inner) + 3 * out  # x + f(x), and its gradient
 
     def forward(self, x, training):
         h = x
