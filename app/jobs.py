@@ -49,6 +49,7 @@ from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .limits import (
     check_active_jobs,
+    check_batch_memory,
     check_compute_budget,
     check_dataset_limits,
     check_parameter_count,
@@ -239,7 +240,9 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             else:
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
             _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
-        check_compute_budget(net.parameter_count, ds.n_samples, training["epochs"])
+        batch_size = min(training["batch_size"], ds.n_samples)
+        check_batch_memory(net, batch_size)
+        check_compute_budget(net, ds.n_samples, batch_size, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   freeze=body.freeze)

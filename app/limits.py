@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from core.config import Settings
 from core.db import Job, JobStatus
+from core.nn import Network
 
 from .errors import ApiError, problem, validation_error
 
@@ -87,16 +88,55 @@ def check_dataset_limits(n_rows: int, values_per_row: int, path: str) -> None:
                                                           f"the limit is {s.max_dataset_values}"}])
 
 
-def check_compute_budget(parameters: int, samples: int, epochs: int) -> None:
-    """About epochs x samples x parameters multiply-adds (times 3 for the backward pass)."""
-    cost = float(parameters) * samples * epochs
+# What one recurrent step of a batch costs whatever its size (a few NumPy calls, ~10 us), in
+# multiply-adds: about what 10 us of a GEMM does. Without it an LSTM of 8 units over 100,000
+# steps would look cheap and hold a worker for hours.
+STEP_COST = 100_000
+
+
+def check_compute_budget(net: Network, samples: int, batch_size: int, epochs: int) -> None:
+    """The forward pass's multiply-adds x samples x epochs (backward costs about twice the
+    forward, so this is a third of the work), plus STEP_COST per recurrent step per batch."""
+    macs, _ = net.cost()
+    batches = -(-samples // batch_size)
+    cost = float(epochs) * (float(macs) * samples + float(batches) * net.sequential_steps * STEP_COST)
     limit = settings().max_compute
     if cost > limit:
         raise ApiError(422, "compute_budget_exceeded",
-                       f"this job needs about {cost:.3g} parameter-sample-epochs ({parameters} parameters x "
-                       f"{samples} samples x {epochs} epochs); the limit is {limit:.3g}",
+                       f"this job needs about {cost:.3g} multiply-adds ({macs} per sample forward x "
+                       f"{samples} samples x {epochs} epochs"
+                       + (f", with {net.sequential_steps} recurrent steps per batch" if net.sequential_steps else "")
+                       + f"); the limit is {limit:.3g}",
                        errors=[{"path": "training.epochs", "message": f"compute {cost:.3g} > limit {limit:.3g}"}],
                        compute=cost, limit=limit)
+
+
+def check_batch_memory(net: Network, batch_size: int, path: str = "training.batch_size") -> None:
+    """What a training batch holds (activations kept for backward, a convolution's patches, a
+    recurrent layer's states, their gradients), estimated from the layers' shapes before the
+    job is queued: past the limit the worker would run out of memory, or be killed."""
+    _, held = net.cost()
+    need = float(held) * batch_size * net.dtype.itemsize
+    limit = settings().max_batch_mb * 2**20
+    if need > limit:
+        per_sample = held * net.dtype.itemsize / 2**20
+        raise ApiError(422, "batch_too_large",
+                       f"a batch of {batch_size} would hold about {need / 2**20:,.0f} MB "
+                       f"({per_sample:,.2f} MB per sample); the limit is {limit / 2**20:,.0f} MB "
+                       f"(BACKPROP_MAX_BATCH_MB)",
+                       errors=[{"path": path, "message": f"needs about {need / 2**20:,.0f} MB > limit "
+                                                         f"{limit / 2**20:,.0f} MB; use a smaller batch or "
+                                                         f"network"}],
+                       memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
+
+
+def check_predict_size(rows: int, outputs: int, path: str) -> None:
+    """A predict answer is rows x outputs numbers in JSON (about 20 bytes each)."""
+    limit = settings().max_predict_values
+    if rows * outputs > limit:
+        raise validation_error([{"path": path, "message": f"{rows} rows x {outputs} outputs = {rows * outputs} "
+                                                          f"values to answer; the limit is {limit} per request "
+                                                          f"(BACKPROP_MAX_PREDICT_VALUES)"}])
 
 
 def check_active_jobs(session, tenant: str) -> None:

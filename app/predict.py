@@ -17,6 +17,7 @@ from core.store import load_weights
 
 from .datasets import as_model_dtype, not_found, numeric_array
 from .errors import ApiError, validation_error
+from .limits import check_predict_size
 
 
 class CachedModel:
@@ -92,6 +93,8 @@ def predict_response(net: Network, body: Any, class_labels: list[Any] | None) ->
 
 
 def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str) -> dict[str, Any]:
+    if isinstance(rows, list):  # before the rows are read: the answer's size is known from their count
+        check_predict_size(len(rows), int(np.prod(net.output_shape)), path)
     x = numeric_array(rows, path, min_ndim=2)
     if x.shape[1:] != net.input_shape:
         raise ApiError(422, "validation_error",

@@ -387,8 +387,18 @@ class Client:
             job = self.get_job(job_id)
         return job
 
-    def predict(self, job_id: str, rows: list[Any]) -> Prediction:
-        return Prediction.from_json(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": rows}))
+    def predict(self, job_id: str, rows: list[Any], chunk_rows: int = 10_000) -> Prediction:
+        """Sends `chunk_rows` rows per request, so that a large file stays within the server's
+        body and answer limits (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES)."""
+        rows = list(rows)
+        parts = [self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": rows[i:i + chunk_rows]})
+                 for i in range(0, max(len(rows), 1), chunk_rows)]
+        if len(parts) == 1:
+            return Prediction.from_json(parts[0])
+        merged = {**parts[0], "predictions": [p for part in parts for p in part["predictions"]]}
+        if parts[0].get("probabilities") is not None:
+            merged["probabilities"] = [p for part in parts for p in part["probabilities"]]
+        return Prediction.from_json(merged)
 
     def download_weights(self, job_id: str, path: str | os.PathLike | None = None) -> bytes:
         """The learned weights as .npz bytes (one array per layer parameter); written to `path`

@@ -8,6 +8,7 @@ import http.client
 import json
 import threading
 
+import numpy as np
 import pytest
 from sqlalchemy import delete, select, update
 from werkzeug.serving import make_server
@@ -167,8 +168,77 @@ def test_compute_budget_states_the_figure_and_the_limit(migrated):
     resp = app.test_client().post("/v1/jobs", json=iris_job(epochs=100))
     body = resp.get_json()
     assert resp.status_code == 422 and body["code"] == "compute_budget_exceeded"
-    assert body["compute"] == 131 * 150 * 100 and body["limit"] == 1e6  # 4*16+16 + 16*3+3 parameters
-    assert "1.96e+06" in body["detail"] and "1e+06" in body["detail"]
+    # the forward pass's multiply-adds: 4*16 + 16*3 per sample
+    assert body["compute"] == 112 * 150 * 100 and body["limit"] == 1e6
+    assert "1.68e+06" in body["detail"] and "112 per sample" in body["detail"] and "1e+06" in body["detail"]
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def _conv_job(image: int, filters: int, samples: int, batch_size: int) -> dict:
+    return {"model": {"input_shape": [image, image, 1], "loss": "mse", "layers": [
+                {"type": "conv2d", "filters": filters, "kernel_size": 3, "padding": "same"},
+                {"type": "avg_pool2d", "pool_size": min(image, 256)}, {"type": "flatten"},
+                {"type": "dense", "units": 1}]},
+            "training": {"epochs": 1, "batch_size": batch_size},
+            "dataset": {"features": np.zeros((samples, image, image, 1)).tolist(), "targets": [0.0] * samples}}
+
+
+def test_a_batch_too_large_for_memory_is_refused_before_it_is_queued(migrated):
+    """A 316x316 image through 8192 filters holds about 6.5 GB per sample in training (the
+    im2col patches and the outputs, with their gradients); accepted, it took a worker to 23 GB
+    until the kernel killed it, three times over. It is refused at submission now, naming the
+    batch size and the memory it would take."""
+    app = create_app(migrated)
+    client = app.test_client()
+    resp = client.post("/v1/jobs", json=_conv_job(316, 8192, 2, 2))
+    body = resp.get_json()
+    assert resp.status_code == 422 and body["code"] == "batch_too_large", body
+    assert body["errors"][0]["path"] == "training.batch_size" and "BACKPROP_MAX_BATCH_MB" in body["detail"]
+    assert 12_000 < body["memory_mb"] < 30_000 and body["limit_mb"] == 2048
+    with app.extensions["backprop"]["sessions"]() as s:
+        assert s.query(Job).count() == 0
+    app.extensions["backprop"]["engine"].dispose()
+
+    small = _limited(migrated, max_batch_mb=1)
+    client = small.test_client()
+    # 8x8 positions x (3*3 + 1 patch values + 64 outputs) x 2 ~ 9.5k values a sample: 32 of them ~ 1.2 MB
+    resp = client.post("/v1/jobs", json=_conv_job(8, 64, 32, 32))
+    assert resp.status_code == 422 and resp.get_json()["code"] == "batch_too_large"
+    assert client.post("/v1/jobs", json=_conv_job(8, 64, 32, 16)).status_code == 202
+    # a batch larger than the data is the data: 4 samples
+    assert client.post("/v1/jobs", json=_conv_job(8, 64, 4, 100_000)).status_code == 202
+    small.extensions["backprop"]["engine"].dispose()
+
+
+def test_the_compute_budget_counts_each_recurrent_step(migrated):
+    """An LSTM of 8 units over 100,000 steps has few multiply-adds per sample, but every step is
+    a few NumPy calls for each batch: 2 samples for 100,000 epochs took 2 s an epoch and would
+    have held a worker for its whole time limit. Each step of a batch counts as STEP_COST."""
+    app = create_app(migrated)
+    body = {"model": {"input_shape": [100_000, 1], "loss": "mse",
+                      "layers": [{"type": "lstm", "units": 8}, {"type": "dense", "units": 1}]},
+            "training": {"epochs": 100_000, "batch_size": 2},
+            "dataset": {"features": np.zeros((2, 100_000, 1)).tolist(), "targets": [0.0, 1.0]}}
+    resp = app.test_client().post("/v1/jobs", json=body)
+    out = resp.get_json()
+    assert resp.status_code == 422 and out["code"] == "compute_budget_exceeded", out
+    assert out["compute"] > 100_000 * 100_000 * 100_000 and "100000 recurrent steps per batch" in out["detail"]
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def test_predict_answers_are_limited_in_size(migrated):
+    """5000 rows through an 8192-way softmax answered 942 MB of JSON and took the web process
+    to 3.7 GB; rows x outputs is now bounded, checked before the rows are read."""
+    app = _limited(migrated, max_predict_values=300)
+    client = app.test_client()
+    job_id = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+    run_job(app.extensions["backprop"]["sessions"], job_id)
+    x, _ = iris()
+    assert client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:100].tolist()}).status_code == 200
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": x[:101].tolist()})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "instances"
+    detail = resp.get_json()["detail"]
+    assert "101 rows x 3 outputs" in detail and "BACKPROP_MAX_PREDICT_VALUES" in detail
     app.extensions["backprop"]["engine"].dispose()
 
 

@@ -134,6 +134,15 @@ class FakeApi(BaseHTTPRequestHandler):
                              "application/problem+json")
         self.send(500, {"oops": True})
 
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, dict(self.headers)))
+        if self.path == "/v1/jobs/j1/predict":  # a classifier: the label is the row's first value
+            rows = body["inputs"]
+            return self.send(200, {"predictions": [r[0] for r in rows], "probabilities": [[0.5, 0.5]] * len(rows),
+                                   "job_id": "j1"})
+        self.send(500, {"oops": True})
+
     def events(self, after: int):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -267,3 +276,14 @@ def test_a_binary_predictions_csv_names_the_class_its_probability_is_of(tmp_path
         rows = list(csv.reader(f))
     assert rows[0] == ["prediction", column]
     assert rows[1:] == [[str(first), "0.2"], [str(second), "0.9"]]
+
+
+def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
+    """The server bounds a predict request (body bytes, rows x outputs): a large file goes in
+    requests of chunk_rows rows, answered as one prediction in the rows' order."""
+    rows = [[i, 0] for i in range(25)]
+    result = Client(fake_api).predict("j1", rows, chunk_rows=10)
+    assert result.predictions == list(range(25)) and len(result.probabilities) == 25
+    assert [m for m, _, _ in FakeApi.requests] == ["POST"] * 3
+    assert Client(fake_api).predict("j1", rows[:3]).predictions == [0, 1, 2]
+    assert len(FakeApi.requests) == 4
