@@ -305,6 +305,9 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     except (TrainingDiverged, SpecError, ValueError) as exc:
         _fail(attempt, writer, str(exc))
         log.warning("job %s failed: %s", job_id, exc)
+    except MemoryError as exc:  # past what the API's estimate allowed (BACKPROP_MAX_BATCH_MB)
+        _fail(attempt, writer, f"out of memory: {exc}; try a smaller batch_size or network")
+        log.warning("job %s ran out of memory: %s", job_id, exc)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
         _fail(attempt, writer, f"internal error: {exc.__class__.__name__}: {exc}")

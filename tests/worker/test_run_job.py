@@ -408,3 +408,20 @@ def test_a_worker_killed_while_reading_the_data_uses_up_an_attempt(client, sessi
     run_job(sessions, job_id, settings=fast)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and f"gave up after {fast.max_attempts} attempts" in job["error"]
+
+
+def test_a_job_out_of_memory_fails_saying_so(client, sessions, fast, monkeypatch):
+    """Past what the API's estimate allows (a raised BACKPROP_MAX_BATCH_MB, a crowded machine),
+    NumPy raises MemoryError: the job's reason says memory and what to change, not "internal
+    error"."""
+    job_id = submit(client, iris_job(epochs=3))
+
+    def no_memory(self, x, y, sample_weight=None):
+        raise MemoryError("Unable to allocate 64.0 GiB for an array with shape (32, 316, 316, 8192)")
+
+    monkeypatch.setattr(Network, "train_step_gradients", no_memory)
+    assert run_job(sessions, job_id, settings=fast) is False
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed"
+        assert job.error.startswith("out of memory: Unable to allocate 64.0 GiB") and "smaller batch_size" in job.error
