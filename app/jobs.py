@@ -219,6 +219,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             check_dataset_fits(features, targets, net.input_shape)
             features = as_model_dtype(features, net.dtype, "dataset.features")
             _check_training_fits(net, training, targets, labels, "dataset.targets")
+            _check_same_classes(session, body.init_from, labels, "dataset.targets")
             names = body.dataset.feature_names
             if names is not None and len(names) != features[0].size:
                 raise validation_error([{"path": "dataset.feature_names",
@@ -240,6 +241,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             else:
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
             _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
+            _check_same_classes(session, body.init_from, ds.class_labels, "dataset_id")
         batch_size = min(training["batch_size"], ds.n_samples)
         check_batch_memory(net, batch_size)
         check_compute_budget(net, ds.n_samples, batch_size, training["epochs"])
@@ -251,6 +253,20 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         return job.id
 
 
+def _check_same_classes(session, init_from: str | None, labels: list[Any] | None, path: str) -> None:
+    """Labels are sorted per dataset, so output unit i is the i-th label of the parent's data
+    and of this job's: fine-tuning on other labels would make the parent's units answer for
+    other classes."""
+    if init_from is None or labels is None:
+        return
+    parent = session.scalar(select(Dataset.class_labels).join(Job, Job.dataset_id == Dataset.id)
+                            .where(Job.id == init_from))
+    if parent is not None and list(parent) != list(labels):
+        raise validation_error([{"path": path, "message": f"has the classes {labels}, but init_from job "
+                                                          f"{init_from} learned {list(parent)}; its output units "
+                                                          f"would answer for other classes"}])
+
+
 def _check_training_fits(net: Network, training: dict[str, Any], targets: np.ndarray,
                          labels: list[Any] | None, path: str) -> None:
     """Everything the worker would otherwise only find out after the job was queued: targets
@@ -259,6 +275,14 @@ def _check_training_fits(net: Network, training: dict[str, Any], targets: np.nda
     if labels is not None and not net.classification:
         raise validation_error([{"path": path, "message": f"class labels need a classification loss, "
                                                           f"not {net.spec['loss']}"}])
+    if labels is not None:  # predict answers output unit i as labels[i]: one label per unit
+        units = net.output_shape[-1]
+        classes = 2 if net.spec["loss"] == "binary_crossentropy" and units == 1 else units
+        if len(labels) != classes:
+            shown = ", ".join(map(repr, labels[:10])) + (", ..." if len(labels) > 10 else "")
+            raise validation_error([{"path": path, "message": f"has {len(labels)} class labels ({shown}) and "
+                                                              f"the output layer gives {classes} classes; they "
+                                                              f"must match"}])
     try:
         y = net.loss.prepare_targets(targets, net.output_shape, net.dtype)
     except ValueError as exc:

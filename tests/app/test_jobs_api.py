@@ -287,3 +287,56 @@ def test_spec_is_stored_with_defaults_applied(client):
     job = submit(client, body).get_json()
     assert job["model"]["layers"][0]["kernel_initializer"] == "glorot_uniform"
     assert job["training"]["shuffle"] is True
+
+
+NAMES = np.array(["setosa", "versicolor", "virginica"])
+
+
+def labelled_iris_job(keep=("setosa", "versicolor", "virginica"), **kw) -> dict:
+    body = iris_job(**kw)
+    names = NAMES[np.asarray(body["dataset"]["targets"])]
+    rows = np.isin(names, keep)
+    body["dataset"] = {"features": np.asarray(body["dataset"]["features"])[rows].tolist(),
+                       "targets": names[rows].tolist()}
+    return body
+
+
+def test_class_labels_must_match_the_output_units(client):
+    """Predict answers unit i with the i-th label: with 2 labels and 3 softmax units the third
+    unit had no label, and predict answered 500 for the rows it won."""
+    resp = submit(client, labelled_iris_job(keep=("setosa", "virginica"), epochs=1))
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["errors"][0]
+    assert error["path"] == "dataset.targets"
+    assert error["message"].startswith("has 2 class labels ('setosa', 'virginica') and the output layer gives 3")
+    binary = {"model": {"input_shape": [1], "layers": [{"type": "dense", "units": 1, "activation": "sigmoid"}],
+                        "loss": "binary_crossentropy"},
+              "training": {"epochs": 1}, "dataset": {"features": [[0], [1]], "targets": ["no", "yes"]}}
+    assert submit(client, binary).status_code == 202  # one sigmoid unit: two classes
+
+
+def test_fine_tuning_on_other_classes_is_refused(client, sessions):
+    """Labels are sorted per dataset: a child trained on setosa and virginica only, from a parent
+    that learned all three, had the parent's 'versicolor' unit answer 'virginica'."""
+    parent = trained_job(client, sessions, labelled_iris_job(epochs=2))
+    other = labelled_iris_job(epochs=1)
+    other["dataset"]["targets"] = [t.replace("virginica", "virginia") for t in other["dataset"]["targets"]]
+    resp = submit(client, {**other, "init_from": parent})
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["errors"][0]
+    assert error["path"] == "dataset.targets" and f"init_from job {parent} learned" in error["message"]
+    same = submit(client, {**labelled_iris_job(epochs=1), "init_from": parent})
+    assert same.status_code == 202, same.get_json()
+    ds = client.post("/v1/datasets", json=other["dataset"]).get_json()["id"]
+    resp = submit(client, {**other, "dataset": None, "dataset_id": ds, "init_from": parent})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
+
+
+def test_predict_with_fewer_labels_than_classes_is_a_409_not_a_500(client, sessions):
+    """A job accepted before submission checked the labels against the output units."""
+    job_id = trained_job(client, sessions, labelled_iris_job(epochs=1))
+    with sessions.begin() as s:
+        ds = s.get(Dataset, s.get(Job, job_id).dataset_id)
+        ds.class_labels = ["setosa", "versicolor"]
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]})
+    assert resp.status_code == 409 and resp.get_json()["code"] == "labels_mismatch", resp.get_json()
