@@ -14,7 +14,11 @@ import numpy as np
 from core.nn.casting import BeyondDtype, narrowed
 
 from .errors import ApiError, validation_error
-from .limits import check_dataset_limits
+from .limits import check_dataset_limits, settings
+
+# Class labels and feature names are stored with the dataset and echoed in its every
+# description and prediction, so a name is a name, not a payload.
+MAX_NAME_CHARS = 256
 
 
 def _find_bad_cell(value: list, path: str) -> dict[str, str]:
@@ -96,6 +100,9 @@ def as_model_dtype(arr: np.ndarray, dtype, path: str, name: str | None = None) -
 def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     """Targets as numbers, or as class labels (strings) mapped to indices in sorted order."""
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        long = next((i for i, v in enumerate(value) if len(v) > MAX_NAME_CHARS), None)
+        if long is not None:
+            raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a class label", value[long])}])
         labels = sorted(set(value))
         index = {label: i for i, label in enumerate(labels)}
         return np.array([index[v] for v in value], dtype=np.int64), labels
@@ -108,6 +115,17 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     if arr.ndim == 1 and np.all(_whole_below_limit(arr)):
         return arr.astype(np.int64), None
     return arr, None
+
+
+def _too_long(what: str, name: str) -> str:
+    return f"{what} may have at most {MAX_NAME_CHARS} characters, this one has {len(name)}"
+
+
+def check_names(names: list[str] | None, path: str) -> None:
+    """422 naming the first feature name longer than MAX_NAME_CHARS."""
+    for i, name in enumerate(names or ()):
+        if len(name) > MAX_NAME_CHARS:
+            raise validation_error([{"path": f"{path}[{i}]", "message": _too_long("a feature name", name)}])
 
 
 def check_dataset_fits(features: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
@@ -160,10 +178,40 @@ def _csv_error(line: int, column: str, message: str) -> ApiError:
     return validation_error([{"path": f"line {line}, column {column!r}", "message": message}])
 
 
+def _check_header(header: list[str], line: int, target: str, part: str) -> None:
+    for i, name in enumerate(header):
+        if not name:
+            raise validation_error([{"path": f"line {line}", "message": f"column {i + 1} has no name"}])
+        if len(name) > MAX_NAME_CHARS:
+            raise validation_error([{"path": f"line {line}", "message": f"column {i + 1}: "
+                                     + _too_long("a column name", name)}])
+        if name in header[:i]:
+            raise validation_error([{"path": f"line {line}", "message": f"column name {name!r} repeats"}])
+    if target not in header:
+        shown = ", ".join(map(repr, header[:20])) + (", ..." if len(header) > 20 else "")
+        raise validation_error([{"path": "target", "message": f"no column {target!r}; the columns are {shown}"}])
+    if len(header) == 1:
+        raise validation_error([{"path": part, "message": f"has no feature columns besides the target {target!r}"}])
+
+
+def _row_budget(values_per_row: int, path: str) -> tuple[int, ApiError]:
+    """How many rows a CSV may have, known from its header, and the 422 for one row more: the
+    reader stops there rather than keep (and convert) rows that would be refused anyway."""
+    check_dataset_limits(0, values_per_row, path)  # values per sample
+    s = settings()
+    by_values = s.max_dataset_values // values_per_row
+    if by_values < s.max_rows:
+        return by_values, validation_error([{"path": path, "message": f"holds more than {s.max_dataset_values} "
+                                             f"values; the limit is {s.max_dataset_values}"}])
+    return s.max_rows, validation_error([{"path": path, "message": f"has more than {s.max_rows} rows; the limit "
+                                                                   f"is {s.max_rows}"}])
+
+
 def parse_csv(text: str, target: str | None, task: str | None, part: str = "file"
               ) -> tuple[np.ndarray, np.ndarray, list[Any] | None, list[str]]:
     """A CSV with a header row -> (features float64 (n, columns), targets, class labels, feature
-    names). Errors name the line number (the header is line 1) and the column."""
+    names). Errors name the line number (the header is line 1) and the column. The header is
+    checked, and the dataset limits applied, as the rows are read."""
     if not target:
         raise validation_error([{"path": "target", "message": "name the CSV column that holds the targets "
                                                               "(?target=COLUMN, or a `target` form field)"}])
@@ -177,11 +225,15 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
                 continue  # blank line
             if header is None:
                 header, header_line = [cell.strip() for cell in row], reader.line_num
+                _check_header(header, header_line, target, part)
+                max_rows, too_many = _row_budget(len(header) - 1, "features")
                 continue
             if len(row) != len(header):
                 raise validation_error([{"path": f"line {reader.line_num}", "message":
                                          f"ragged row: has {len(row)} values, the header (line {header_line}) "
                                          f"has {len(header)} columns"}])
+            if len(rows) == max_rows:
+                raise too_many
             rows.append(row)
             lines.append(reader.line_num)
     except csv.Error as exc:
@@ -192,18 +244,8 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         raise validation_error([{"path": f"line {reader.line_num}", "message": f"not valid CSV: {exc}"}]) from None
     if header is None:
         raise validation_error([{"path": part, "message": "is empty: expected a header row and data rows"}])
-    for i, name in enumerate(header):
-        if not name:
-            raise validation_error([{"path": f"line {header_line}", "message": f"column {i + 1} has no name"}])
-        if name in header[:i]:
-            raise validation_error([{"path": f"line {header_line}", "message": f"column name {name!r} repeats"}])
-    if target not in header:
-        shown = ", ".join(map(repr, header[:20])) + (", ..." if len(header) > 20 else "")
-        raise validation_error([{"path": "target", "message": f"no column {target!r}; the columns are {shown}"}])
     if not rows:
         raise validation_error([{"path": part, "message": "has a header but no data rows"}])
-    if len(header) == 1:
-        raise validation_error([{"path": part, "message": f"has no feature columns besides the target {target!r}"}])
     t = header.index(target)
     names = [name for i, name in enumerate(header) if i != t]
     cells = [row[:t] + row[t + 1:] for row in rows]
@@ -236,6 +278,9 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         return x, y, None, names
     if task == "regression":
         raise _csv_error(lines[words[0]], target, f"{raw[words[0]]!r:.60} is not a number (task=regression)")
+    long = next((r for r, cell in enumerate(raw) if len(cell) > MAX_NAME_CHARS), None)
+    if long is not None:
+        raise _csv_error(lines[long], target, _too_long("a class label", raw[long]))
     y, labels = parse_targets(raw, target)  # class labels, e.g. species names
     return x, y, labels, names
 
@@ -244,11 +289,9 @@ def _npy_problem(path: str, message: str) -> ApiError:
     return validation_error([{"path": path, "message": message}])
 
 
-def load_npy(data: bytes, path: str) -> np.ndarray:
-    """One .npy array. The header is checked before anything is read: object arrays (which
-    would need unpickling) and other non-numeric dtypes are refused, and the header's shape
-    must match the bytes that follow. Read with allow_pickle=False regardless."""
-    f = io.BytesIO(data)
+def _npy_header(f, path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype from a .npy header, reading nothing past it. Object arrays (which
+    would need unpickling) and other non-numeric dtypes are refused here."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -264,6 +307,29 @@ def load_npy(data: bytes, path: str) -> np.ndarray:
                                  "send numeric arrays (class labels may be a string array)")
     if dtype.kind not in "biufU" or dtype.fields is not None or dtype.subdtype is not None:
         raise _npy_problem(path, f"has dtype {dtype}; send numbers (or, for targets, strings)")
+    return shape, dtype
+
+
+def check_array_limits(shape: tuple[int, ...], dtype: np.dtype, key: str, path: str) -> None:
+    """The dataset limits on an array's header, before its data is read or converted: an .npz
+    of a few hundred KB can inflate to millions of rows."""
+    if key == "features" and dtype.kind not in "biuf":
+        raise _npy_problem(path, f"must be numbers, got dtype {dtype}")
+    if key in ("features", "targets") and shape:
+        check_dataset_limits(shape[0], math.prod(shape[1:]), path)
+    if key == "feature_names" and shape and shape[0] > settings().max_sample_values:
+        raise _npy_problem(path, f"has {shape[0]} names; one sample may hold at most "
+                                 f"{settings().max_sample_values} values")
+
+
+def load_npy(data: bytes, path: str, key: str | None = None) -> np.ndarray:
+    """One .npy array. The header is checked before anything is read (with the dataset limits
+    when `key` says which array it is), and its shape must match the bytes that follow. Read
+    with allow_pickle=False regardless."""
+    f = io.BytesIO(data)
+    shape, dtype = _npy_header(f, path)
+    if key is not None:
+        check_array_limits(shape, dtype, key, path)
     expected = math.prod(shape) * dtype.itemsize
     actual = len(data) - f.tell()
     if expected != actual:
@@ -276,9 +342,13 @@ def load_npy(data: bytes, path: str) -> np.ndarray:
         raise _npy_problem(path, f"not a valid .npy array: {exc}") from None
 
 
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError)
+
+
 def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str, np.ndarray]:
     """A dataset .npz: `features` and `targets` (or `x` and `y`), optionally `feature_names`.
-    Uncompressed sizes are checked against `max_bytes` before anything is inflated."""
+    Uncompressed sizes are checked against `max_bytes`, and each array's header against the
+    dataset limits, before any array is inflated."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
@@ -302,11 +372,18 @@ def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str
         if max_bytes is not None and total > max_bytes:
             raise ApiError(413, "request_too_large",
                            f"{part}: the arrays take {total} bytes uncompressed, more than the {max_bytes} allowed")
+        for key, info in found.items():  # only the headers: a few hundred bytes inflated each
+            try:
+                with zf.open(info) as member:
+                    shape, dtype = _npy_header(member, info.filename.removesuffix(".npy"))
+            except ZIP_READ_ERRORS as exc:
+                raise _npy_problem(part, f"cannot read {info.filename!r}: {exc}") from None
+            check_array_limits(shape, dtype, key, key)
         out = {}
         for key, info in found.items():
             try:
                 raw = zf.read(info)
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError) as exc:
+            except ZIP_READ_ERRORS as exc:
                 raise _npy_problem(part, f"cannot read {info.filename!r}: {exc}") from None
             out[key] = load_npy(raw, info.filename.removesuffix(".npy"))
     return out
@@ -377,6 +454,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
     if feature_names is not None and len(feature_names) != features[0].size:
         raise _npy_problem("feature_names", f"has {len(feature_names)} names for {features[0].size} values "
                                             "per sample")
+    check_names(feature_names, "feature_names")
     if labels is not None:
         if task == "regression":
             raise _npy_problem(tpath, "holds class labels (strings); task=regression needs numbers")

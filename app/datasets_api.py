@@ -34,6 +34,7 @@ from .jobs import ext
 from .openapi import doc, parse_query
 from .pagination import iso, newest_first, page
 from .schemas import (
+    MAX_DATASET_NAME,
     DatasetJsonCreate,
     DatasetListQuery,
     DatasetOut,
@@ -147,9 +148,10 @@ def _from_json() -> tuple[dict[str, Any], str | None, str]:
 def _csv_text(data: bytes, part: str, charset: str = "utf-8") -> str:
     try:
         text = data.decode("utf-8-sig" if codecs.lookup(charset).name == "utf-8" else charset)
-    except (UnicodeDecodeError, LookupError):
-        raise validation_error([{"path": part, "message": f"is not {charset} text; send CSV, a .npz or a .npy"}]
-                               ) from None
+    except (ValueError, LookupError):  # the client's charset: UnicodeError (a ValueError) from any codec,
+        # LookupError for an unknown or non-text one, ValueError for a name holding NUL
+        raise validation_error([{"path": part, "message": f"is not {charset:.60} text; send CSV, a .npz or a "
+                                                          ".npy"}]) from None
     if "\x00" in text:  # not text; and PostgreSQL could not store a header or label holding one
         raise validation_error([{"path": part, "message": "contains NUL characters; send CSV text, a .npz or a .npy"}])
     return text
@@ -179,6 +181,9 @@ def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
     data = upload.read()
     kind = file_kind(data)
     name = params.name or upload.filename or None
+    if params.name is None and name is not None and len(name) > MAX_DATASET_NAME:
+        raise validation_error([{"path": "name", "message": f"defaults to the file name, which has {len(name)} "
+                                 f"characters; a name may have at most {MAX_DATASET_NAME}: pass a shorter name"}])
     if kind != "npy" and "targets" in request.files:
         raise validation_error([{"path": "targets", "message": "a separate targets part only goes with a .npy "
                                                                "file of features"}])
@@ -206,7 +211,8 @@ def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
         targets_data = request.files["targets"].read()
         if file_kind(targets_data) != "npy":
             raise validation_error([{"path": "targets", "message": "must be a .npy array"}])
-        arrays = {"features": load_npy(data, "file"), "targets": load_npy(targets_data, "targets")}
+        arrays = {"features": load_npy(data, "file", key="features"),
+                  "targets": load_npy(targets_data, "targets", key="targets")}
         paths, feature_names = ("file", "targets"), None
     features = features_array(arrays["features"], paths[0])
     targets, labels = targets_array(arrays["targets"], paths[1])

@@ -3,13 +3,18 @@ by the engine's own spec validation, which also publishes their JSON Schema."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 from core.nn.schema import model_json_schema, training_json_schema
 
-from .errors import validation_error
+from .datasets import MAX_NAME_CHARS
+from .errors import ApiError, validation_error
+from .limits import check_dataset_limits, settings
+
+MAX_DATASET_NAME = 255  # the datasets.name column
 
 ModelSpec = Annotated[dict[str, Any], WithJsonSchema(model_json_schema())]
 TrainingSpec = Annotated[dict[str, Any], WithJsonSchema(training_json_schema())]
@@ -20,10 +25,50 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _first_row_size(row: Any) -> int:
+    """Values in one sample, from the first element at each depth: a cheap estimate that a
+    ragged row later fails anyway."""
+    size = 1
+    while isinstance(row, list):
+        size *= len(row)
+        row = row[0] if row else None
+    return size
+
+
+def _within_dataset_limits(n_rows: int, values_per_row: int) -> None:
+    """The dataset limits, as a validation error at the field's own path (dataset.features in a
+    job, features in POST /v1/datasets)."""
+    try:
+        check_dataset_limits(n_rows, values_per_row, "")
+    except ApiError as exc:
+        raise PydanticCustomError("dataset_limit", "{message}", {"message": exc.errors[0]["message"]}) from None
+
+
 class InlineDataset(Strict):
+    """The dataset limits are checked on the parsed lists (their lengths and the first row's
+    size) before any array is built from them: ten million rows of [0] take gigabytes as arrays.
+    In a job, the size of one sample is the spec's to name (model.input_shape, checked next),
+    so here it only counts towards the total."""
+
     features: list[Any] = Field(description="one row per sample; nested lists for images or sequences")
     targets: list[Any] = Field(description="class indices, class labels (strings), one-hot rows or values")
-    feature_names: list[str] | None = None
+    feature_names: list[Annotated[str, Field(max_length=MAX_NAME_CHARS)]] | None = None
+    _checks_sample_size: ClassVar[bool] = False
+
+    @field_validator("features")
+    @classmethod
+    def _features_within_limits(cls, features: list[Any]) -> list[Any]:
+        per_row = _first_row_size(features[0]) if features else 0
+        if not cls._checks_sample_size:
+            per_row = min(per_row, settings().max_sample_values)
+        _within_dataset_limits(len(features), per_row)
+        return features
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_within_limits(cls, targets: list[Any]) -> list[Any]:
+        _within_dataset_limits(len(targets), 1)
+        return targets
 
 
 JOB_EXAMPLE = {
@@ -195,15 +240,19 @@ TASK_DESCRIPTION = ("whether numeric targets are classes: by default whole numbe
 class DatasetJsonCreate(InlineDataset):
     """A dataset as JSON: the same `features` / `targets` / `feature_names` a job's inline dataset takes."""
 
-    name: str | None = Field(default=None, max_length=255)
+    _checks_sample_size: ClassVar[bool] = True  # no spec here to bound a sample
+
+    name: str | None = Field(default=None, max_length=MAX_DATASET_NAME)
     task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
 
 
 class DatasetUploadParams(Strict):
     """Parameters of an upload, as query parameters or (multipart) form fields."""
 
-    target: str | None = Field(default=None, description="CSV: the header name of the column holding the targets")
-    name: str | None = Field(default=None, max_length=255, description="defaults to the uploaded file's name")
+    target: str | None = Field(default=None, max_length=MAX_NAME_CHARS,
+                               description="CSV: the header name of the column holding the targets")
+    name: str | None = Field(default=None, max_length=MAX_DATASET_NAME,
+                             description="defaults to the uploaded file's name")
     task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
 
 
@@ -256,14 +305,38 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _Repeats(dict):
+    """An object that gives a key twice (json keeps the last value), marked for the error:
+    which of the values the client meant cannot be known, so the document is refused."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.key = next(k for k, _ in pairs if k in seen or seen.add(k))
+
+
+def _repeated_key(value: Any, path: str = "") -> str:
+    """The path of the first repeated key, walking the document (only when there is one)."""
+    stack = [(value, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, _Repeats):
+            key = v.key or '""'
+            return f"{p}.{key}" if p else key
+        if isinstance(v, dict):
+            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v))))
+    raise AssertionError("no repeated key")
+
+
 def read_json_body() -> Any:
-    """The request body as JSON: 415 unless it says JSON, 400 for NaN/Infinity literals,
-    malformed or absurdly nested documents."""
+    """The request body as JSON: 415 unless it says JSON, 400 for NaN/Infinity literals, a key
+    given twice in one object, malformed or absurdly nested documents. The body's encoding is
+    detected from its bytes (UTF-8, -16 or -32, RFC 8259); a charset parameter is not used."""
     import json
 
     from flask import current_app, request
-
-    from .errors import ApiError
 
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
@@ -275,12 +348,27 @@ def read_json_body() -> Any:
         raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
     if b"\\u0000" in raw:  # PostgreSQL text cannot hold NUL characters
         raise ApiError(400, "invalid_json", "NUL characters (\\u0000) are not accepted in strings")
+    repeated = False
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        obj = dict(pairs)
+        if len(obj) == len(pairs):
+            return obj
+        repeated = True
+        return _Repeats(pairs)
+
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        doc = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=pairs_hook)
     except RecursionError:
         raise ApiError(400, "invalid_json", "the JSON document is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if repeated:
+        path = _repeated_key(doc)
+        raise ApiError(400, "invalid_json", f"{path}: the key is given more than once in its object",
+                       errors=[{"path": path, "message": "the key is given more than once in its object"}])
+    return doc
 
 
 # --- models: the registry (app/models_api.py) ---

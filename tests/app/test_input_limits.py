@@ -1,0 +1,233 @@
+"""Limits on what a client sends, enforced before the expensive work: dataset sizes read from
+headers, list lengths and CSV rows as they come (never after converting everything), client
+charsets that fail to decode, keys given twice in a JSON object, and over-long names. Every
+bad input is a 4xx naming the field; never a 500."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import app.datasets_api
+import app.jobs
+from app import create_app
+from tests.data import iris, iris_job
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def limited(migrated):
+    """An app with its own limits: limited(max_rows=5).test_client()."""
+    apps = []
+
+    def make(**limits):
+        apps.append(create_app(dataclasses.replace(migrated, **limits)))
+        return apps[-1]
+
+    yield make
+    for application in apps:
+        application.extensions["backprop"]["engine"].dispose()
+
+
+def must_not_run(*_args, **_kwargs):
+    raise AssertionError("reached the expensive path after a limit was exceeded")
+
+
+def error(resp, status: int = 422) -> dict:
+    assert resp.status_code == status, resp.get_json()
+    assert resp.mimetype == PROBLEM
+    return resp.get_json()["errors"][0]
+
+
+def npz(compressed: bool = True, **arrays) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def upload(client, query: str = "", **files):
+    form = {k: (io.BytesIO(v), f"{k}.bin") if isinstance(v, bytes) else v for k, v in files.items()}
+    return client.post(f"/v1/datasets{query}", data=form, content_type="multipart/form-data")
+
+
+# -- 1. dataset limits before the data is read ------------------------------------------------
+
+def test_npz_rows_are_refused_from_the_header_before_any_array_is_inflated(limited, monkeypatch):
+    client = limited(max_rows=1000).test_client()
+    monkeypatch.setattr(zipfile.ZipFile, "read", must_not_run)
+    monkeypatch.setattr(app.datasets_api, "features_array", must_not_run)
+    data = npz(features=np.zeros((100_000, 10), np.int8), targets=np.zeros(100_000, np.int8))
+    assert len(data) < 5000  # a few KB that would inflate to a million values
+    e = error(upload(client, file=data))
+    assert e == {"path": "features", "message": "has 100000 rows; the limit is 1000"}
+
+
+@pytest.mark.parametrize("limits, arrays, path, message", [
+    ({"max_dataset_values": 100}, {"features": np.zeros((20, 6)), "targets": np.arange(20) % 2},
+     "features", "holds 120 values; the limit is 100"),
+    ({"max_sample_values": 5}, {"features": np.zeros((4, 6)), "targets": np.arange(4) % 2},
+     "features", "each sample has 6 values; the limit is 5"),
+    ({"max_rows": 5}, {"features": np.zeros((5, 2)), "targets": np.arange(6) % 2}, "targets", "has 6 rows"),
+    ({"max_sample_values": 5}, {"features": np.zeros((4, 2)), "targets": np.arange(4) % 2,
+                                "feature_names": np.array(list("abcdef"))}, "feature_names", "has 6 names"),
+    ({}, {"features": np.array([["a", "b"], ["c", "d"]]), "targets": np.arange(2)}, "features",
+     "must be numbers, got dtype <U1"),
+])
+def test_every_npz_array_meets_the_limits_from_its_header(limited, monkeypatch, limits, arrays, path, message):
+    client = limited(**limits).test_client()
+    monkeypatch.setattr(zipfile.ZipFile, "read", must_not_run)
+    e = error(upload(client, file=npz(**arrays)))
+    assert e["path"] == path and message in e["message"], e
+
+
+def test_npy_features_are_refused_from_the_header_before_they_are_read(limited, monkeypatch):
+    client = limited(max_rows=5).test_client()
+    monkeypatch.setattr(np, "load", must_not_run)
+    e = error(upload(client, file=npy(np.zeros((50, 3), np.int8)), targets=npy(np.arange(50) % 2)))
+    assert e == {"path": "file", "message": "has 50 rows; the limit is 5"}
+
+
+def _csv(rows: int, columns: int = 2, bad_line: int | None = None) -> str:
+    lines = [",".join(f"c{j}" for j in range(columns)) + ",y"]
+    lines += [",".join(["1"] * columns) + f",{i % 2}" for i in range(rows)]
+    if bad_line is not None:
+        lines[bad_line - 1] = "1"  # ragged: if the reader gets there, it says so instead
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("limits, text, message", [
+    ({"max_rows": 5}, _csv(50, bad_line=8), "has more than 5 rows; the limit is 5"),
+    ({"max_dataset_values": 20}, _csv(50, columns=4, bad_line=8), "holds more than 20 values; the limit is 20"),
+    ({"max_sample_values": 3}, _csv(50, columns=4, bad_line=3), "each sample has 4 values; the limit is 3"),
+])
+def test_csv_reading_stops_at_the_limits(limited, limits, text, message):
+    client = limited(**limits).test_client()
+    e = error(client.post("/v1/datasets?target=y", data=text, content_type="text/csv"))
+    assert e == {"path": "features", "message": message}
+
+
+def test_csv_exactly_at_the_row_limit_is_stored(limited):
+    client = limited(max_rows=6).test_client()
+    assert client.post("/v1/datasets?target=y", data=_csv(6), content_type="text/csv").status_code == 201
+
+
+@pytest.mark.parametrize("limits, body, path, message", [
+    ({"max_rows": 5}, {"features": [[0, 1]] * 50, "targets": [0, 1] * 25}, "features", "has 50 rows"),
+    ({"max_rows": 5}, {"features": [[0, 1]] * 4, "targets": [0, 1] * 25}, "targets", "has 50 rows"),
+    ({"max_sample_values": 3}, {"features": [[0, 1, 2, 3]] * 4, "targets": [0, 1] * 2}, "features",
+     "each sample has 4 values"),
+    ({"max_dataset_values": 30}, {"features": [[[0, 1], [2, 3]]] * 10, "targets": [0, 1] * 5}, "features",
+     "holds 40 values"),
+])
+def test_json_dataset_lists_are_measured_before_they_become_arrays(limited, monkeypatch, limits, body, path,
+                                                                    message):
+    client = limited(**limits).test_client()
+    monkeypatch.setattr(app.datasets_api, "numeric_array", must_not_run)
+    e = error(client.post("/v1/datasets", json=body))
+    assert e["path"] == path and message in e["message"], e
+
+
+def test_a_jobs_inline_dataset_is_measured_before_it_becomes_an_array(limited, monkeypatch):
+    client = limited(max_dataset_values=400).test_client()
+    monkeypatch.setattr(app.jobs, "numeric_array", must_not_run)
+    e = error(client.post("/v1/jobs", json=iris_job(epochs=1)))  # 150 rows x 4 values
+    assert e == {"path": "dataset.features", "message": "holds 600 values; the limit is 400"}
+
+
+# -- 2. a client's charset that fails to decode ------------------------------------------------
+
+@pytest.mark.parametrize("charset", ["punycode", "undefined", "rot13", "no-such-charset"])
+def test_a_csv_charset_that_cannot_decode_is_a_422_naming_it(client, charset):
+    resp = client.post("/v1/datasets?target=b", data=b"a,b\n1,0\n2,1\n", content_type=f"text/csv; charset={charset}")
+    e = error(resp)
+    assert e["path"] == "body" and f"is not {charset} text" in e["message"]
+
+
+def test_a_json_body_is_decoded_from_its_bytes_whatever_charset_it_names(client):
+    body = json.dumps({"features": [[0], [1], [2], [3]], "targets": [0, 1, 0, 1]}).encode()
+    resp = client.post("/v1/datasets", data=body, content_type="application/json; charset=punycode")
+    assert resp.status_code == 201, resp.get_json()
+
+
+# -- 3. keys given twice ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, raw, path", [
+    ("/v1/jobs", '{"model": 1, "model": {"input_shape": [4]}, "dataset_id": "x"}', "model"),
+    ("/v1/jobs", '{"model": {"input_shape": [4], "layers": [{"type": "dense", "units": 2, "units": 3}]}}',
+     "model.layers[0].units"),
+    ("/v1/datasets", '{"features": [[0], [1]], "targets": [0, 1], "targets": [1, 0]}', "targets"),
+    ("/v1/datasets", '{"": 1, "": 2}', '""'),
+])
+def test_a_key_given_twice_is_refused_naming_its_path(client, url, raw, path):
+    resp = client.post(url, data=raw, content_type="application/json")
+    e = error(resp, 400)
+    assert resp.get_json()["code"] == "invalid_json"
+    assert e == {"path": path, "message": "the key is given more than once in its object"}
+
+
+# -- 4. names and labels are bounded ----------------------------------------------------------
+
+LONG = "x" * 257
+OK = "y" * 256
+
+
+def _iris_body(**changes) -> dict:
+    x, y = iris()
+    return {"features": x[:6].tolist(), "targets": [0, 1, 2, 0, 1, 2], **changes}
+
+
+@pytest.mark.parametrize("url, body, path", [
+    ("/v1/datasets", _iris_body(targets=["a", "b", LONG, "a", "b", "a"]), "targets[2]"),
+    ("/v1/datasets", _iris_body(feature_names=["a", LONG, "c", "d"]), "feature_names.1"),
+    ("/v1/jobs", {**iris_job(epochs=1), "dataset": {**_iris_body(), "targets": [LONG, "a"] * 3}}, "dataset.targets[0]"),
+    ("/v1/jobs", {**iris_job(epochs=1), "dataset": _iris_body(feature_names=[LONG, "b", "c", "d"])},
+     "dataset.feature_names.0"),
+])
+def test_json_labels_and_feature_names_are_at_most_256_characters(client, url, body, path):
+    e = error(client.post(url, json=body))
+    assert e["path"] == path and "256 characters" in e["message"], e
+
+
+@pytest.mark.parametrize("text, target, path, fragment", [
+    (f"a,{LONG}\n1,0\n2,1\n", "y", "line 1", "column 2: a column name may have at most 256 characters"),
+    (f"a,y\n1,x\n2,{LONG}\n", "y", "line 3, column 'y'", "a class label may have at most 256 characters"),
+    ("a,y\n1,0\n2,1\n", LONG, "target", "256 characters"),
+])
+def test_csv_names_labels_and_the_target_are_at_most_256_characters(client, text, target, path, fragment):
+    e = error(client.post(f"/v1/datasets?target={target}", data=text, content_type="text/csv"))
+    assert e["path"] == path and fragment in e["message"], e
+
+
+@pytest.mark.parametrize("arrays, path", [
+    ({"targets": np.array(["a", LONG, "a", "b"])}, "targets[1]"),
+    ({"targets": np.arange(4) % 2, "feature_names": np.array(["a", LONG])}, "feature_names[1]"),
+])
+def test_npz_labels_and_feature_names_are_at_most_256_characters(client, arrays, path):
+    e = error(upload(client, file=npz(features=np.zeros((4, 2)), **arrays)))
+    assert e["path"] == path and "at most 256 characters" in e["message"], e
+
+
+def test_names_of_256_characters_are_kept(client):
+    text = f"a,{OK}\n1,{OK}\n2,b\n"
+    body = client.post(f"/v1/datasets?target={OK}", data=text, content_type="text/csv").get_json()
+    assert body["class_labels"] == ["b", OK], body
+
+
+def test_a_file_name_too_long_for_a_dataset_name_is_refused_unless_a_name_is_given(client):
+    form = lambda **f: {"file": (io.BytesIO(b"a,y\n1,0\n2,1\n"), "d" * 300 + ".csv"), "target": "y", **f}  # noqa: E731
+    e = error(client.post("/v1/datasets", data=form(), content_type="multipart/form-data"))
+    assert e["path"] == "name" and "at most 255" in e["message"]
+    resp = client.post("/v1/datasets", data=form(name="short"), content_type="multipart/form-data")
+    assert resp.status_code == 201 and resp.get_json()["name"] == "short"
