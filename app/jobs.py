@@ -651,4 +651,4 @@ def predict_job(job_id: str):
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
                            "succeeded job", job_status=job.status)
         model = ext()["models"].get(session, job)
-    return {**model.predict(body), "job_id": job_id}
+    return {**model.predict(body, limits.settings().max_predict_values), "job_id": job_id}

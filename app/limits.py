@@ -130,9 +130,9 @@ def check_batch_memory(net: Network, batch_size: int, path: str = "training.batc
                        memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
 
 
-def check_predict_size(rows: int, outputs: int, path: str) -> None:
-    """A predict answer is rows x outputs numbers in JSON (about 20 bytes each)."""
-    limit = settings().max_predict_values
+def check_predict_size(rows: int, outputs: int, path: str, limit: int) -> None:
+    """A predict answer is rows x outputs numbers in JSON (about 20 bytes each). The limit is
+    passed in: the web threads predict outside the app context (app/predict.py)."""
     if rows * outputs > limit:
         raise validation_error([{"path": path, "message": f"{rows} rows x {outputs} outputs = {rows * outputs} "
                                                           f"values to answer; the limit is {limit} per request "

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import Job, JobStatus, ModelAlias, ModelVersion, RegisteredModel
 
+from . import limits
 from .auth import current_tenant
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
@@ -345,7 +346,8 @@ def _predict(name: str, pick) -> dict[str, Any]:
         if job.status != JobStatus.SUCCEEDED:  # cannot happen: only succeeded jobs are registered
             raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}", job_status=job.status)
         model = ext()["models"].get(session, job)  # rebuilt once per job, then served from memory
-    return {**model.predict(body), "model": name, "version": mv.version, "job_id": job.id}
+    answer = model.predict(body, limits.settings().max_predict_values)
+    return {**answer, "model": name, "version": mv.version, "job_id": job.id}
 
 
 PREDICT_NOTE = (" Send `{\"instances\": rows}` or `{\"inputs\": rows}`; the answer has `predictions` (classes in "

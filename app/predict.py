@@ -29,8 +29,8 @@ class CachedModel:
         self.net, self.class_labels = net, class_labels
         self.nbytes = footprint(net)
 
-    def predict(self, body: Any) -> dict[str, Any]:
-        return predict_response(self.net, body, self.class_labels)
+    def predict(self, body: Any, max_values: int | None = None) -> dict[str, Any]:
+        return predict_response(self.net, body, self.class_labels, max_values)
 
 
 def footprint(net: Network) -> int:
@@ -83,18 +83,21 @@ class ModelCache:
         return job_id in self._items
 
 
-def predict_response(net: Network, body: Any, class_labels: list[Any] | None) -> dict[str, Any]:
+def predict_response(net: Network, body: Any, class_labels: list[Any] | None,
+                     max_values: int | None = None) -> dict[str, Any]:
     """`{"inputs": rows}` or `{"instances": rows}` -> predictions (original labels) and probabilities."""
     if (body.inputs is None) == (body.instances is None):
         raise ApiError(422, "validation_error", "inputs: send exactly one of inputs or instances",
                        errors=[{"path": "inputs", "message": "send exactly one of inputs or instances"}])
     rows, path = (body.inputs, "inputs") if body.inputs is not None else (body.instances, "instances")
-    return predict(net, rows, class_labels, path)
+    return predict(net, rows, class_labels, path, max_values)
 
 
-def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str) -> dict[str, Any]:
-    if isinstance(rows, list):  # before the rows are read: the answer's size is known from their count
-        check_predict_size(len(rows), int(np.prod(net.output_shape)), path)
+def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str,
+            max_values: int | None = None) -> dict[str, Any]:
+    """`max_values` bounds rows x outputs, checked from the row count before the rows are read."""
+    if isinstance(rows, list) and max_values is not None:
+        check_predict_size(len(rows), int(np.prod(net.output_shape)), path, max_values)
     x = numeric_array(rows, path, min_ndim=2)
     if x.shape[1:] != net.input_shape:
         raise ApiError(422, "validation_error",

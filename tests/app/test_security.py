@@ -239,6 +239,9 @@ def test_predict_answers_are_limited_in_size(migrated):
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "instances"
     detail = resp.get_json()["detail"]
     assert "101 rows x 3 outputs" in detail and "BACKPROP_MAX_PREDICT_VALUES" in detail
+    assert client.post("/v1/models", json={"name": "iris", "job_id": job_id}).status_code == 201
+    assert client.post("/v1/models/iris/predict", json={"inputs": x[:100].tolist()}).status_code == 200
+    assert client.post("/v1/models/iris/predict", json={"inputs": x[:101].tolist()}).status_code == 422
     app.extensions["backprop"]["engine"].dispose()
 
 
