@@ -102,7 +102,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "progress": {"epoch": job.epochs_done, "total_epochs": job.total_epochs},
         "eta_seconds": eta_seconds(job), "metrics": finite(job.metrics), "stop_reason": job.stop_reason,
         "error": job.error, "attempts": job.attempts, "worker": job.worker, "dataset_id": job.dataset_id,
-        "init_from": job.init_from, "freeze": job.freeze, "retry_of": job.retry_of,
+        "init_from": job.init_from, "fine_tuned_from": job.fine_tuned_from, "freeze": job.freeze,
+        "retry_of": job.retry_of,
         "model": job.model_spec, "training": job.training_spec, "links": links,
     }
 
@@ -247,6 +248,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         check_compute_budget(net, ds.n_samples, batch_size, training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
+                  fine_tuned_from=body.init_from,
                   freeze=body.freeze)
         session.add(job)
         session.flush()
@@ -371,7 +373,7 @@ def cancel_job(job_id: str):
 @doc("Run a failed or cancelled job again, as a new job", response=JobOut, status=202, errors=(404, 409),
      tag=TAG, description="The new job has the same spec and data, and `retry_of` naming this one; answers 202 "
                           "with its Location. 409 `job_not_retryable` unless this job failed or was cancelled; "
-                          "409 `init_from_deleted` for a job with frozen layers whose parent was deleted.")
+                          "409 `init_from_deleted` for a fine-tuned job whose parent was deleted.")
 @idempotent
 def retry_job(job_id: str):
     with ext()["sessions"].begin() as session:
@@ -379,13 +381,14 @@ def retry_job(job_id: str):
         if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise ApiError(409, "job_not_retryable", f"job {job_id} is {old.status}; only failed or cancelled "
                            "jobs can be retried", job_status=old.status)
-        if old.freeze and old.init_from is None:
-            raise ApiError(409, "init_from_deleted", f"job {job_id} fine-tuned from a job that has been deleted "
-                           "since: run again, its frozen layers would keep random weights", job_status=old.status)
+        if old.init_from is None and (old.fine_tuned_from or old.freeze):  # freeze: jobs from before 0004
+            raise ApiError(409, "init_from_deleted", f"job {job_id} fine-tuned from job {old.fine_tuned_from or '?'}, "
+                           "which has been deleted since: run again, it would start from random weights",
+                           job_status=old.status)
         check_active_jobs(session, old.tenant)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
-                  freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
+                  fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
     enqueue(job.id)
     return accepted(job.id)

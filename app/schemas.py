@@ -121,6 +121,7 @@ class JobOut(BaseModel):
     worker: str | None
     dataset_id: str
     init_from: str | None
+    fine_tuned_from: str | None = Field(description="the init_from it was submitted with, kept if that job is deleted")
     freeze: list[str] | None
     retry_of: str | None
     model: dict[str, Any]

@@ -107,11 +107,22 @@ def test_upgrading_a_filled_database_keeps_every_row(tmp_path, backend, request)
         conn.execute(insert(tables["epochs"]), row(tables["epochs"], job_id="j1", epoch=1, metrics={},
                                                   grad_norms={}, weight_norms={}))
         conn.execute(insert(tables["weights"]), row(tables["weights"], job_id="j1", name="w", shape=[1]))
+        conn.execute(insert(tables["jobs"]), row(tables["jobs"], id="j2", dataset_id="d1", model_spec={},
+                                                training_spec={}))
+    engine.dispose()
+    command.upgrade(cfg, "0003")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # j2 fine-tuned from j1 (init_from came with 0002)
+        conn.exec_driver_sql("UPDATE jobs SET init_from = 'j1' WHERE id = 'j2'")
     engine.dispose()
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with engine.connect() as conn:
         counts = {name: conn.scalar(select(func.count()).select_from(tables[name]))
                   for name in ("datasets", "jobs", "epochs", "weights")}
+        jobs = MetaData()
+        jobs.reflect(conn, only=["jobs"])
+        lineage = dict(conn.execute(select(jobs.tables["jobs"].c.id, jobs.tables["jobs"].c.fine_tuned_from)).all())
     engine.dispose()
-    assert counts == {"datasets": 1, "jobs": 1, "epochs": 1, "weights": 1}
+    assert counts == {"datasets": 1, "jobs": 2, "epochs": 1, "weights": 1}
+    assert lineage == {"j1": None, "j2": "j1"}  # 0004 keeps the parent of a fine-tune

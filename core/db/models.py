@@ -115,6 +115,9 @@ class Job(Base):
     # fine-tuning: start from this job's weights, with these top-level layers frozen
     init_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
     freeze: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # init_from as submitted: kept when that job is deleted (init_from is then cleared), so that
+    # a retry is never a fine-tune silently started from random weights
+    fine_tuned_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
     retry_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -320,15 +320,23 @@ def test_retry_needs_a_failed_or_cancelled_job(client, sessions):
     problem(client.post("/v1/jobs/nope/retry"), 404, "job_not_found")
 
 
-def test_retry_of_a_frozen_fine_tune_whose_parent_is_gone_is_409(client, sessions):
+@pytest.mark.parametrize("freeze", [["dense_0"], None])
+def test_retry_of_a_fine_tune_whose_parent_is_gone_is_409(client, sessions, freeze):
+    """Without frozen layers too: the retry had init_from null and trained from random weights,
+    saying nothing. fine_tuned_from keeps the parent's id after it is deleted."""
     parent = trained_job(client, sessions, iris_job(epochs=2))
     body = iris_job(epochs=2)
-    body["init_from"], body["freeze"] = parent, ["dense_0"]
+    body["init_from"], body["freeze"] = parent, freeze
     child = trained_job(client, sessions, body)
     set_job(sessions, child, status=JobStatus.FAILED, stop_reason="error")
+    retried = client.post(f"/v1/jobs/{child}/retry").get_json()
+    assert retried["init_from"] == retried["fine_tuned_from"] == parent
+    set_job(sessions, retried["id"], status=JobStatus.CANCELLED)
     assert client.delete(f"/v1/jobs/{parent}").status_code == 204
-    assert client.get(f"/v1/jobs/{child}").get_json()["init_from"] is None
-    problem(client.post(f"/v1/jobs/{child}/retry"), 409, "init_from_deleted")
+    gone = client.get(f"/v1/jobs/{child}").get_json()
+    assert gone["init_from"] is None and gone["fine_tuned_from"] == parent
+    detail = problem(client.post(f"/v1/jobs/{child}/retry"), 409, "init_from_deleted")["detail"]
+    assert f"fine-tuned from job {parent}" in detail
 
 
 # -- delete -------------------------------------------------------------------------------------
