@@ -24,6 +24,8 @@ def settings() -> Settings:
 
 
 MAX_WINDOW = 256  # kernel, pool and stride sizes
+MAX_LAYER_NAME = 128  # a name keys every epoch's norms and the weights (a 70,000-letter one broke the .npz)
+MAX_INPUT_AXES = 8  # NumPy holds at most 64; no layer but dense takes more than 3
 
 
 def _number(v: Any) -> bool:
@@ -56,6 +58,10 @@ def check_spec_limits(model: dict[str, Any], training: dict[str, Any]) -> None:
     if len(layers) > s.max_layers:
         errors.append({"path": "model.layers", "message": f"has {len(layers)} layers; the limit is {s.max_layers}"})
     for path, layer in layers:
+        name = layer.get("name")
+        if isinstance(name, str) and len(name) > MAX_LAYER_NAME:
+            errors.append({"path": f"{path}.name", "message": f"must be at most {MAX_LAYER_NAME} characters, "
+                                                              f"not {len(name)} (server limit)"})
         for key in ("units", "filters"):
             v = layer.get(key)
             if _number(v) and v > s.max_units:
@@ -65,7 +71,10 @@ def check_spec_limits(model: dict[str, Any], training: dict[str, Any]) -> None:
             if any(_number(v) and v > MAX_WINDOW for v in values):
                 errors.append({"path": f"{path}.{key}", "message": f"must be <= {MAX_WINDOW} (server limit)"})
     shape = model.get("input_shape")
-    if isinstance(shape, list) and all(_number(d) and d > 0 for d in shape):
+    if isinstance(shape, list) and len(shape) > MAX_INPUT_AXES:
+        errors.append({"path": "model.input_shape", "message": f"must have at most {MAX_INPUT_AXES} axes, "
+                                                               f"not {len(shape)} (server limit)"})
+    elif isinstance(shape, list) and all(_number(d) and d > 0 for d in shape):
         if int(np.prod(shape, dtype=np.float64)) > s.max_sample_values:
             errors.append({"path": "model.input_shape",
                            "message": f"one sample may hold at most {s.max_sample_values} values"})

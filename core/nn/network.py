@@ -20,7 +20,7 @@ DTYPES = ("float32", "float64")
 INFERENCE_BYTES = 64 * 2**20  # what one inference batch may hold (see Network.forward)
 
 MODEL_FIELDS = {
-    "input_shape": Field("int_list", max_items=8, description="shape of one sample, without the batch axis"),
+    "input_shape": Field("int_list", description="shape of one sample, without the batch axis"),
     "layers": Field("list", min_items=1),
     "loss": Field("choice", choices=tuple(LOSSES)),
     "dtype": Field("choice", default="float32", choices=DTYPES,
@@ -329,10 +329,12 @@ class Network:
         return [layer.describe() for layer in self.layers]
 
     def cost(self) -> tuple[int, int]:
-        """(multiply-adds, values held) per training sample (see Layer.cost), counting the input
-        and the loss's output and gradient: a job's time and memory grow with these."""
+        """(multiply-adds, values held) per training sample (see Layer.cost), counting the input,
+        the loss's output and gradient, and the largest layer's temporaries: a job's time and
+        memory grow with these."""
         per_layer = [layer.cost() for layer in self.layers]
         held = sum(v for _, v in per_layer) + size_of(self.input_shape) + 2 * size_of(self.output_shape)
+        held += max(layer.transient() for layer in walk(self.layers))  # one layer's at a time
         return sum(m for m, _ in per_layer), held
 
     @property

@@ -37,8 +37,6 @@ class Field:
     nullable: bool = False
     description: str = ""
     min_items: int | None = None
-    max_items: int | None = None  # of a list
-    max_length: int | None = None  # of a string
 
     @property
     def required(self) -> bool:
@@ -64,8 +62,6 @@ class Field:
         if kind == "str":
             if not isinstance(value, str) or not value:
                 return _err(errors, path, "must be a non-empty string")
-            if self.max_length is not None and len(value) > self.max_length:
-                return _err(errors, path, f"must be at most {self.max_length} characters, not {len(value)}")
             return value
         if kind == "choice":
             if not isinstance(value, str) or value not in self.choices:
@@ -82,8 +78,6 @@ class Field:
                 out.append(v)
             if self.min_items and len(out) < self.min_items:
                 return _err(errors, path, f"must have at least {self.min_items} items")
-            if self.max_items is not None and len(out) > self.max_items:
-                return _err(errors, path, f"must have at most {self.max_items} items")
             return out
         if kind == "object":
             if not isinstance(value, dict):
@@ -125,15 +119,11 @@ class Field:
             schema = {"type": "boolean"}
         elif kind == "str":
             schema = {"type": "string", "minLength": 1}
-            if self.max_length is not None:
-                schema["maxLength"] = self.max_length
         elif kind == "choice":
             schema = {"type": "string", "enum": sorted(self.choices)}
         elif kind == "int_list":
             schema = {"type": "array", "items": {"type": "integer", "minimum": self._item_minimum},
                       "minItems": self.min_items or 1}
-            if self.max_items is not None:
-                schema["maxItems"] = self.max_items
         elif kind == "object":
             schema = {"type": "object"}
         else:

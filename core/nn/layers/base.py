@@ -112,6 +112,11 @@ class Layer:
         out = size_of(self.output_shape)
         return out, 2 * out
 
+    def transient(self) -> int:
+        """Values per sample this layer allocates and frees within its forward or backward (an
+        activation's temporaries): counted once for the network, at the largest layer's."""
+        return 0
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name,
                 "output_shape": list(self.output_shape),
@@ -131,6 +136,9 @@ class ActivatedLayer(Layer):
         super().__init__(config, name)
         self.set_activation(config.get("activation") or "linear")
 
+    def transient(self) -> int:
+        return self.activation.temporaries * size_of(self.output_shape)
+
     def activate(self, z: np.ndarray, training: bool) -> np.ndarray:
         a = self.activation.forward(z)
         if training:  # kept for backward; inference keeps nothing (see Layer)
@@ -149,8 +157,7 @@ REGULARIZER_FIELDS = {
 }
 COMMON_FIELDS = {
     "type": Field("str"),
-    # a name is a key of every epoch's norms and of the weights: kept short
-    "name": Field("str", default=None, nullable=True, max_length=128, description="defaults to TYPE_INDEX"),
+    "name": Field("str", default=None, nullable=True, description="defaults to TYPE_INDEX"),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import Field
-from .base import Layer, ShapeError, register
+from .base import Layer, ShapeError, register, size_of
 
 
 class RateField(Field):
@@ -52,6 +52,10 @@ class Dropout(Layer):
         if self.rng is None:
             self.rng = rng  # until a Trainer hands over its own Generator
         return tuple(input_shape)
+
+    def cost(self):
+        out = size_of(self.output_shape)
+        return out, 3 * out  # the output, the kept mask, and the output's gradient (measured)
 
     def forward(self, x, training):
         if not (training and self.stochastic and self.rate > 0):
@@ -114,6 +118,9 @@ class BatchNorm(Layer):
         self.buffers["moving_mean"] = np.zeros(channels, dtype=dtype)
         self.buffers["moving_variance"] = np.ones(channels, dtype=dtype)
         return tuple(input_shape)
+
+    def transient(self):
+        return 3 * size_of(self.output_shape)  # the centred input, its square, the scaled result (measured)
 
     def forward(self, x, training):
         eps = self.config["epsilon"]
