@@ -22,7 +22,7 @@ from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, Register
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.nn import Network, SpecError, Trainer, check_training_spec
-from core.nn.network import count_parameters
+from core.nn.network import count_parameters, shapes_only
 from core.nn.serialization import arrays_to_npz
 from core.nn.training import stratified_split
 from core.queue import enqueue_training
@@ -259,14 +259,16 @@ def _check_same_classes(session, init_from: str | None, labels: list[Any] | None
     """Labels are sorted per dataset, so output unit i is the i-th label of the parent's data
     and of this job's: fine-tuning on other labels would make the parent's units answer for
     other classes."""
-    if init_from is None or labels is None:
+    if init_from is None:
         return
     parent = session.scalar(select(Dataset.class_labels).join(Job, Job.dataset_id == Dataset.id)
                             .where(Job.id == init_from))
-    if parent is not None and list(parent) != list(labels):
-        raise validation_error([{"path": path, "message": f"has the classes {labels}, but init_from job "
-                                                          f"{init_from} learned {list(parent)}; its output units "
-                                                          f"would answer for other classes"}])
+    if (parent is None) != (labels is None) or (parent is not None and list(parent) != list(labels)):
+        mine = "class indices or numbers" if labels is None else f"the classes {labels}"
+        theirs = "class indices or numbers" if parent is None else list(parent)
+        raise validation_error([{"path": path, "message": f"has {mine}, but init_from job {init_from} "
+                                                          f"learned {theirs}; its output units would answer for "
+                                                          f"other classes"}])
 
 
 def _check_training_fits(net: Network, training: dict[str, Any], targets: np.ndarray,
@@ -386,12 +388,23 @@ def retry_job(job_id: str):
                            "which has been deleted since: run again, it would start from random weights",
                            job_status=old.status)
         check_active_jobs(session, old.tenant)
+        _check_still_within_limits(session, old)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
     enqueue(job.id)
     return accepted(job.id)
+
+
+def _check_still_within_limits(session, old: Job) -> None:
+    """The limits a submit of the same job would meet now: it may have failed by running out of
+    memory, or been accepted before a limit was lowered or added."""
+    net = shapes_only(old.model_spec)
+    samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
+    batch_size = min(old.training_spec["batch_size"], samples)
+    check_batch_memory(net, batch_size)
+    check_compute_budget(net, samples, batch_size, old.total_epochs)
 
 
 @bp.delete("/<job_id>")

@@ -325,9 +325,11 @@ def _repeated_key(value: Any, path: str = "") -> str:
             key = v.key or '""'
             return f"{p}.{key}" if p else key
         if isinstance(v, dict):
-            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items()))
-        elif isinstance(v, list):
-            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v))))
+            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items())
+                         if isinstance(item, dict | list))
+        elif isinstance(v, list):  # a dataset's rows of numbers hold no object: not walked
+            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v)))
+                         if isinstance(item, dict | list))
     raise AssertionError("no repeated key")
 
 

@@ -388,11 +388,23 @@ class Client:
         return job
 
     def predict(self, job_id: str, rows: list[Any], chunk_rows: int = 10_000) -> Prediction:
-        """Sends `chunk_rows` rows per request, so that a large file stays within the server's
-        body and answer limits (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES)."""
-        rows = list(rows)
-        parts = [self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": rows[i:i + chunk_rows]})
-                 for i in range(0, max(len(rows), 1), chunk_rows)]
+        """Sends at most `chunk_rows` rows per request, and halves that while the server finds a
+        request too large (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES): wide
+        rows or many outputs need smaller requests, which the client cannot know in advance."""
+        rows, parts, start, size = list(rows), [], 0, chunk_rows
+        while True:
+            chunk = rows[start:start + size]
+            try:
+                parts.append(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": chunk}))
+            except ApiError as exc:
+                too_large = exc.status == 413 or (exc.status == 422 and "MAX_PREDICT_VALUES" in (exc.detail or ""))
+                if too_large and len(chunk) > 1:
+                    size = len(chunk) // 2
+                    continue
+                raise
+            start += len(chunk)
+            if start >= len(rows):
+                break
         if len(parts) == 1:
             return Prediction.from_json(parts[0])
         merged = {**parts[0], "predictions": [p for part in parts for p in part["predictions"]]}

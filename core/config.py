@@ -76,7 +76,8 @@ class Settings:
     max_rows: int = _int("MAX_ROWS", "1000000")
     max_sample_values: int = _int("MAX_SAMPLE_VALUES", "100000")
     max_dataset_values: int = _int("MAX_DATASET_VALUES", "100000000")
-    max_compute: float = _float("MAX_COMPUTE", "2e13")
+    # multiply-adds (app/limits.py): ~6 h of one core at 100 GFLOP/s, the default time limit
+    max_compute: float = _float("MAX_COMPUTE", "3e14")
     max_batch_mb: float = _float("MAX_BATCH_MB", "2048")
     max_predict_values: int = _int("MAX_PREDICT_VALUES", "2000000")
     max_active_jobs: int = _int("MAX_ACTIVE_JOBS", "20")

@@ -330,6 +330,12 @@ def test_fine_tuning_on_other_classes_is_refused(client, sessions):
     ds = client.post("/v1/datasets", json=other["dataset"]).get_json()["id"]
     resp = submit(client, {**other, "dataset": None, "dataset_id": ds, "init_from": parent})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset_id"
+    # class indices where the parent learned labels, and labels where it learned indices
+    indices = submit(client, {**iris_job(epochs=1), "init_from": parent})
+    assert indices.status_code == 422 and "has class indices or numbers" in indices.get_json()["errors"][0]["message"]
+    numeric_parent = trained_job(client, sessions, iris_job(epochs=1))
+    resp = submit(client, {**labelled_iris_job(epochs=1), "init_from": numeric_parent})
+    assert resp.status_code == 422 and "learned class indices or numbers" in resp.get_json()["errors"][0]["message"]
 
 
 def test_predict_with_fewer_labels_than_classes_is_a_409_not_a_500(client, sessions):

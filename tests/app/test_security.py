@@ -112,6 +112,11 @@ def _limited(migrated, **limits):
     ({"max_epochs": 10}, lambda b: b["training"].update(epochs=11), "training.epochs", "<= 10"),
     ({"max_rows": 100}, lambda b: None, "dataset.features", "limit is 100"),
     ({"max_sample_values": 3}, lambda b: None, "model.input_shape", "at most 3"),
+    # NumPy holds at most 64 axes; no layer but dense takes more than 3
+    ({}, lambda b: b["model"].update(input_shape=[1] * 9), "model.input_shape", "at most 8 axes, not 9"),
+    # a name keys every epoch's norms and the weights (a 70,000-letter one broke the .npz download)
+    ({}, lambda b: b["model"]["layers"][0].update(name="n" * 129), "model.layers[0].name",
+     "at most 128 characters, not 129"),
 ])
 def test_size_limits_are_422_before_anything_is_stored(migrated, limit, change, path, words):
     app = _limited(migrated, **limit)
@@ -207,6 +212,16 @@ def test_a_batch_too_large_for_memory_is_refused_before_it_is_queued(migrated):
     assert client.post("/v1/jobs", json=_conv_job(8, 64, 32, 16)).status_code == 202
     # a batch larger than the data is the data: 4 samples
     assert client.post("/v1/jobs", json=_conv_job(8, 64, 4, 100_000)).status_code == 202
+    small.extensions["backprop"]["engine"].dispose()
+
+    # a job accepted under a higher limit (that may then have run out of memory) is not retried past it
+    roomy = create_app(migrated)
+    job_id = roomy.test_client().post("/v1/jobs", json=_conv_job(8, 64, 32, 32)).get_json()["id"]
+    roomy.extensions["backprop"]["engine"].dispose()
+    with small.extensions["backprop"]["sessions"].begin() as s:
+        s.get(Job, job_id).status = "failed"
+    resp = small.test_client().post(f"/v1/jobs/{job_id}/retry")
+    assert resp.status_code == 422 and resp.get_json()["code"] == "batch_too_large", resp.get_json()
     small.extensions["backprop"]["engine"].dispose()
 
 

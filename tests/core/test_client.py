@@ -139,6 +139,13 @@ class FakeApi(BaseHTTPRequestHandler):
         self.requests.append(("POST", self.path, dict(self.headers)))
         if self.path == "/v1/jobs/j1/predict":  # a classifier: the label is the row's first value
             rows = body["inputs"]
+            if len(rows) > 6:  # what a server with a low BACKPROP_MAX_PREDICT_VALUES answers
+                return self.send(422, {"status": 422, "code": "validation_error", "detail":
+                                       f"{len(rows)} rows x 2 outputs; the limit is 12 (BACKPROP_MAX_PREDICT_VALUES)"},
+                                 "application/problem+json")
+            if len(rows) > 3:  # and one whose body limit is low
+                return self.send(413, {"status": 413, "code": "request_too_large", "detail": "too large"},
+                                 "application/problem+json")
             return self.send(200, {"predictions": [r[0] for r in rows], "probabilities": [[0.5, 0.5]] * len(rows),
                                    "job_id": "j1"})
         self.send(500, {"oops": True})
@@ -282,8 +289,13 @@ def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
     """The server bounds a predict request (body bytes, rows x outputs): a large file goes in
     requests of chunk_rows rows, answered as one prediction in the rows' order."""
     rows = [[i, 0] for i in range(25)]
-    result = Client(fake_api).predict("j1", rows, chunk_rows=10)
+    result = Client(fake_api).predict("j1", rows, chunk_rows=3)
     assert result.predictions == list(range(25)) and len(result.probabilities) == 25
-    assert [m for m, _, _ in FakeApi.requests] == ["POST"] * 3
+    assert len(FakeApi.requests) == 9
     assert Client(fake_api).predict("j1", rows[:3]).predictions == [0, 1, 2]
-    assert len(FakeApi.requests) == 4
+    assert len(FakeApi.requests) == 10
+    # a server that finds 10 rows (422) and 5 (413) too many: the client halves to 2 and goes on
+    FakeApi.requests = []
+    result = Client(fake_api).predict("j1", rows, chunk_rows=10)
+    assert result.predictions == list(range(25))
+    assert len(FakeApi.requests) == 2 + 13
