@@ -117,6 +117,23 @@ def test_predict_and_weights_wait_for_success(client):
         assert resp.get_json()["code"] == "job_not_finished"
 
 
+def test_the_job_is_committed_before_its_id_reaches_the_broker(client, sessions, monkeypatch):
+    """A worker polls the broker fast: an id sent before the commit could be claimed, found
+    missing and dropped ("does not exist"), and would wait a minute for the reconciler."""
+    import app.jobs as jobs
+
+    sent, real = [], jobs.enqueue_training
+
+    def spy(celery, job_id):
+        with sessions() as s:  # another connection, as a worker's
+            sent.append(s.get(Job, job_id) is not None)
+        return real(celery, job_id)
+
+    monkeypatch.setattr(jobs, "enqueue_training", spy)
+    assert submit(client, iris_job(epochs=1)).status_code == 202
+    assert sent == [True]
+
+
 def test_predict_rejects_wrong_shapes(client, sessions):
     job_id = trained_job(client, sessions, iris_job(epochs=2))
     resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[1, 2, 3]]})
@@ -346,3 +363,15 @@ def test_predict_with_fewer_labels_than_classes_is_a_409_not_a_500(client, sessi
         ds.class_labels = ["setosa", "versicolor"]
     resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]})
     assert resp.status_code == 409 and resp.get_json()["code"] == "labels_mismatch", resp.get_json()
+
+
+def test_a_last_page_that_is_full_has_no_next_cursor(client):
+    """Rows that are an exact multiple of `limit`: the last page is full, and no `next` sends
+    the client for an empty page."""
+    for _ in range(2):
+        assert submit(client, iris_job(epochs=1)).status_code == 202
+    for path, key in (("/v1/jobs", "jobs"), ("/v1/datasets", "datasets")):
+        body = client.get(f"{path}?limit=2").get_json()
+        assert len(body[key]) == 2 and body["next"] is None, body
+        first = client.get(f"{path}?limit=1").get_json()
+        assert client.get(f"{path}?limit=1&next={first['next']}").get_json()["next"] is None

@@ -315,6 +315,16 @@ def test_trivial_target_stops_after_one_epoch(target):
     assert result.stop_reason == "target_reached" and len(result.history) == 1
 
 
+def test_a_loss_target_stops_at_the_value_itself():
+    """"Loss-like metrics stop at or below" the value: a run seeded as one that recorded loss L
+    in its first epoch stops there when the target is exactly L."""
+    x, y = blobs()
+    first = train(classifier(), x, y, {"epochs": 1}).history[0]["loss"]
+    result = train(classifier(), x, y, {"epochs": 10, "target": {"metric": "loss", "value": first}})
+    assert result.stop_reason == "target_reached" and len(result.history) == 1
+    assert result.history[0]["loss"] == first
+
+
 def test_target_stops_as_soon_as_reached():
     x, y = blobs(spread=0.5)
     result = train(classifier(), x, y, {"epochs": 300, "validation_split": 0.2,
@@ -360,6 +370,16 @@ def test_huge_learning_rate_raises_training_diverged():
                                                                      "learning_rate": 1e6}})
     assert err.value.epoch >= 1
     assert f"at epoch {err.value.epoch}" in str(err.value)
+
+
+def test_weights_that_overflow_in_the_last_batch_fail_the_run():
+    """The loss of a batch is taken before its update: weights that become infinite in the run's
+    very last update show in no loss, and the run would have ended as a success."""
+    net = Network.from_spec({"input_shape": [1], "loss": "mse", "layers": [{"type": "dense", "units": 1}]})
+    with pytest.raises(TrainingDiverged) as err:
+        train(net, np.ones((1, 1)), np.full((1, 1), 1e3),
+              {"epochs": 1, "batch_size": 1, "optimizer": {"type": "sgd", "learning_rate": 1e38}})
+    assert "the weights" in str(err.value) and err.value.epoch == 1
 
 
 def test_should_stop_cancels_mid_epoch():

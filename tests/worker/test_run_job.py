@@ -425,3 +425,37 @@ def test_a_job_out_of_memory_fails_saying_so(client, sessions, fast, monkeypatch
         job = s.get(Job, job_id)
         assert job.status == "failed"
         assert job.error.startswith("out of memory: Unable to allocate 64.0 GiB") and "smaller batch_size" in job.error
+
+
+def test_the_heartbeat_moves_on_while_a_job_trains(client, sessions, fast, monkeypatch):
+    """A job longer than BACKPROP_STALE_AFTER_SECONDS must not look lost: if the heartbeat
+    stood still, the reconciler would send the job again, another worker would take it over,
+    and after MAX_ATTEMPTS such takeovers it would fail. Every test job ends well within that
+    time, so only this one watches the heartbeat move."""
+    job_id = submit(client, iris_job(epochs=12))
+    original = training.EpochWriter.on_epoch
+    beats = []
+
+    def on_epoch(self, record, trainer):
+        time.sleep(0.05)  # 12 epochs of 50 ms: 0.6 s, past stale_after_seconds (0.5)
+        with sessions() as s:
+            beats.append(s.get(Job, job_id).heartbeat_at)
+        original(self, record, trainer)
+
+    monkeypatch.setattr(training.EpochWriter, "on_epoch", on_epoch)
+    run_job(sessions, job_id, settings=fast)
+    assert len(set(beats)) >= 6 and beats == sorted(beats)
+    assert (beats[-1] - beats[0]).total_seconds() > 0.3
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["attempts"] == 1
+
+
+def test_a_cancelled_job_whose_worker_was_lost_ends_cancelled_not_failed(client, sessions, fast):
+    """A cancel that came while the job's worker was dying, on its last allowed attempt: the
+    claim settles the cancel before it counts attempts."""
+    job_id = submit(client, iris_job(epochs=5))
+    with sessions.begin() as s:
+        s.execute(update(Job).values(status="cancelling", cancel_requested=True, attempts=fast.max_attempts,
+                                     heartbeat_at=utcnow() - timedelta(seconds=60)))
+    run_job(sessions, job_id, settings=fast)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled" and job["attempts"] == fast.max_attempts and job["error"] is None
