@@ -106,9 +106,9 @@ class Layer:
 
     def cost(self) -> tuple[int, int]:
         """(multiply-adds, values held) for one sample going forward in training: what a service
-        bounds a job's time and memory by before building it. Values held are what backward
-        keeps of the batch plus the largest temporary, per sample; this default fits an
-        element-wise layer (its output and its pre-activation)."""
+        bounds a job's time and memory by before building it. Values held are what the layer
+        keeps of a sample for backward and the gradients it passes on (`transient` counts the
+        rest); this default fits an element-wise layer (its output and its pre-activation)."""
         out = size_of(self.output_shape)
         return out, 2 * out
 
