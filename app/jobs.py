@@ -16,7 +16,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import defer, object_session
 
 from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel
 from core.db.models import utcnow
@@ -85,11 +85,24 @@ def ext() -> dict[str, Any]:
     return current_app.extensions["backprop"]
 
 
+ETA_EPOCHS = 20  # the recent epochs whose durations predict the rest
+
+
 def eta_seconds(job: Job) -> float | None:
+    """From the durations of the latest epochs: a job resumed from a checkpoint has a start
+    time that also covers the downtime and the epochs it trained again, which made the time
+    since the start over the epochs done overstate the rest (270 s for 45)."""
     if job.status != JobStatus.RUNNING or not job.epochs_done or job.started_at is None:
         return None
+    left = max(job.total_epochs - job.epochs_done, 0)
+    session = object_session(job)
+    if session is not None:
+        recent = session.scalar(select(func.avg(EpochRecord.duration)).where(
+            EpochRecord.job_id == job.id, EpochRecord.epoch > job.epochs_done - ETA_EPOCHS))
+        if recent is not None:
+            return round(recent * left, 3)
     per_epoch = (utcnow() - job.started_at).total_seconds() / job.epochs_done
-    return round(per_epoch * max(job.total_epochs - job.epochs_done, 0), 3)
+    return round(per_epoch * left, 3)
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -450,10 +463,12 @@ def get_epochs(job_id: str):
         load_job(session, job_id)
         base = select(EpochRecord).where(EpochRecord.job_id == job_id, EpochRecord.epoch > q.after)
         total = session.scalar(select(func.count()).select_from(base.subquery()))
-        if q.max_points is not None and total > q.max_points:
+        if q.max_points is not None:  # the whole curve, in at most max_points epochs: no paging
             rows = list(session.scalars(base.order_by(EpochRecord.epoch)))
-            keep = np.unique(np.linspace(0, len(rows) - 1, q.max_points).round().astype(int))
-            rows, downsampled, next_after = [rows[i] for i in keep], True, None
+            downsampled, next_after = total > q.max_points, None
+            if downsampled:
+                keep = np.unique(np.linspace(0, len(rows) - 1, q.max_points).round().astype(int))
+                rows = [rows[i] for i in keep]
         else:
             rows = list(session.scalars(base.order_by(EpochRecord.epoch).limit(q.limit)))
             downsampled = False
@@ -480,30 +495,64 @@ def epoch_json(r: EpochRecord) -> dict[str, Any]:
 
 
 VANISHING_RATIO = 1e-3
-EXPLODING_NORM = 1e3
+EXPLODING_GROWTH = 100  # a norm this many times its first epoch's has exploded, whatever its scale
+LARGE_NORM = 1e3
 
 
-def gradient_flags(layers: list[str], grads: dict[str, list[float]]) -> list[dict[str, str]]:
-    """Plain-language warnings from the last epoch's per-layer gradient norms."""
+def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: list[int] | None = None,
+                   activations: dict[str, str] | None = None, clip_norm: float | None = None
+                   ) -> list[dict[str, str]]:
+    """Plain-language warnings from the per-layer gradient norms (measured before clip_norm).
+
+    Vanishing and missing gradients are read from the latest epoch. Explosions are read from the
+    whole history, since a run can blow up early and then sit at zero, every relu dead: a norm
+    that overflowed, or grew EXPLODING_GROWTH times over its first epoch's. A norm that is only
+    large, from the first epoch on, comes from the scale of the targets or inputs: that is said
+    as such, since no learning rate or clipping would change it."""
     if not layers:
         return []
+    epochs = epochs or list(range(1, 1 + max(len(grads[n]) for n in layers)))
+    activations = activations or {}
     flags = []
     last = {name: grads[name][-1] for name in layers if grads[name]}
     top = max((v for v in last.values() if np.isfinite(v)), default=0.0)  # an overflow is no yardstick
+    calm = (f"clip_norm ({clip_norm:g}) already clipped these steps; if the loss still climbs, lower the "
+            "learning rate" if clip_norm else "Lower the learning rate or set training.clip_norm")
     for name in layers:
-        norm = last.get(name)
+        history, norm = grads[name], last.get(name)
         if norm is None:
             continue
-        if top > 0 and norm < VANISHING_RATIO * top:
+        blown = next((i for i, g in enumerate(history) if not np.isfinite(g)), None)
+        if blown is None and history[0] > 0:
+            blown = next((i for i, g in enumerate(history) if g >= EXPLODING_GROWTH * history[0]), None)
+        if blown is not None:
+            g = history[blown]
+            size = f"{g:.2e}" if np.isfinite(g) else "beyond float range"
+            grew = "" if not np.isfinite(g) else f", {g / history[0]:.0f} times its first epoch's"
+            flags.append({"kind": "exploding_gradients", "layer": name,
+                          "message": f"gradients exploded: layer {name}'s gradient norm reached {size} in epoch "
+                                     f"{epochs[blown]}{grew}. {calm}."})
+        elif norm > LARGE_NORM:
+            flags.append({"kind": "large_gradients", "layer": name,
+                          "message": f"gradients are large but steady: layer {name}'s gradient norm is {norm:.2e}, "
+                                     "as it was from the start, which comes from the scale of the loss (targets or "
+                                     "inputs in the thousands make a squared error in the millions). Scaling them "
+                                     "to about unit size makes the steps steadier and the learning rate easier "
+                                     "to choose."})
+        if norm == 0:
+            dead = activations.get(name) == "relu"
+            flags.append({"kind": "no_gradient", "layer": name,
+                          "message": f"no gradient reaches layer {name}: its norm is 0, so its weights never change. "
+                                     + ("Every one of its relu units outputs 0 for every sample (dead relus): lower "
+                                        "the learning rate, use leaky_relu or elu, or check the inputs' scale and "
+                                        "the initialisation." if dead else
+                                        "A layer after it passes none back (dead relus there, for example), or "
+                                        "the loss does not depend on it.")})
+        elif norm < VANISHING_RATIO * top:
             flags.append({"kind": "vanishing_gradients", "layer": name,
                           "message": f"gradients are vanishing: layer {name}'s gradient norm ({norm:.2e}) is under "
                                      f"{VANISHING_RATIO:g} of the largest layer's ({top:.2e}), so it barely learns. "
                                      "Try relu-family activations, batch_norm, residual blocks or he initialisation."})
-        if norm > EXPLODING_NORM or not np.isfinite(norm):
-            flags.append({"kind": "exploding_gradients", "layer": name,
-                          "message": f"gradients are exploding: layer {name}'s gradient norm is "
-                                     f"{f'{norm:.2e}' if np.isfinite(norm) else 'beyond float range'}. "
-                                     "Lower the learning rate or set training.clip_norm."})
     return flags
 
 
@@ -517,15 +566,20 @@ def get_diagnostics(job_id: str):
                                     .order_by(EpochRecord.epoch)))
     layers = [layer.get("name") for layer in job.model_spec["layers"]]
     names = list(rows[0].weight_norms) if rows else [n for n in layers if n]
-    # a norm stored as null overflowed: for the flags it is an infinite one
-    grads = {n: [math.inf if g is None else g for g in (r.grad_norms.get(n, 0.0) for r in rows)] for n in names}
-    out_layers = [{"layer": n, "grad_norms": grads[n],
-                   "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
-    # frozen layers record no gradient norm; a trainable one whose norms are all 0 (every relu
-    # dead) is the worst vanishing gradient, and flagged as one
+    # frozen layers record no gradient norm (null here); a trainable one whose norms are all 0
+    # (every relu dead) is flagged
     trainable = [n for n in names if any(n in r.grad_norms for r in rows)]
-    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": finite(out_layers),
-            "flags": gradient_flags(trainable, grads) if rows else []}
+    # a norm stored as null overflowed: for the flags it is an infinite one
+    grads = {n: [math.inf if g is None else g for g in (r.grad_norms.get(n, 0.0) for r in rows)] for n in trainable}
+    out_layers = [{"layer": n, "frozen": n not in trainable and bool(rows),
+                   "grad_norms": grads[n] if n in trainable else [None] * len(rows),
+                   "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
+    activations = {}
+    if rows:
+        activations = {layer.name: layer.config.get("activation") for layer in shapes_only(job.model_spec).layers}
+    flags = gradient_flags(trainable, grads, [r.epoch for r in rows], activations,
+                           job.training_spec.get("clip_norm")) if rows else []
+    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": finite(out_layers), "flags": flags}
 
 
 SSE_POLL_SECONDS = 0.5
@@ -647,7 +701,7 @@ def get_weights(job_id: str):
     q = parse_query(WeightsQuery)
     with ext()["sessions"]() as session:
         job = load_job(session, job_id)
-        weights = finished_weights(session, job)
+        weights = in_network_order(job.model_spec, finished_weights(session, job))
     if q.format == "npz":
         return Response(arrays_to_npz(weights), mimetype="application/octet-stream",
                         headers={"Content-Disposition": f"attachment; filename=job-{job_id}-weights.npz"})
@@ -655,6 +709,19 @@ def get_weights(job_id: str):
         {"name": name, "layer": name.rsplit("/", 1)[0], "param": name.rsplit("/", 1)[1],
          "dtype": a.dtype.name, "shape": list(a.shape), "values": a.tolist()}
         for name, a in weights.items()]}
+
+
+def in_network_order(spec: dict[str, Any], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The database gives weights sorted by name (dense_10 before dense_2, batch_norm_0 before
+    dense_0): they are answered layer by layer, as the network runs, and as a learner reads them."""
+    net = shapes_only(spec)
+    layer_at = {layer.name: i for i, layer in enumerate(net.layers)}
+    param_at = {name: i for i, name in enumerate({**net.params(), **net.buffers()})}
+
+    def position(name: str) -> tuple[int, int, str]:
+        return layer_at.get(name.split("/")[0], len(layer_at)), param_at.get(name, len(param_at)), name
+
+    return {name: weights[name] for name in sorted(weights, key=position)}
 
 
 @bp.post("/<job_id>/predict")

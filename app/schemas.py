@@ -167,7 +167,8 @@ class EpochQuery(Strict):
     after: int = Field(default=0, ge=0, le=2**31 - 1, description="return epochs after this epoch number")
     limit: int = Field(default=1000, ge=1, le=10000)
     max_points: int | None = Field(default=None, ge=2, le=10000,
-                                   description="downsample to at most this many epochs, keeping first and last")
+                                   description="the whole curve after `after` in at most this many epochs, "
+                                               "keeping first and last; it replaces `limit` (no next page)")
 
 
 class EventsQuery(Strict):
@@ -187,7 +188,9 @@ class EpochPage(BaseModel):
 
 class LayerDiagnostics(BaseModel):
     layer: str
-    grad_norms: list[float | None] = Field(description="null where the value overflowed (was not finite)")
+    frozen: bool = Field(description="frozen by fine-tuning: no gradient is computed, its grad_norms are null")
+    grad_norms: list[float | None] = Field(description="null where the value overflowed (was not finite), or for a "
+                                                       "frozen layer")
     weight_norms: list[float | None] = Field(description="null where the value overflowed (was not finite)")
 
 
@@ -195,7 +198,8 @@ class Diagnostics(BaseModel):
     job_id: str
     epochs: list[int]
     layers: list[LayerDiagnostics]
-    flags: list[dict[str, str]] = Field(description="plain-language warnings: vanishing or exploding gradients")
+    flags: list[dict[str, str]] = Field(description="plain-language warnings; kind is vanishing_gradients, "
+                                                    "no_gradient, exploding_gradients or large_gradients")
 
 
 class WeightOut(BaseModel):

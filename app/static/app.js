@@ -268,7 +268,7 @@ async function jobPage(ctx, root, jobId) {
       h('section', {class: 'card'}, accTitle, h('p', {class: 'hint'}, 'On the training data (solid) and the held-out validation data (dashed).'), accBox)),
     h('div', {class: 'grid2'},
       card('Gradient norm per layer (log scale)',
-        h('p', {class: 'hint'}, 'The average size (L2 norm) of each layer\'s gradient per batch. A layer far below the others is barely learning (vanishing gradients); very large values mean unstable updates (exploding gradients).'),
+        h('p', {class: 'hint'}, 'The average size (L2 norm) of each layer\'s gradient per batch. A layer far below the others is barely learning (vanishing gradients); values that grow by orders of magnitude mean unstable updates (exploding gradients). Measured before clip_norm; frozen layers have none.'),
         gradBox, flags),
       card('Weight norm per layer', h('p', {class: 'hint'}, 'The size (L2 norm) of each layer\'s weights after each epoch.'), wnormBox)),
     card('Weights', weights),
@@ -338,7 +338,7 @@ async function jobPage(ctx, root, jobId) {
     const d = await api(`${path}/diagnostics`, {signal: ctx.signal});
     put(flags, d.flags.length
       ? h('ul', {class: 'flags'}, d.flags.map(f => h('li', {class: `flag ${f.kind}`}, f.message)))
-      : h('p', {class: 'ok small'}, '✓ No vanishing or exploding gradients in the latest epoch.'));
+      : h('p', {class: 'ok small'}, '✓ No vanishing, missing or exploding gradients.'));
   }
 
   let finishedOnce = false;

@@ -389,6 +389,20 @@ def test_eta_while_running(client, sessions):
     assert client.get(f"/v1/jobs/{job_id}").get_json()["eta_seconds"] is None
 
 
+def test_eta_of_a_resumed_job_comes_from_its_recent_epochs(client, sessions):
+    """Resumed at epoch 40 after an hour down: the time since the first start over the epochs
+    done said 90 s an epoch. The latest epochs took 0.5 s each."""
+    job_id = queued_job(client, iris_job(epochs=100))
+    with sessions.begin() as s:
+        for epoch in range(1, 41):
+            s.add(EpochRecord(job_id=job_id, epoch=epoch, loss=1.0, metrics={}, duration=5.0 if epoch <= 20 else 0.5,
+                              grad_norms={}, weight_norms={}))
+    set_job(sessions, job_id, status=JobStatus.RUNNING, started_at=utcnow() - timedelta(hours=1), epochs_done=40)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["eta_seconds"] == pytest.approx(0.5 * 60)
+    listed = client.get("/v1/jobs").get_json()["jobs"]
+    assert [j["eta_seconds"] for j in listed if j["id"] == job_id] == [pytest.approx(30.0)]
+
+
 def test_a_trained_job_names_its_worker_and_attempts(client, sessions):
     job_id = queued_job(client, iris_job(epochs=2))
     run_job(sessions, job_id, worker="celery@box")
@@ -436,6 +450,11 @@ def test_max_points_downsamples_keeping_first_and_last(client, sixty):
     assert short["downsampled"] is False and len(short["epochs"]) == 60
     tail = epochs(client, sixty, "?after=40&max_points=3")
     assert [e["epoch"] for e in tail["epochs"]] == [41, 51, 60] and tail["downsampled"] is True
+    # max_points is the whole curve and replaces limit, whether or not it downsamples (with
+    # limit=5 it gave 10 points at max_points=10, but a first page of 5 at max_points=300)
+    for query, count in (("?limit=5&max_points=10", 10), ("?limit=5&max_points=300", 60)):
+        page = epochs(client, sixty, query)
+        assert len(page["epochs"]) == count and page["next_after"] is None, query
 
 
 @pytest.mark.parametrize("query, path", [
@@ -484,7 +503,10 @@ def test_vanishing_gradients_are_flagged_in_plain_words(client, sessions):
     assert "vanishing" in flags[0]["message"] and "dense_0" in flags[0]["message"]
 
 
-def test_exploding_gradients_are_flagged(client, sessions):
+def test_large_but_steady_gradients_are_told_apart_from_exploding_ones(client, sessions):
+    """Targets in the millions make the gradients large from the first epoch: that is the scale
+    of the loss, and "lower the learning rate or set clip_norm" (the old advice, given even with
+    clip_norm set) would change nothing. It is said as such; a real explosion grows."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 3))
     body = {"model": {"input_shape": [3], "layers": [{"type": "dense", "units": 8, "activation": "relu"},
@@ -494,8 +516,27 @@ def test_exploding_gradients_are_flagged(client, sessions):
     job_id = trained_job(client, sessions, body)
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
     flags = diagnostics(client, job_id)["flags"]
-    assert {f["kind"] for f in flags} == {"exploding_gradients"}
-    assert "exploding" in flags[0]["message"] and "clip_norm" in flags[0]["message"]
+    assert {f["kind"] for f in flags} == {"large_gradients"}
+    assert "scale" in flags[0]["message"] and "from the start" in flags[0]["message"]
+
+
+def test_gradients_that_grow_over_the_run_are_flagged_as_exploding(client, sessions):
+    """Full-batch sgd on y = 2x with a learning rate past stability: every step overshoots by
+    half again, so the gradient grows 1.5 times an epoch, still finite after 14 epochs. The
+    flag names the epoch where it passed 100 times the first epoch's."""
+    x = np.random.default_rng(0).normal(size=(64, 1))
+    x = x / np.sqrt((x**2).mean())  # mean x^2 = 1: the loss's curvature is exactly 2
+    body = {"model": {"input_shape": [1], "loss": "mse",
+                      "layers": [{"type": "dense", "units": 1, "use_bias": False, "kernel_initializer": "zeros"}]},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 1.25}, "epochs": 14, "batch_size": 64,
+                         "shuffle": False},
+            "dataset": {"features": x.tolist(), "targets": (2 * x[:, 0]).tolist()}}
+    d = diagnostics(client, trained_job(client, sessions, body))
+    norms = d["layers"][0]["grad_norms"]
+    assert all(b > a for a, b in zip(norms, norms[1:], strict=False)) and norms[-1] > 100 * norms[0]
+    first = next(e for e, g in zip(d["epochs"], norms, strict=True) if g >= 100 * norms[0])
+    assert [f["kind"] for f in d["flags"]] == ["exploding_gradients"]
+    assert f"in epoch {first}" in d["flags"][0]["message"]
 
 
 def strict_json(resp) -> dict:
@@ -537,12 +578,31 @@ def test_a_layer_with_no_gradient_at_all_is_flagged_and_a_frozen_one_is_not(clie
             "dataset": {"features": x.round(4).tolist(), "targets": x.sum(1).round(4).tolist()}}
     job_id = trained_job(client, sessions, body)
     d = diagnostics(client, job_id)
-    assert d["layers"][0]["grad_norms"] == [0.0, 0.0, 0.0]
-    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("vanishing_gradients", "dense_0")]
+    assert d["layers"][0]["grad_norms"] == [0.0, 0.0, 0.0] and d["layers"][0]["frozen"] is False
+    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("no_gradient", "dense_0")]
+    assert "dead relus" in d["flags"][0]["message"] and "leaky_relu" in d["flags"][0]["message"]
     tuned = trained_job(client, sessions, {**body, "dataset": None, "dataset_id": client.get(
         f"/v1/jobs/{job_id}").get_json()["dataset_id"], "init_from": job_id, "freeze": ["dense_0"]})
     d = diagnostics(client, tuned)
-    assert d["layers"][0]["grad_norms"] == [0.0, 0.0, 0.0] and d["flags"] == []  # frozen: nothing to flag
+    # frozen: no gradient computed, which is not a zero one, and nothing to flag
+    assert d["layers"][0]["grad_norms"] == [None, None, None] and d["layers"][0]["frozen"] is True
+    assert d["flags"] == []
+
+
+def test_a_network_where_no_gradient_flows_at_all_is_flagged(client, sessions):
+    """Every relu dead and no output bias: all three layers' norms are 0. With no largest layer
+    to compare with, nothing was flagged, and the dashboard said all was well."""
+    x = -np.random.default_rng(0).uniform(1, 2, (32, 3))
+    body = {"model": {"input_shape": [3], "loss": "mse", "layers": [
+                {"type": "dense", "units": 8, "activation": "relu", "kernel_initializer": "ones"},
+                {"type": "dense", "units": 8, "activation": "relu"},
+                {"type": "dense", "units": 1, "use_bias": False}]},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 0.01}, "epochs": 2},
+            "dataset": {"features": x.round(4).tolist(), "targets": x.sum(1).round(4).tolist()}}
+    d = diagnostics(client, trained_job(client, sessions, body))
+    assert all(layer["grad_norms"] == [0.0, 0.0] for layer in d["layers"])
+    assert [(f["kind"], f["layer"]) for f in d["flags"]] == [("no_gradient", f"dense_{i}") for i in range(3)]
+    assert "dead relus" in d["flags"][0]["message"] and "passes none back" in d["flags"][2]["message"]
 
 
 def test_diagnostics_with_an_overflowed_norm_stored_as_null(client, sessions):
@@ -560,15 +620,30 @@ def test_diagnostics_with_an_overflowed_norm_stored_as_null(client, sessions):
 def test_gradient_flags_rules():
     from app.jobs import gradient_flags
 
+    def kinds(*args, **kw):
+        return [(f["kind"], f["layer"]) for f in gradient_flags(*args, **kw)]
+
     layers = ["a", "b", "c"]
     assert gradient_flags(layers, {"a": [1.0], "b": [0.5], "c": [2.0]}) == []
-    vanishing = gradient_flags(layers, {"a": [1e-7], "b": [1e-2], "c": [1.0]})
-    assert [(f["kind"], f["layer"]) for f in vanishing] == [("vanishing_gradients", "a")]
-    exploding = gradient_flags(layers, {"a": [5e3], "b": [float("inf")], "c": [1.0]})
-    assert {(f["kind"], f["layer"]) for f in exploding} >= {("exploding_gradients", "a"),
-                                                             ("exploding_gradients", "b")}
+    assert kinds(layers, {"a": [1e-7], "b": [1e-2], "c": [1.0]}) == [("vanishing_gradients", "a")]
+    # overflowed, or grown 100 times its first epoch's: exploded, at that epoch
+    grown = gradient_flags(layers, {"a": [1.0, 150.0, 2.0], "b": [1.0, float("inf"), 1.0], "c": [1.0, 99.0, 1.0]},
+                           epochs=[4, 5, 6])
+    assert [(f["kind"], f["layer"]) for f in grown] == [("exploding_gradients", "a"), ("exploding_gradients", "b")]
+    assert "epoch 5, 150 times" in grown[0]["message"] and "beyond float range" in grown[1]["message"]
+    assert "set training.clip_norm" in grown[0]["message"]
+    # blown up early, then every relu dead: both are said
+    assert kinds(["a", "b"], {"a": [1.0, 500.0, 0.0], "b": [1.0, 2.0, 1.0]}) == [
+        ("exploding_gradients", "a"), ("no_gradient", "a")]
+    clipped = gradient_flags(["a"], {"a": [1.0, 500.0]}, clip_norm=1.0)
+    assert "clip_norm (1) already clipped" in clipped[0]["message"]
+    # large from the start: the loss's scale, said as such
+    assert kinds(layers, {"a": [5e3, 6e3], "b": [4e3, 4e3], "c": [1e4, 9e3]}) == [
+        ("large_gradients", "a"), ("large_gradients", "b"), ("large_gradients", "c")]
     assert gradient_flags([], {}) == []
-    assert gradient_flags(["a"], {"a": [0.0]}) == []  # nothing learns at all: no ratio to speak of
+    assert kinds(["a"], {"a": [0.0]}) == [("no_gradient", "a")]  # nothing learns at all
+    dead = gradient_flags(["a", "b"], {"a": [0.0], "b": [1.0]}, activations={"a": "relu"})
+    assert [f["kind"] for f in dead] == ["no_gradient"] and "dead relus" in dead[0]["message"]
 
 
 def test_diagnostics_of_a_job_without_epochs(client):
@@ -646,7 +721,7 @@ def test_freeze_keeps_a_layers_weights_bit_identical(client, sessions):
     assert after["dense_0/kernel"] == before["dense_0/kernel"] and after["dense_0/bias"] == before["dense_0/bias"]
     assert after["dense_1/kernel"] != before["dense_1/kernel"]
     frozen = [layer for layer in diagnostics(client, child)["layers"] if layer["layer"] == "dense_0"]
-    assert frozen[0]["grad_norms"] == [0.0] * 5  # no gradient reported for a frozen layer
+    assert frozen[0]["grad_norms"] == [None] * 5 and frozen[0]["frozen"]  # no gradient computed
 
 
 def test_a_different_architecture_is_refused_naming_the_mismatch(client, sessions):

@@ -375,3 +375,22 @@ def test_a_last_page_that_is_full_has_no_next_cursor(client):
         assert len(body[key]) == 2 and body["next"] is None, body
         first = client.get(f"{path}?limit=1").get_json()
         assert client.get(f"{path}?limit=1&next={first['next']}").get_json()["next"] is None
+
+
+def test_weights_come_layer_by_layer_in_network_order(client, sessions):
+    """Sorted by name, dense_10 came before dense_2 and batch_norm_0 before dense_0, and the
+    dashboard drew the layers out of order."""
+    layers = [{"type": "dense", "units": 4, "activation": "relu"}, {"type": "batch_norm"},
+              {"type": "residual", "layers": [{"type": "dense", "units": 4}]},
+              *[{"type": "dense", "units": 4, "activation": "relu"}] * 9,
+              {"type": "dense", "units": 3, "activation": "softmax"}]
+    body = iris_job(epochs=1)
+    body["model"]["layers"] = layers
+    job_id = trained_job(client, sessions, body)
+    names = [w["name"] for w in client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]]
+    layer_order = list(dict.fromkeys(n.split("/")[0] for n in names))
+    assert layer_order == ["dense_0", "batch_norm_0", "residual_0", *[f"dense_{i}" for i in range(1, 11)]]
+    assert names[:7] == ["dense_0/kernel", "dense_0/bias", "batch_norm_0/gamma", "batch_norm_0/beta",
+                         "batch_norm_0/moving_mean", "batch_norm_0/moving_variance", "residual_0/dense_0/kernel"]
+    npz = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/weights?format=npz").data), allow_pickle=False)
+    assert list(npz.files) == names

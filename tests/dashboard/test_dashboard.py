@@ -210,7 +210,7 @@ def test_weights_and_predict_after_success(driver, stack, seeded, shots):
         # a kernel: one row per unit; a bias: one row
         rows, cols = (w["shape"][-1], size // w["shape"][-1]) if len(w["shape"]) > 1 else (1, size)
         assert (int(heat.get_attribute("data-rows")), int(heat.get_attribute("data-cols"))) == (rows, cols)
-    assert "no vanishing or exploding" in text(driver, "#grad-flags").lower()
+    assert "no vanishing, missing or exploding" in text(driver, "#grad-flags").lower()
     shots("weights")
 
     x, _ = iris()
