@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from core.config import Settings
 from core.db import Job, JobStatus
 from core.nn import Network
+from core.queue import REDIS_TIMEOUTS
 
 from .errors import ApiError, problem, validation_error
 
@@ -168,6 +169,7 @@ def init_rate_limit(app: Flask) -> None:
     s: Settings = app.extensions["backprop"]["settings"]
     storage = s.broker_url if s.broker_url.startswith("redis") else "memory://"
     limiter = Limiter(_rate_key, app=app, default_limits=[s.rate_limit], storage_uri=storage,
+                      storage_options=REDIS_TIMEOUTS if storage != "memory://" else {},
                       strategy="fixed-window", swallow_errors=True,
                       default_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
     app.extensions["backprop"]["limiter"] = limiter

@@ -3,12 +3,14 @@ from the database at scrape time, so every API process agrees - jobs by status a
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from core.db import Job, JobStatus
 from core.metrics import HTTP_LATENCY, HTTP_REQUESTS, PREDICT_LATENCY, render
@@ -16,6 +18,7 @@ from core.metrics import HTTP_LATENCY, HTTP_REQUESTS, PREDICT_LATENCY, render
 from .openapi import doc
 
 bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
 
 
 class JobsCollector:
@@ -26,8 +29,13 @@ class JobsCollector:
 
     def collect(self):
         jobs = GaugeMetricFamily("backprop_jobs", "Jobs by status", labels=["status"])
-        with self.sessions() as session:
-            counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        try:
+            with self.sessions() as session:
+                counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        except SQLAlchemyError:  # the HTTP metrics are still worth a scrape; this says why jobs are missing
+            log.warning("metrics: the database does not answer", exc_info=True)
+            yield GaugeMetricFamily("backprop_jobs_scrape_error", "1 when the jobs could not be read", value=1)
+            return
         for status in JobStatus.ALL:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs

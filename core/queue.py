@@ -70,13 +70,19 @@ def make_celery(settings: Settings) -> Celery:
         }
     else:
         # longer than any job may run, so Redis does not hand a running job to a second worker
-        conf["broker_transport_options"] = {"visibility_timeout": int(settings.job_time_limit) + 3600}
+        conf["broker_transport_options"] = {"visibility_timeout": int(settings.job_time_limit) + 3600,
+                                            # a Redis that accepts and never answers must not hang
+                                            # a submit or /readyz (the worker's BRPOP waits 1 s)
+                                            **REDIS_TIMEOUTS}
     # a broker that is down must not hang the API: fail fast, the reconciler enqueues later
     conf["broker_connection_timeout"] = 3
     conf["task_publish_retry_policy"] = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5,
                                          "interval_max": 1}
     celery.conf.update(conf)
     return celery
+
+
+REDIS_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 3}
 
 
 def enqueue_training(celery: Celery, job_id: str) -> None:

@@ -1,0 +1,86 @@
+"""The API with its database or broker down, or worse, up and silent (a server that accepts a
+connection and never answers): answers come within seconds, as 503s where the database is
+needed, and an accepted job is kept for the reconciler."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+
+from app import create_app
+from core.db import Job
+from tests.data import iris_job
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP port that accepts connections and never sends a byte."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def timed(call, limit: float = 60):
+    """(the answer, seconds it took); fails instead of hanging the suite when none comes."""
+    out, started = [], time.monotonic()
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert out, f"no answer in {limit} s"
+    return out[0], time.monotonic() - started
+
+
+def test_a_silent_redis_gives_a_503_readiness_and_the_submit_is_kept(migrated, silent_server):
+    """It hung /readyz for good, and a submit (the rate limiter and the enqueue both wait on
+    Redis): each probe held a web thread until /livez itself stopped answering."""
+    app = create_app(dataclasses.replace(migrated, auth="off", broker_url=f"redis://127.0.0.1:{silent_server}/0"))
+    client = app.test_client()
+    resp, took = timed(lambda: client.get("/readyz"))
+    assert resp.status_code == 503 and resp.get_json()["checks"]["broker"].startswith("error"), resp.get_json()
+    assert took < 30, took
+    resp, took = timed(lambda: client.post("/v1/jobs", json=iris_job(epochs=1)))
+    assert resp.status_code == 202 and took < 60, (resp.status_code, took)
+    with app.extensions["backprop"]["sessions"]() as s:  # kept, for the reconciler to send
+        assert s.scalar(select(Job.enqueued_at).where(Job.id == resp.get_json()["id"])) is None
+    app.extensions["backprop"]["engine"].dispose()
+
+
+@pytest.mark.parametrize("server", ["down", "silent"])
+def test_a_database_that_does_not_answer_is_a_503_and_metrics_still_scrape(migrated, silent_server, server):
+    """PostgreSQL down gave 500 internal_error with a traceback on every route, and /metrics
+    failed whole; a silent one hung them."""
+    port = silent_server if server == "silent" else 1  # nothing listens on port 1
+    app = create_app(dataclasses.replace(migrated, auth="off", database_url=f"postgresql+psycopg://u@127.0.0.1:{port}/x"))
+    client = app.test_client()
+    for call in (lambda: client.get("/v1/jobs"), lambda: client.post("/v1/jobs", json=iris_job(epochs=1))):
+        resp, took = timed(call)
+        assert resp.status_code == 503 and resp.get_json()["code"] == "database_unavailable", resp.get_json()
+        assert resp.headers["Retry-After"] == "5" and took < 30, took
+    resp, _ = timed(lambda: client.get("/metrics"))
+    assert resp.status_code == 200 and b"backprop_jobs_scrape_error 1.0" in resp.data
+    assert b"backprop_http_requests_total" in resp.data
+    assert timed(lambda: client.get("/readyz"))[0].status_code == 503 and client.get("/livez").status_code == 200
+    app.extensions["backprop"]["engine"].dispose()
