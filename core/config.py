@@ -40,6 +40,8 @@ def _float(name: str, default: str, low: float = 0.0, above: bool = True):
     return field(default_factory=lambda: _number(float, name, default, low, above=above))
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 # "1200 per minute", "10/second; 1000 per day": what flask-limiter parses
 _RATE = r"\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*"
 
@@ -88,6 +90,14 @@ class Settings:
     def __post_init__(self):
         if self.auth not in ("on", "off", "auto"):
             raise ConfigError(f"BACKPROP_AUTH must be on, off or auto, not {self.auth!r}")
+        if self.auth == "off" and not self.loopback:
+            raise ConfigError(f"BACKPROP_AUTH=off is only allowed when the API listens on a loopback address "
+                              f"(127.0.0.1, localhost, ::1), not BACKPROP_HOST={self.host}")
+        level = _env("LOG_LEVEL", "INFO")
+        if level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        if _env("LOG_FORMAT", "json") not in ("json", "text"):
+            raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {_env('LOG_FORMAT', 'json')!r}")
         if not re.fullmatch(f"{_RATE}([;,]{_RATE})*", self.rate_limit):
             raise ConfigError(f"BACKPROP_RATE_LIMIT must read like '1200 per minute' or '10/second; 1000 per day', "
                               f"not {self.rate_limit!r}")

@@ -37,7 +37,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level or os.environ.get("BACKPROP_LOG_LEVEL", "INFO"))
+    root.setLevel((level or os.environ.get("BACKPROP_LOG_LEVEL", "INFO")).upper())
     for noisy in ("kombu.connection",):  # warns about the filesystem transport having no hostname
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

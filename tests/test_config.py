@@ -22,6 +22,8 @@ BAD = [
     ("WORKER_METRICS_PORT", "99999", "<= 65535"),
     ("RATE_LIMIT", "garbage", "must read like '1200 per minute'"),
     ("AUTH", "maybe", "must be on, off or auto"),
+    ("LOG_LEVEL", "verbose", "BACKPROP_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    ("LOG_FORMAT", "xml", "BACKPROP_LOG_FORMAT must be json or text, not 'xml'"),
 ]
 
 
@@ -40,3 +42,16 @@ def test_an_unusable_setting_is_named_at_startup(monkeypatch, tmp_path, name, va
 def test_rate_limits_as_flask_limiter_reads_them(monkeypatch, rate):
     monkeypatch.setenv("BACKPROP_RATE_LIMIT", rate)
     assert Settings().rate_limit == rate
+
+
+def test_auth_off_away_from_loopback_stops_every_command(monkeypatch, tmp_path):
+    """It was found only when the first request came (a traceback in every gunicorn worker);
+    `migrate` even accepted it. A lower-case level is a level."""
+    monkeypatch.setenv("BACKPROP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BACKPROP_HOST", "0.0.0.0")
+    monkeypatch.setenv("BACKPROP_AUTH", "off")
+    result = CliRunner().invoke(main, ["migrate"])
+    assert result.exit_code == 2 and "BACKPROP_AUTH=off is only allowed" in result.output, result.output
+    monkeypatch.setenv("BACKPROP_AUTH", "on")
+    monkeypatch.setenv("BACKPROP_LOG_LEVEL", "debug")
+    Settings()
