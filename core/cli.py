@@ -173,8 +173,10 @@ def run() -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    # SIGHUP too: closing the terminal of `make run` must not leave the servers running on
+    # (they are in sessions of their own, so the hangup does not reach them)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
@@ -191,8 +193,16 @@ def run() -> None:
             except subprocess.TimeoutExpired:
                 pass
             _signal_group(p, signal.SIGKILL)  # whatever is left of the group
-    code = max((p.returncode or 0) for p in procs) if not stopping else 0
-    sys.exit(code)
+    sys.exit(0 if stopping else _first_failure(procs))
+
+
+def _first_failure(procs: list[subprocess.Popen]) -> int:
+    """The exit code for a child that ended on its own: its failure, as a shell gives it (128 +
+    the signal for one killed), not 0 because another child then stopped cleanly."""
+    codes = [p.returncode for p in procs if p.returncode]
+    if not codes:
+        return 1  # a server that exits 0 by itself has stopped serving all the same
+    return 128 - codes[0] if codes[0] < 0 else codes[0]
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -46,7 +46,10 @@ def alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_run_trains_and_ctrl_c_stops_everything(tmp_path, stop):
+    """SIGHUP, which closing the terminal of `make run` sends, killed `run` alone and left the
+    API and the worker serving and training (they run in sessions of their own)."""
     stack = Stack(tmp_path)  # only for its env, port and HTTP helpers
     with open(tmp_path / "run.log", "wb") as log:
         proc = subprocess.Popen([BACKPROP, "run"], env=stack.env, stdout=log, stderr=subprocess.STDOUT,
@@ -61,7 +64,7 @@ def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
         assert stack.wait_for_job(job["id"], until=("running",))["status"] == "running"
         started = descendants(proc.pid)
         assert len(started) >= 4  # gunicorn and its worker, celery and its pool process
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
         deadline = time.monotonic() + 15
         while any(alive(p) for p in started) and time.monotonic() < deadline:
@@ -78,3 +81,38 @@ def test_run_trains_and_ctrl_c_stops_everything(tmp_path):
     finally:
         for p in descendants(proc.pid):
             os.kill(p, signal.SIGKILL)
+
+
+def test_run_exits_with_the_failure_of_a_server_that_died(tmp_path):
+    """Celery's main process killed: `run` stops the API and exits 137, as a shell reports a
+    SIGKILL (it exited 0, since the API it then stopped exited cleanly)."""
+    stack = Stack(tmp_path)
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([BACKPROP, "run"], env=stack.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        stack.procs["run"] = proc
+        stack.wait_ready()
+        started = descendants(proc.pid)
+        children = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) in started
+                    and _parent(int(p)) == proc.pid]
+        worker = next(p for p in children if b"celery" in _cmdline(p))
+        os.kill(worker, signal.SIGKILL)
+        assert proc.wait(timeout=30) == 128 + signal.SIGKILL
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in started if alive(p)]
+    finally:
+        for p in descendants(proc.pid):
+            os.kill(p, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
