@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from typing import Any
@@ -19,6 +20,8 @@ from .errors import ApiError, register_error_handlers
 from .limits import init_rate_limit
 from .metrics import init_http_metrics
 from .predict import ModelCache
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
@@ -72,7 +75,9 @@ def init_request_ids(app: Flask) -> None:
     @app.before_request
     def _request_id():
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        # letters, digits and . _ : - only: the id goes into JSON log lines that gunicorn does not
+        # escape (a trailing backslash broke them) and is echoed back in a header
+        g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         request_id_var.set(g.request_id)
         job_id_var.set((request.view_args or {}).get("job_id"))
 

@@ -142,6 +142,7 @@ class Settings:
 
 
 def _redact(url: str) -> str:
+    url = re.sub(r"(?i)(password=)[^&;\s]*", r"\1***", url)  # libpq's query-string form
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -55,3 +55,11 @@ def test_auth_off_away_from_loopback_stops_every_command(monkeypatch, tmp_path):
     monkeypatch.setenv("BACKPROP_AUTH", "on")
     monkeypatch.setenv("BACKPROP_LOG_LEVEL", "debug")
     Settings()
+
+
+def test_passwords_are_redacted_from_urls_in_either_form():
+    from core.config import _redact
+
+    assert _redact("postgresql+psycopg://u:PgS3cret@db/x") == "postgresql+psycopg://***@db/x"
+    redacted = _redact("postgresql+psycopg:///x?host=db&user=u&password=PgS3cret&sslmode=require")
+    assert "PgS3cret" not in redacted and redacted.endswith("password=***&sslmode=require")

@@ -889,6 +889,10 @@ def test_request_id_is_echoed_or_made_on_every_response(client, caplog):
     made = {client.get(path).headers["X-Request-ID"] for path in ("/v1/jobs", "/livez", "/v1/jobs/nope")}
     assert len(made) == 3 and all(len(r) >= 16 for r in made)
     assert client.get("/livez", headers={"X-Request-ID": "x" * 500}).headers["X-Request-ID"] != "x" * 500
+    # gunicorn writes the id into its JSON access line unescaped: a backslash or quote broke it
+    for hostile in ("zz\\", 'a"b', "yy\\u0041", "a b"):
+        assert client.get("/livez", headers={"X-Request-ID": hostile}).headers["X-Request-ID"] != hostile
+    assert client.get("/livez", headers={"X-Request-ID": "req:1.2_3-x"}).headers["X-Request-ID"] == "req:1.2_3-x"
 
 
 def test_request_id_is_in_the_log_lines_of_the_request(client, caplog):
