@@ -188,6 +188,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
             return None
         if job.cancel_requested:
             cancel_between_attempts(session, job)
+            JOBS_FINISHED.labels(JobStatus.CANCELLED).inc()
             return None
         checkpoint = session.get(Checkpoint, job_id)
         if job.attempts >= settings.max_attempts:
@@ -196,6 +197,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
                          f"(BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             log.error("job %s: %s", job_id, job.error)
+            JOBS_FINISHED.labels(JobStatus.FAILED).inc()  # the jobs to alert on: they kill workers
             return None
         job.attempts += 1
         job.status = JobStatus.RUNNING

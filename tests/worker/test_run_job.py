@@ -142,15 +142,23 @@ def test_stale_attempt_stops_without_writing(client, sessions, fast, monkeypatch
     assert epochs_of(sessions, job_id) == [1, 2]  # nothing from epoch 3 on
 
 
+def finished_count(status: str) -> float:
+    from core.metrics import JOBS_FINISHED
+
+    return JOBS_FINISHED.labels(status)._value.get()
+
+
 def test_job_that_keeps_losing_its_worker_fails_after_max_attempts(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=5))
     with sessions.begin() as s:
         s.execute(update(Job).values(status="running", attempts=fast.max_attempts,
                                      heartbeat_at=utcnow() - timedelta(seconds=60)))
+    failed = finished_count("failed")
     run_job(sessions, job_id, settings=fast)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed"
     assert f"gave up after {fast.max_attempts} attempts" in job["error"]
+    assert finished_count("failed") == failed + 1  # counted: the jobs to alert on
 
 
 def test_time_limit_fails_the_job(client, sessions, fast):
@@ -166,8 +174,10 @@ def test_cancel_requested_before_start(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=3))
     with sessions.begin() as s:
         s.get(Job, job_id).cancel_requested = True
+    cancelled = finished_count("cancelled")
     run_job(sessions, job_id, settings=fast)
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert finished_count("cancelled") == cancelled + 1
 
 
 def test_cancel_during_training_keeps_last_finished_epoch(client, sessions, fast, monkeypatch):
