@@ -46,17 +46,28 @@ def alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def start_run(tmp_path) -> tuple[Stack, subprocess.Popen]:
+    """`backprop run` in its own session, answering; the Stack only for its env, port and HTTP helpers."""
+    stack = Stack(tmp_path)
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([BACKPROP, "run"], env=stack.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    stack.procs["run"] = proc
+    try:
+        stack.wait_ready()
+    except BaseException:
+        for p in descendants(proc.pid) | {proc.pid}:
+            os.kill(p, signal.SIGKILL)
+        raise
+    return stack, proc
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
 def test_run_trains_and_ctrl_c_stops_everything(tmp_path, stop):
     """SIGHUP, which closing the terminal of `make run` sends, killed `run` alone and left the
     API and the worker serving and training (they run in sessions of their own)."""
-    stack = Stack(tmp_path)  # only for its env, port and HTTP helpers
-    with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen([BACKPROP, "run"], env=stack.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    stack, proc = start_run(tmp_path)
     try:
-        stack.procs["run"] = proc
-        stack.wait_ready()
         status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=5))
         assert status == 202
         assert stack.wait_for_job(job["id"])["status"] == "succeeded"
@@ -86,13 +97,8 @@ def test_run_trains_and_ctrl_c_stops_everything(tmp_path, stop):
 def test_run_exits_with_the_failure_of_a_server_that_died(tmp_path):
     """Celery's main process killed: `run` stops the API and exits 137, as a shell reports a
     SIGKILL (it exited 0, since the API it then stopped exited cleanly)."""
-    stack = Stack(tmp_path)
-    with open(tmp_path / "run.log", "wb") as log:
-        proc = subprocess.Popen([BACKPROP, "run"], env=stack.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    stack, proc = start_run(tmp_path)
     try:
-        stack.procs["run"] = proc
-        stack.wait_ready()
         started = descendants(proc.pid)
         children = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) in started
                     and _parent(int(p)) == proc.pid]
