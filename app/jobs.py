@@ -534,11 +534,11 @@ def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: lis
                                      f"{epochs[blown]}{grew}. {calm}."})
         elif norm > LARGE_NORM:
             flags.append({"kind": "large_gradients", "layer": name,
-                          "message": f"gradients are large but steady: layer {name}'s gradient norm is {norm:.2e}, "
-                                     "as it was from the start, which comes from the scale of the loss (targets or "
-                                     "inputs in the thousands make a squared error in the millions). Scaling them "
-                                     "to about unit size makes the steps steadier and the learning rate easier "
-                                     "to choose."})
+                          "message": f"gradients are large but have not exploded: layer {name}'s gradient norm is "
+                                     f"{norm:.2e}, within {EXPLODING_GROWTH} times its first epoch's. Large norms "
+                                     "like these come from the scale of the loss (targets or inputs in the thousands "
+                                     "make a squared error in the millions); scaling them to about unit size makes "
+                                     "the steps steadier and the learning rate easier to choose."})
         if norm == 0:
             dead = activations.get(name) == "relu"
             flags.append({"kind": "no_gradient", "layer": name,

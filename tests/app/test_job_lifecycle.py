@@ -517,7 +517,7 @@ def test_large_but_steady_gradients_are_told_apart_from_exploding_ones(client, s
     assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
     flags = diagnostics(client, job_id)["flags"]
     assert {f["kind"] for f in flags} == {"large_gradients"}
-    assert "scale" in flags[0]["message"] and "from the start" in flags[0]["message"]
+    assert "scale" in flags[0]["message"] and "have not exploded" in flags[0]["message"]
 
 
 def test_gradients_that_grow_over_the_run_are_flagged_as_exploding(client, sessions):
