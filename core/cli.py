@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from .client import DEFAULT_URL, ApiError, Client, Job, TransportError
 from .config import ConfigError, load_settings
@@ -70,6 +71,11 @@ class _Main(click.Group):
         except ConfigError as exc:  # a BACKPROP_* variable that cannot be used: one line, exit 2
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OperationalError as exc:  # migrate, keys: the database is down or refuses us
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            click.echo(f"error: the database at {load_settings().public()['database_url']} does not answer: "
+                       f"{reason}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=_Main)

@@ -63,3 +63,14 @@ def test_passwords_are_redacted_from_urls_in_either_form():
     assert _redact("postgresql+psycopg://u:PgS3cret@db/x") == "postgresql+psycopg://***@db/x"
     redacted = _redact("postgresql+psycopg:///x?host=db&user=u&password=PgS3cret&sslmode=require")
     assert "PgS3cret" not in redacted and redacted.endswith("password=***&sslmode=require")
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["keys", "list"], ["keys", "create", "--tenant", "t"]])
+def test_commands_name_a_database_that_does_not_answer(monkeypatch, tmp_path, args):
+    """`migrate` and `keys` printed a page of traceback when PostgreSQL was down."""
+    monkeypatch.setenv("BACKPROP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BACKPROP_DATABASE_URL", "postgresql+psycopg://u:secret@127.0.0.1:1/x")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: the database at postgresql+psycopg://***@127.0.0.1:1/x does not answer")
+    assert "Traceback" not in result.output and "secret" not in result.output

@@ -67,11 +67,12 @@ def _start_reconciler(**_kwargs):
     _reconciler = ReconcilerThread(sessions, celery, settings)
     _reconciler.start()
     if settings.worker_metrics_port:
-        start_metrics_server(settings.worker_metrics_port)
+        start_metrics_server(settings.worker_metrics_port, settings.host)
 
 
-def start_metrics_server(port: int) -> None:
-    """Serve this worker's metrics (all its pool processes together) on its own port."""
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Serve this worker's metrics (all its pool processes together) on its own port, on the
+    address the API listens on (BACKPROP_HOST): loopback unless the deployment opens it."""
     import os
 
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
@@ -80,8 +81,8 @@ def start_metrics_server(port: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr="0.0.0.0", **({"registry": registry} if registry else {}))
-    log.info("worker metrics on :%d/metrics", port)
+    start_http_server(port, addr=host, **({"registry": registry} if registry else {}))
+    log.info("worker metrics on %s:%d/metrics", host, port)
 
 
 @worker_shutting_down.connect

@@ -32,6 +32,8 @@ def test_json_logs_and_worker_metrics(tmp_path):
     worker_lines = [json.loads(line) for line in (tmp_path / "worker0.log").read_text().splitlines()
                     if line.startswith("{")]
     assert any(entry["job_id"] == job["id"] for entry in worker_lines), worker_lines[-5:]
+    # on BACKPROP_HOST (loopback here), not on every interface whatever the API listens on
+    assert any(e["message"] == f"worker metrics on 127.0.0.1:{port}/metrics" for e in worker_lines)
     api_lines = [json.loads(line) for line in (tmp_path / "api.log").read_text().splitlines()
                  if line.startswith("{")]
     access = [e for e in api_lines if e["logger"] == "gunicorn.access" and job["id"] in e["message"]]
