@@ -100,7 +100,7 @@ def as_model_dtype(arr: np.ndarray, dtype, path: str, name: str | None = None) -
 def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     """Targets as numbers, or as class labels (strings) mapped to indices in sorted order."""
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        long = next((i for i, v in enumerate(value) if len(v) > MAX_NAME_CHARS), None)
+        long = _first_too_long(value)
         if long is not None:
             raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a class label", value[long])}])
         labels = sorted(set(value))
@@ -117,15 +117,20 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     return arr, None
 
 
+def _first_too_long(names: list[str]) -> int | None:
+    """The index of the first name longer than MAX_NAME_CHARS."""
+    return next((i for i, name in enumerate(names) if len(name) > MAX_NAME_CHARS), None)
+
+
 def _too_long(what: str, name: str) -> str:
     return f"{what} may have at most {MAX_NAME_CHARS} characters, this one has {len(name)}"
 
 
 def check_names(names: list[str] | None, path: str) -> None:
     """422 naming the first feature name longer than MAX_NAME_CHARS."""
-    for i, name in enumerate(names or ()):
-        if len(name) > MAX_NAME_CHARS:
-            raise validation_error([{"path": f"{path}[{i}]", "message": _too_long("a feature name", name)}])
+    long = _first_too_long(names or [])
+    if long is not None:
+        raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a feature name", names[long])}])
 
 
 def check_dataset_fits(features: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
@@ -278,7 +283,7 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         return x, y, None, names
     if task == "regression":
         raise _csv_error(lines[words[0]], target, f"{raw[words[0]]!r:.60} is not a number (task=regression)")
-    long = next((r for r, cell in enumerate(raw) if len(cell) > MAX_NAME_CHARS), None)
+    long = _first_too_long(raw)  # checked here too, to name its line
     if long is not None:
         raise _csv_error(lines[long], target, _too_long("a class label", raw[long]))
     y, labels = parse_targets(raw, target)  # class labels, e.g. species names

@@ -49,11 +49,10 @@ from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .limits import (
     check_active_jobs,
-    check_batch_memory,
-    check_compute_budget,
     check_dataset_limits,
     check_parameter_count,
     check_spec_limits,
+    check_training_cost,
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
@@ -225,8 +224,6 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         check_active_jobs(session, current_tenant())
         _check_fine_tuning(session, body, net)
         if body.dataset is not None:
-            if len(body.dataset.features) > limits.settings().max_rows:
-                check_dataset_limits(len(body.dataset.features), 1, "dataset.features")
             features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)
             check_dataset_limits(features.shape[0], features[0].size, "dataset.features")
             targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
@@ -256,9 +253,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
             _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
             _check_same_classes(session, body.init_from, ds.class_labels, "dataset_id")
-        batch_size = min(training["batch_size"], ds.n_samples)
-        check_batch_memory(net, batch_size)
-        check_compute_budget(net, ds.n_samples, batch_size, training["epochs"])
+        check_training_cost(net, ds.n_samples, training["batch_size"], training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   fine_tuned_from=body.init_from,
@@ -293,8 +288,7 @@ def _check_training_fits(net: Network, training: dict[str, Any], targets: np.nda
         raise validation_error([{"path": path, "message": f"class labels need a classification loss, "
                                                           f"not {net.spec['loss']}"}])
     if labels is not None:  # predict answers output unit i as labels[i]: one label per unit
-        units = net.output_shape[-1]
-        classes = 2 if net.spec["loss"] == "binary_crossentropy" and units == 1 else units
+        classes = net.class_count
         if len(labels) != classes:
             shown = ", ".join(map(repr, labels[:10])) + (", ..." if len(labels) > 10 else "")
             raise validation_error([{"path": path, "message": f"has {len(labels)} class labels ({shown}) and "
@@ -401,23 +395,16 @@ def retry_job(job_id: str):
                            "which has been deleted since: run again, it would start from random weights",
                            job_status=old.status)
         check_active_jobs(session, old.tenant)
-        _check_still_within_limits(session, old)
+        # what a submit of it would meet now: it may have run out of memory, or been accepted
+        # before a limit was lowered or added
+        samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
+        check_training_cost(shapes_only(old.model_spec), samples, old.training_spec["batch_size"], old.total_epochs)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
     enqueue(job.id)
     return accepted(job.id)
-
-
-def _check_still_within_limits(session, old: Job) -> None:
-    """The limits a submit of the same job would meet now: it may have failed by running out of
-    memory, or been accepted before a limit was lowered or added."""
-    net = shapes_only(old.model_spec)
-    samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
-    batch_size = min(old.training_spec["batch_size"], samples)
-    check_batch_memory(net, batch_size)
-    check_compute_budget(net, samples, batch_size, old.total_epochs)
 
 
 @bp.delete("/<job_id>")

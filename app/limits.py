@@ -121,6 +121,14 @@ def check_compute_budget(net: Network, samples: int, batch_size: int, epochs: in
                        compute=cost, limit=limit)
 
 
+def check_training_cost(net: Network, samples: int, batch_size: int, epochs: int) -> None:
+    """The memory and compute limits of a job, for a submit and a retry alike; a batch larger
+    than the data is the data."""
+    batch_size = min(batch_size, samples)
+    check_batch_memory(net, batch_size)
+    check_compute_budget(net, samples, batch_size, epochs)
+
+
 def check_batch_memory(net: Network, batch_size: int, path: str = "training.batch_size") -> None:
     """What a training batch holds (activations kept for backward, a convolution's patches, a
     recurrent layer's states, their gradients), estimated from the layers' shapes before the

@@ -113,12 +113,10 @@ def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str,
                                  f"the network's output for this row is not finite: its values overflow "
                                  f"{net.dtype.name} inside the network; scale it as the training data was"}])
     loss = net.spec["loss"]
-    units = out.shape[-1]
-    classes = 2 if loss == "binary_crossentropy" and units == 1 else units
-    if class_labels is not None and len(class_labels) != classes:
+    if class_labels is not None and len(class_labels) != net.class_count:
         # a job accepted before submission checked this: its units would index past the labels
         raise ApiError(409, "labels_mismatch", f"this job's dataset has {len(class_labels)} class labels for "
-                       f"{classes} classes of output; train it again on data with one label per class")
+                       f"{net.class_count} classes of output; train it again on data with one label per class")
     if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
         idx = out.argmax(axis=-1)
         preds = idx.tolist() if class_labels is None else np.asarray(class_labels, dtype=object)[idx].tolist()

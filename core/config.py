@@ -96,8 +96,9 @@ class Settings:
         level = _env("LOG_LEVEL", "INFO")
         if level.upper() not in LOG_LEVELS:
             raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-        if _env("LOG_FORMAT", "json") not in ("json", "text"):
-            raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {_env('LOG_FORMAT', 'json')!r}")
+        log_format = _env("LOG_FORMAT", "json")
+        if log_format not in ("json", "text"):
+            raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {log_format!r}")
         if not re.fullmatch(f"{_RATE}([;,]{_RATE})*", self.rate_limit):
             raise ConfigError(f"BACKPROP_RATE_LIMIT must read like '1200 per minute' or '10/second; 1000 per day', "
                               f"not {self.rate_limit!r}")
@@ -118,8 +119,6 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        if self.auth == "off" and not self.loopback:
-            raise ValueError("BACKPROP_AUTH=off is only allowed when the API listens on 127.0.0.1")
         if self.auth == "auto":
             return not (self.embedded and self.loopback)
         return self.auth == "on"

@@ -32,6 +32,7 @@ from core.store import (
     add_epochs,
     cancel_between_attempts,
     dataset_arrays,
+    epoch_metrics,
     forget_epochs_after,
     load_weights,
     save_weights,
@@ -236,7 +237,7 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
             record = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job.id,
                                                                EpochRecord.epoch == metrics_epoch)).first()
             if record is not None:
-                job.metrics = {"loss": record.loss, **record.metrics}
+                job.metrics = epoch_metrics(record)
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     JOBS_FINISHED.labels(status).inc()

@@ -351,6 +351,12 @@ class Network:
     def classification(self) -> bool:
         return self.loss.classification
 
+    @property
+    def class_count(self) -> int:
+        """Classes a classifier's output tells apart: one per unit, two for one sigmoid unit."""
+        units = self.output_shape[-1]
+        return 2 if self.spec["loss"] == "binary_crossentropy" and units == 1 else units
+
 
 def layer_types() -> list[str]:
     return sorted(LAYERS)

@@ -415,7 +415,7 @@ def test_a_parent_or_dataset_deleted_during_a_submit_is_a_4xx_on_postgres(migrat
     c = app.test_client()
     sessions = app.extensions["backprop"]["sessions"]
     doomed: list = []  # (table, id) rows that another request deletes while the submit runs
-    budget = jobs_module.check_compute_budget
+    budget = jobs_module.check_training_cost
 
     def deleted_meanwhile(*args):  # called after the submit's checks, before its insert
         budget(*args)
@@ -427,7 +427,7 @@ def test_a_parent_or_dataset_deleted_during_a_submit_is_a_4xx_on_postgres(migrat
                 s.execute(delete(table).where(table.id == row_id))
         doomed.clear()
 
-    monkeypatch.setattr(jobs_module, "check_compute_budget", deleted_meanwhile)
+    monkeypatch.setattr(jobs_module, "check_training_cost", deleted_meanwhile)
     try:
         parent = c.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
         run_job(sessions, parent)
