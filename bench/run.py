@@ -294,7 +294,8 @@ def bars(out: dict[str, Any]) -> dict[str, bool]:
 
 
 def table(out: dict[str, Any]) -> str:
-    lines = []
+    lines = [" ".join(f"{k}={v}" for k, v in out["env"].items()) + " (from the environment)", ""] \
+        if out.get("env") else []
     for run in out["runs"]:
         lines += [f"threads: {run['threads']} (BLAS: " + ", ".join(
                       f"{b['internal_api']} {b['architecture']} x{b['num_threads']}" for b in run["blas"])
