@@ -98,15 +98,16 @@ def check_dataset_limits(n_rows: int, values_per_row: int, path: str) -> None:
                                                           f"the limit is {s.max_dataset_values}"}])
 
 
-# What one recurrent step of a batch costs whatever its size (a few NumPy calls, ~10 us), in
+# What one step of a batch that runs one after another (a recurrent step, a pooling window's
+# offset: Layer.loop_steps) costs whatever its size (a few NumPy calls, ~10 us), in
 # multiply-adds: about what 10 us of a GEMM does. Without it an LSTM of 8 units over 100,000
-# steps would look cheap and hold a worker for hours.
+# steps, or a 1000 x 1000 pooling window, would look cheap and hold a worker for hours.
 STEP_COST = 100_000
 
 
 def check_compute_budget(net: Network, samples: int, batch_size: int, epochs: int) -> None:
     """The forward pass's multiply-adds x samples x epochs (backward costs about twice the
-    forward, so this is a third of the work), plus STEP_COST per recurrent step per batch."""
+    forward, so this is a third of the work), plus STEP_COST per sequential step per batch."""
     macs, _ = net.cost()
     batches = -(-samples // batch_size)
     cost = float(epochs) * (float(macs) * samples + float(batches) * net.sequential_steps * STEP_COST)
@@ -115,7 +116,8 @@ def check_compute_budget(net: Network, samples: int, batch_size: int, epochs: in
         raise ApiError(422, "compute_budget_exceeded",
                        f"this job needs about {cost:.3g} multiply-adds ({macs} per sample forward x "
                        f"{samples} samples x {epochs} epochs"
-                       + (f", with {net.sequential_steps} recurrent steps per batch" if net.sequential_steps else "")
+                       + (f", with {net.sequential_steps} steps per batch that run one after another"
+                          if net.sequential_steps else "")
                        + f"); the limit is {limit:.3g}",
                        errors=[{"path": "training.epochs", "message": f"compute {cost:.3g} > limit {limit:.3g}"}],
                        compute=cost, limit=limit)

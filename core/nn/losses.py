@@ -166,7 +166,9 @@ class CategoricalCrossEntropy(Loss):
             if len(bad):  # a negative "probability" makes the loss unbounded below
                 raise ValueError(f"targets given as one-hot or probability rows need values in [0, 1] that sum "
                                  f"to 1; sample {bad[0] // (len(rows) // len(y))} has {rows[bad[0]].tolist()!r:.80}")
-            return narrowed(y, dtype, "targets")
+            # rows summing to 1 within 1e-3 are taken as given to 1: the fused gradient p - y is
+            # the loss's gradient only for rows that sum to exactly 1
+            return narrowed((rows / sums[:, None]).reshape(y.shape), dtype, "targets")
         raise ValueError(
             f"targets must be class indices of shape (n{''.join(f', {d}' for d in lead)}) or "
             f"one-hot rows of shape (n, {', '.join(map(str, output_shape))}); got {y.shape}")

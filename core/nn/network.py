@@ -339,9 +339,8 @@ class Network:
 
     @property
     def sequential_steps(self) -> int:
-        """Recurrent steps a batch goes through one after another: each is a few NumPy calls
-        whatever the batch, a cost that multiply-adds do not show for small layers."""
-        return sum(layer.input_shape[0] for layer in walk(self.layers) if layer.sequential)
+        """Steps a batch goes through one after another (Layer.loop_steps)."""
+        return sum(layer.loop_steps() for layer in walk(self.layers))
 
     @property
     def parameter_count(self) -> int:

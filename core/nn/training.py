@@ -95,10 +95,24 @@ def training_json_schema() -> dict:
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became non-finite."""
 
-    def __init__(self, epoch: int, what: str):
+    def __init__(self, epoch: int, what: str, largest_input: float = 0.0):
         self.epoch = epoch
-        super().__init__(f"{what} became non-finite (NaN or inf) at epoch {epoch}; "
-                         "try a lower learning rate or gradient clipping")
+        advice = "try a lower learning rate or gradient clipping"
+        if largest_input > LARGE_INPUT:  # a square of such an input alone can overflow
+            advice = f"scale the inputs (the largest |value| is {largest_input:.3g}), or {advice}"
+        super().__init__(f"{what} became non-finite (NaN or inf) at epoch {epoch}; {advice}")
+
+
+LARGE_INPUT = 1e6  # inputs beyond this are worth naming when training diverges
+
+
+def check_finite(a: np.ndarray, what: str) -> None:
+    """A NaN or inf in the data would show up as a diverged loss blamed on the learning rate:
+    name the first one instead."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        index = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise ValueError(f"{what} hold a non-finite value ({a[index]}) at sample {index[0]}"
+                         + (f", position {index[1:]}" if len(index) > 1 else ""))
 
 
 @dataclass
@@ -157,23 +171,30 @@ def _validation_counts(counts: np.ndarray, fraction: float) -> np.ndarray:
 
 
 class _RegressionStats:
-    """Accumulates MAE and R² over batches without keeping the predictions."""
+    """Accumulates MAE and R² over batches without keeping the predictions. The targets' spread
+    is merged batch by batch from each batch's mean and squared deviations (Chan et al.):
+    sum(y²) - sum(y)²/n cancels to nothing when the targets' mean is large against their
+    spread (targets around 1e9 gave R² 0 for a fit of 0.99)."""
 
     def __init__(self):
         self.n = 0
-        self.abs = self.sse = self.sy = self.syy = 0.0
+        self.abs = self.sse = self.mean = self.m2 = 0.0
 
     def add(self, pred, y):
         d = pred - y
-        self.n += len(y)
+        m = len(y)
         self.abs += float(np.abs(d).sum())
-        self.sse = self.sse + (d * d).reshape(len(y), -1).sum(axis=0).astype(np.float64)
-        yy = y.reshape(len(y), -1).astype(np.float64)
-        self.sy = self.sy + yy.sum(axis=0)
-        self.syy = self.syy + (yy * yy).sum(axis=0)
+        self.sse = self.sse + (d * d).reshape(m, -1).sum(axis=0).astype(np.float64)
+        yy = y.reshape(m, -1).astype(np.float64)
+        batch_mean = yy.mean(axis=0)
+        delta = batch_mean - self.mean
+        total = self.n + m
+        self.m2 = self.m2 + ((yy - batch_mean) ** 2).sum(axis=0) + delta**2 * (self.n * m / total)
+        self.mean = self.mean + delta * (m / total)
+        self.n = total
 
     def result(self, outputs: int) -> dict[str, float]:
-        sst = self.syy - self.sy**2 / self.n
+        sst = self.m2
         r2 = np.where(sst > 0, 1 - self.sse / np.where(sst > 0, sst, 1), 0.0)
         return {"mae": self.abs / (self.n * outputs), "r2": float(np.mean(r2))}
 
@@ -210,6 +231,9 @@ class Trainer:
         net = self.net
         x = net.as_input(x)
         y = net.loss.prepare_targets(y, net.output_shape, net.dtype)
+        check_finite(x, "inputs")
+        check_finite(y, "targets")
+        self._largest_input = float(max(x.max(initial=0.0), -x.min(initial=0.0)))
         if len(x) != len(y):
             raise ValueError(f"{len(x)} samples of features but {len(y)} targets")
         if sample_weight is not None:
@@ -221,6 +245,8 @@ class Trainer:
         if validation_data is not None:
             xv = net.as_input(validation_data[0])
             yv = net.loss.prepare_targets(validation_data[1], net.output_shape, net.dtype)
+            check_finite(xv, "validation inputs")
+            check_finite(yv, "validation targets")
             return x, y, sample_weight, xv, yv, None
         split_rng = np.random.default_rng([self.cfg["seed"], 1])  # independent of training draws
         tr, va = stratified_split(y, self.cfg["validation_split"], split_rng, net.classification)
@@ -278,7 +304,7 @@ class Trainer:
                 xb, yb = x[idx], y[idx]
                 loss = net.train_step_gradients(xb, yb, None if sw is None else sw[idx])
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(epoch, "the loss")
+                    raise TrainingDiverged(epoch, "the loss", self._largest_input)
                 m = len(idx)
                 weight = m if sw is None else float(sw[idx].sum())
                 loss_sum += loss * weight
@@ -302,7 +328,7 @@ class Trainer:
             if xv is not None:
                 record.update(self.evaluate(xv, yv, prefix="val_", sample_weight=swv))
             if not np.isfinite(net.flat_params).all():
-                raise TrainingDiverged(epoch, "the weights")
+                raise TrainingDiverged(epoch, "the weights", self._largest_input)
             record["grad_norms"] = {name: total / batches
                                     for (name, _), total in zip(layer_grads, grad_sum, strict=True)}
             record["weight_norms"] = net.layer_norms(net.params())

@@ -254,7 +254,8 @@ def test_the_compute_budget_counts_each_recurrent_step(migrated):
     resp = app.test_client().post("/v1/jobs", json=body)
     out = resp.get_json()
     assert resp.status_code == 422 and out["code"] == "compute_budget_exceeded", out
-    assert out["compute"] > 100_000 * 100_000 * 100_000 and "100000 recurrent steps per batch" in out["detail"]
+    assert out["compute"] > 100_000 * 100_000 * 100_000
+    assert "100000 steps per batch that run one after another" in out["detail"]
     app.extensions["backprop"]["engine"].dispose()
 
 

@@ -89,6 +89,46 @@ def test_pools_forward_values():
     np.testing.assert_allclose(out[2, 2], x[0, 4, 4, 0])
 
 
+@pytest.mark.parametrize("window,strides,shape", [(2, 2, (5, 5)), (3, 2, (5, 4)), ([4, 3], 1, (6, 7)),
+                                                  (9, 2, (4, 3)), (40, 7, (16, 5))])
+def test_avg_pool_same_divides_each_window_by_its_real_pixels(window, strides, shape):
+    """The counts come per axis (a window larger than the image included, whose padding could
+    otherwise take minutes to build a ones image for): each output is the plain mean of the
+    pixels its window covers."""
+    net = make([{"type": "avg_pool2d", "pool_size": window, "strides": strides, "padding": "same"}], (*shape, 2))
+    layer = net.layers[0]
+    x = distinct((1, *shape, 2))
+    out = net.forward(x)
+    (kh, kw), (sh, sw), (top, _), (left, _) = layer.window, layer.strides, layer.pad_h, layer.pad_w
+    for i in range(layer.out_h):
+        for j in range(layer.out_w):
+            rows = slice(max(i * sh - top, 0), i * sh - top + kh)
+            cols = slice(max(j * sw - left, 0), j * sw - left + kw)
+            np.testing.assert_allclose(out[0, i, j], x[0, rows, cols].mean(axis=(0, 1)), rtol=1e-12)
+
+
+def test_a_huge_padded_pool_window_builds_without_padding_an_image():
+    """Validation builds the network inside the submit request: a 1000 x 1000 window over an
+    8 x 8 image must not allocate (nor loop over) a padded 1007 x 1007 image to count pixels."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        net = make([{"type": "avg_pool2d", "pool_size": 1000, "padding": "same"}], (8, 8, 1))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert net.output_shape == (1, 1, 1) and peak < 1 << 20
+    np.testing.assert_allclose(net.forward(distinct((1, 8, 8, 1))), distinct((1, 8, 8, 1)).mean())
+
+
+def test_conv_forward_of_no_rows_has_the_output_shape():
+    net = make([{"type": "conv2d", "filters": 3, "kernel_size": 2}, {"type": "max_pool2d"}], (5, 5, 1))
+    assert net.forward(np.empty((0, 5, 5, 1))).shape == (0, 2, 2, 3)
+    alone = make([{"type": "conv2d", "filters": 3, "kernel_size": 2}], (5, 5, 1))
+    assert alone.forward(np.empty((0, 5, 5, 1))).shape == (0, 4, 4, 3)
+
+
 def test_max_pool_gradient_goes_to_one_winner_on_ties():
     net = make([{"type": "max_pool2d", "pool_size": 2}], (4, 4, 2))
     layer = net.layers[0]

@@ -85,14 +85,17 @@ def test_binary_crossentropy_gradients(outputs, weighted):
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("labels", ["integer", "one_hot", "soft"])
+@pytest.mark.parametrize("labels", ["integer", "one_hot", "soft", "soft_rounded"])
 def test_categorical_crossentropy_gradients(labels, weighted):
+    """soft_rounded: rows that sum to 1 only within the 1e-3 accepted (0.333 three times) are
+    taken as summing to 1, so that the fused gradient p - y is the loss's gradient."""
     rng, x = data()
     k = 4
     idx = rng.integers(0, k, size=len(x))
     y = {"integer": idx,
          "one_hot": np.eye(k)[idx],
-         "soft": rng.dirichlet(np.ones(k), size=len(x))}[labels]
+         "soft": rng.dirichlet(np.ones(k), size=len(x)),
+         "soft_rounded": rng.dirichlet(np.ones(k), size=len(x)) * (1 + 8e-4)}[labels]
     w = rng.uniform(0.1, 3.0, size=len(x)) if weighted else None
     net = build([dense(5, "tanh"), dense(k, "softmax")], "categorical_crossentropy")
     assert_gradients_match(net, x, y, sample_weight=w, eps=1e-5)

@@ -372,6 +372,24 @@ def test_huge_learning_rate_raises_training_diverged():
     assert f"at epoch {err.value.epoch}" in str(err.value)
 
 
+@pytest.mark.parametrize("where", ["inputs", "targets", "validation inputs"])
+def test_non_finite_data_is_named_not_blamed_on_the_learning_rate(where):
+    """The HTTP API refuses such data; a Python caller got "the loss became non-finite ... try a
+    lower learning rate" for one NaN in X."""
+    x, y = smooth()
+    xv, yv = x[:10].copy(), y[:10].copy()
+    {"inputs": x, "targets": y, "validation inputs": xv}[where][7] = np.nan
+    with pytest.raises(ValueError, match=f"^{where} hold a non-finite value \\(nan\\) at sample 7"):
+        train(regressor(), x, y, {"epochs": 1}, validation_data=(xv, yv))
+
+
+def test_divergence_from_huge_inputs_says_to_scale_them():
+    x, y = smooth()
+    with pytest.raises(TrainingDiverged, match="scale the inputs \\(the largest \\|value\\| is 1e\\+30\\)"):
+        linear = Network.from_spec({"input_shape": [2], "loss": "mse", "layers": [{"type": "dense", "units": 1}]})
+        train(linear, x * 1e30 / np.abs(x).max(), y, {"epochs": 3})
+
+
 def test_weights_that_overflow_in_the_last_batch_fail_the_run():
     """The loss of a batch is taken before its update: weights that become infinite in the run's
     very last update show in no loss, and the run would have ended as a success."""
@@ -474,6 +492,21 @@ def test_validation_metrics_match_sklearn():
     assert last["val_r2"] == pytest.approx(r2_score(yv, pred), rel=1e-9)
     assert last["val_mae"] == pytest.approx(mean_absolute_error(yv, pred), rel=1e-9)
     assert {"loss", "mae", "r2", "val_loss", "lr"} <= last.keys() and "accuracy" not in last
+
+
+def test_r2_holds_for_targets_whose_mean_dwarfs_their_spread():
+    """R² is accumulated batch by batch; sum(y²) - sum(y)²/n cancels to nothing for targets
+    around 1e9 with a spread of 1 (it gave 0.0 where scikit-learn gives 0.99)."""
+    from core.nn.training import _RegressionStats
+
+    rng = np.random.default_rng(0)
+    y = 1e9 + rng.standard_normal((1000, 2))
+    pred = y + 0.1 * rng.standard_normal(y.shape)
+    stats = _RegressionStats()
+    for start in range(0, len(y), 64):
+        stats.add(pred[start:start + 64], y[start:start + 64])
+    assert stats.result(2)["r2"] == pytest.approx(r2_score(y, pred), rel=1e-9)
+    assert stats.result(2)["r2"] > 0.98
 
 
 def test_grad_and_weight_norms_per_layer():

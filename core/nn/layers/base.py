@@ -117,6 +117,12 @@ class Layer:
         activation's temporaries): counted once for the network, at the largest layer's."""
         return 0
 
+    def loop_steps(self) -> int:
+        """NumPy calls' worth of steps a batch goes through one after another in this layer
+        (recurrent steps, window offsets): each costs about the same whatever the batch, a cost
+        that multiply-adds do not show for small layers."""
+        return self.input_shape[0] if self.sequential else 0
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type_name,
                 "output_shape": list(self.output_shape),
@@ -192,9 +198,12 @@ def make_layers(specs: list[dict], path: str, input_shape: tuple[int, ...], rng,
                 n += 1
             name = f"{cls.type_name}_{n}"
             counts[cls.type_name] = n + 1
-        elif name in used_names or "/" in name:
+        elif name in used_names or "/" in name or ".." in name:
+            # '/' joins a layer's name to its weights' names, and '..' names the optimizer's
+            # runs of adjacent layers (Network.trainable_runs): a layer named "a..b" would share
+            # a key with the run from a to b
             raise SpecError([{"path": _join(p, "name"),
-                              "message": f"layer name {name!r} is used twice or contains '/'"}])
+                              "message": f"layer name {name!r} is used twice or contains '/' or '..'"}])
         used_names.add(name)
         layer = cls(spec, name)
         layer.path = p

@@ -107,6 +107,9 @@ class Spatial2D(Layer):
         self.in_hw = (h, w)
         return self.out_h, self.out_w, c
 
+    def loop_steps(self) -> int:
+        return self.window[0] * self.window[1]  # forward and backward loop over window offsets
+
     @property
     def channels_last(self) -> bool:
         return self.config.get("data_format", "channels_last") == "channels_last"
@@ -200,8 +203,9 @@ class Conv2D(Spatial2D, ActivatedLayer):
         z = cols @ self._stacked_weights()
         if self.pool_tile:  # the pool's stack: (window offset, n, ph, pw, filters)
             kp, kq, n, ph, pw = self._row_order(len(xp))
-            return self.activate(z.reshape(kp * kq, n, ph, pw, -1), training)
-        return self.from_last(self.activate(z.reshape(len(xp), self.out_h, self.out_w, -1), training))
+            return self.activate(z.reshape(kp * kq, n, ph, pw, z.shape[1]), training)
+        # the filter count spelled out: with no rows, -1 could be any number
+        return self.from_last(self.activate(z.reshape(len(xp), self.out_h, self.out_w, z.shape[1]), training))
 
     def _row_order(self, n: int) -> tuple[int, int, int, int, int]:
         """The axes of im2col's rows, outermost first: (kp, kq, n, ph, pw) is output pixel
@@ -304,7 +308,12 @@ class Pool2D(Spatial2D):
 
     def cost(self):
         (kh, kw), out = self.window, size_of(self.output_shape)
-        return out * kh * kw, size_of(self.input_shape) + 2 * out
+        h, w = self.in_hw
+        c = size_of(self.input_shape) // (h * w)
+        padded = (h + sum(self.pad_h)) * (w + sum(self.pad_w)) * c  # the image windows read from
+        # kept for backward: the stack of every window's pixels, or the padded image itself
+        held = padded if self.overlapping else kh * kw * out + (padded if self.padded else 0)
+        return out * kh * kw, held + 2 * out
 
     @property
     def overlapping(self) -> bool:
@@ -435,10 +444,15 @@ class AvgPool2D(Pool2D):
 
     def build(self, input_shape, rng, dtype):
         shape = super().build(input_shape, rng, dtype)
-        # how many real pixels each window covers: the same pooling applied to an image of ones
-        ones = self.pad(np.ones((1, *self.in_hw, 1), dtype=dtype))
-        counts = sum(ones[index] for _, _, index in self.window_slices())
-        self._inv_count = (1 / counts[0]).astype(dtype)  # (out_h, out_w, 1)
+        # how many real pixels each window covers: along each axis, the overlap of the window
+        # with the unpadded image; a window's count is the product of the two
+        per_axis = []
+        for size, k, s, (before, _), out in zip(self.in_hw, self.window, self.strides, (self.pad_h, self.pad_w),
+                                                (self.out_h, self.out_w), strict=True):
+            start = np.arange(out) * s - before
+            per_axis.append(np.minimum(start + k, size) - np.maximum(start, 0))
+        counts = np.multiply.outer(*per_axis)[..., None]
+        self._inv_count = (1 / counts).astype(dtype)  # (out_h, out_w, 1)
         return shape
 
     def forward(self, x, training):
