@@ -178,10 +178,12 @@ def _rate_key() -> str:
 def init_rate_limit(app: Flask) -> None:
     s: Settings = app.extensions["backprop"]["settings"]
     storage = s.broker_url if s.broker_url.startswith("redis") else "memory://"
-    limiter = Limiter(_rate_key, app=app, default_limits=[s.rate_limit], storage_uri=storage,
+    # an application limit: one budget per key for every /v1 route together (default_limits
+    # would give each route a budget of its own, so a key could make routes x the rate)
+    limiter = Limiter(_rate_key, app=app, application_limits=[s.rate_limit], storage_uri=storage,
                       storage_options=REDIS_TIMEOUTS if storage != "memory://" else {},
                       strategy="fixed-window", swallow_errors=True,
-                      default_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
+                      application_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
     app.extensions["backprop"]["limiter"] = limiter
 
     @app.errorhandler(RateLimitExceeded)

@@ -299,6 +299,17 @@ def test_rate_limit_answers_429_with_retry_after(migrated):
     app.extensions["backprop"]["engine"].dispose()
 
 
+def test_rate_limit_is_one_budget_for_every_route(migrated):
+    """Per key, not per key and route: with a budget per route, a key could make (number of
+    routes) x the rate."""
+    app = _limited(migrated, rate_limit="4 per minute")
+    c = app.test_client()
+    codes = [c.get(path).status_code for path in ("/v1/jobs", "/v1/datasets", "/v1/models", "/v1/jobs/x",
+                                                  "/v1/datasets/y", "/v1/models")]
+    assert codes == [200, 200, 200, 404, 429, 429]
+    app.extensions["backprop"]["engine"].dispose()
+
+
 def test_rate_limit_is_shared_through_redis(migrated, redis_url):
     limited = dataclasses.replace(migrated, rate_limit="3 per minute", broker_url=redis_url, auth="off")
     first, second = create_app(limited), create_app(limited)  # two API processes, one budget
