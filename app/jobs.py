@@ -120,9 +120,15 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-def load_job(session, job_id: str) -> Job:
-    """The caller's job; another tenant's looks exactly like a missing one."""
-    job = session.get(Job, job_id)
+def load_job(session, job_id: str, lock: bool | str = False) -> Job:
+    """The caller's job; another tenant's looks exactly like a missing one. `lock=True` reads it
+    under a row lock (FOR UPDATE; "share": FOR SHARE) in the same statement, so that a request
+    racing a delete of it finds it gone (404) rather than locking a row that no longer exists."""
+    if lock:
+        job = session.get(Job, job_id, populate_existing=True,
+                          with_for_update={"read": True} if lock == "share" else True)
+    else:
+        job = session.get(Job, job_id)
     if job is None or job.tenant != current_tenant():
         raise not_found("job", job_id)
     return job
@@ -360,10 +366,9 @@ def get_job(job_id: str):
                  "finished epoch. 409 `job_finished` once it ended.")
 def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
-        job = load_job(session, job_id)
         # the row lock orders this against a worker claiming or finishing the job at this very
         # moment (they lock it too), so a finished job stays finished
-        session.refresh(job, with_for_update=True)
+        job = load_job(session, job_id, lock=True)
         if job.status == JobStatus.QUEUED:
             # no attempt runs it: it ends now, with what its checkpoint holds if it has run before
             cancel_between_attempts(session, job)
@@ -386,7 +391,9 @@ def cancel_job(job_id: str):
 @idempotent
 def retry_job(job_id: str):
     with ext()["sessions"].begin() as session:
-        old = load_job(session, job_id)
+        # a shared lock: a delete of this job (FOR UPDATE) waits until the new job that uses its
+        # dataset is committed, or has gone before and this is a 404
+        old = load_job(session, job_id, lock="share")
         if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise ApiError(409, "job_not_retryable", f"job {job_id} is {old.status}; only failed or cancelled "
                            "jobs can be retried", job_status=old.status)
@@ -414,9 +421,9 @@ def retry_job(job_id: str):
                  "`job_in_use` while an active job fine-tunes from it.")
 def delete_job(job_id: str):
     with ext()["sessions"].begin() as session:
-        job = load_job(session, job_id)
-        # lock the row, so a model registration cannot slip in between the check and the delete
-        session.refresh(job, with_for_update=True)
+        # lock the row, so a model registration or a retry cannot slip in between the checks and
+        # the delete
+        job = load_job(session, job_id, lock=True)
         if job.status not in JobStatus.TERMINAL:
             raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
                            job_status=job.status)

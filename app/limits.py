@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter, RateLimitExceeded
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from core.config import Settings
 from core.db import Job, JobStatus
@@ -160,7 +160,13 @@ def check_predict_size(rows: int, outputs: int, path: str, limit: int) -> None:
 
 
 def check_active_jobs(session, tenant: str) -> None:
+    """Called in the transaction that adds the job. Two submits must not both count the jobs
+    before either adds its own (30 at once let 9 through a limit of 5): on PostgreSQL a lock per
+    tenant, held to the end of the transaction, puts them in turn; SQLite's write transactions
+    already are (core/db: BEGIN IMMEDIATE)."""
     limit = settings().max_active_jobs
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"active_jobs:{tenant}"})
     active = session.scalar(select(func.count()).select_from(Job)
                             .where(Job.tenant == tenant, Job.status.in_(JobStatus.ACTIVE)))
     if active >= limit:

@@ -63,13 +63,17 @@ class ModelCache:
             if hit is not None:
                 self._items.move_to_end(job.id)
                 return hit
+        # The labels before the weights: a delete takes the job, its weights and its inline
+        # dataset in one transaction, so weights found after the labels mean the labels were
+        # read before it too. The other order could pair the weights with no labels, and cache a
+        # model answering class indices.
+        dataset = session.execute(select(Dataset.class_labels).where(Dataset.id == job.dataset_id)).first()
         weights = load_weights(session, job.id)
-        if not weights:  # deleted since the caller found it (a succeeded job always has weights)
+        if dataset is None or not weights:  # deleted since the caller found it
             raise not_found("job", job.id)
         net = Network.from_spec(job.model_spec, seed=0, inference=True)
         net.set_weights(weights)
-        labels = session.scalar(select(Dataset.class_labels).where(Dataset.id == job.dataset_id))
-        model = CachedModel(net, labels)
+        model = CachedModel(net, dataset.class_labels)
         with self._lock:
             model = self._items.setdefault(job.id, model)  # a concurrent miss may have won
             self._items.move_to_end(job.id)

@@ -288,9 +288,10 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
         # last epoch's writes)
         stopped_by = monitor.reason if result.stop_reason == "cancelled" else None
         if stopped_by == "handed back":
-            _hand_back(attempt)
-            log.info("job %s attempt %d handed back: the worker is shutting down", job_id, claim.attempt)
-            return True
+            if _hand_back(attempt):
+                log.info("job %s attempt %d handed back: the worker is shutting down", job_id, claim.attempt)
+                return True
+            stopped_by = None  # cancelled meanwhile: it ends here, as cancelled (below)
         writer.flush()
         if stopped_by == "time limit":
             _finish(attempt, JobStatus.FAILED, weights=writer.last_weights, stop_reason="time limit",
@@ -317,13 +318,18 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     return False
 
 
-def _hand_back(attempt: Attempt) -> None:
+def _hand_back(attempt: Attempt) -> bool:
     """Queued again, to resume from the last checkpoint (the epochs after it are trained
     again, as after a crash). A handed-back run does not count against BACKPROP_MAX_ATTEMPTS,
-    which is there for workers that are lost."""
+    which is there for workers that are lost. Not when a cancel came in since the monitor last
+    looked (False): queued again, the cancel would end it with its checkpoint only, dropping
+    the epochs trained since and their weights."""
     with attempt.write() as (_session, job):
+        if job.cancel_requested:
+            return False
         job.status, job.heartbeat_at, job.worker = JobStatus.QUEUED, None, None
         job.attempts -= 1
+    return True
 
 
 def _fail(attempt: Attempt, writer: EpochWriter, error: str) -> None:

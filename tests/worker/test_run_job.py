@@ -383,6 +383,26 @@ def test_a_handed_back_job_cancelled_while_queued_keeps_its_checkpoint(client, s
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
 
 
+def test_a_cancel_that_comes_as_the_worker_shuts_down_ends_the_job_cancelled(client, sessions, fast):
+    """The shutdown is seen at the next batch, the cancel only at the next write: handing the job
+    back anyway queued it again, and the cancel then ended it with its checkpoint alone, the
+    epochs trained since and their weights dropped (or left it queued until a worker came)."""
+    fast = dataclasses.replace(fast, checkpoint_seconds=3600.0)  # no checkpoint after the first
+    job_id = submit(client, iris_job(epochs=12, validation_split=0.2))
+    calls = []
+
+    def shutting_down() -> bool:
+        calls.append(1)
+        if len(calls) == 30:  # a cancel lands just before the shutdown is seen
+            assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelling"
+        return len(calls) >= 30
+
+    assert run_job(sessions, job_id, settings=fast, hand_back=shutting_down) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled" and job["attempts"] == 1 and job["progress"]["epoch"] >= 2, job
+    assert_describes_epoch(client, sessions, job_id, job["progress"]["epoch"])
+
+
 def test_the_time_limit_passing_after_the_last_epoch_stops_nothing(client, sessions, fast, monkeypatch):
     """The heartbeat may see the deadline pass while the last epoch is being written: the run
     has ended on its own by then, and succeeds."""

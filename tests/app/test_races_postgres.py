@@ -1,0 +1,134 @@
+"""Requests racing each other on PostgreSQL, where a transaction reads what others committed a
+moment ago (SQLite's IMMEDIATE transactions take turns instead). Each test holds the other side
+open at the point where it used to break, then lets it commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+from sqlalchemy import delete, select
+
+import app.predict as predict_module
+from app import create_app
+from core.db import Dataset, EpochRecord, Job, JobStatus, WeightArray
+from tests.conftest import migrate
+from tests.data import iris, iris_job
+from worker.training import run_job
+
+
+@pytest.fixture
+def pg_app(migrated, postgres_url):
+    migrate(postgres_url)
+    app = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off", max_active_jobs=3))
+    yield app
+    app.extensions["backprop"]["engine"].dispose()
+
+
+def delete_rows(session, job_id: str) -> None:
+    """What DELETE /v1/jobs/{id} removes: the job, its history, weights and inline dataset."""
+    dataset_id = session.scalar(select(Job.dataset_id).where(Job.id == job_id))
+    session.execute(delete(EpochRecord).where(EpochRecord.job_id == job_id))
+    session.execute(delete(WeightArray).where(WeightArray.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+    session.execute(delete(Dataset).where(Dataset.id == dataset_id))
+
+
+def while_deleted_uncommitted(app, job_id: str, request):
+    """Runs `request` while another transaction has deleted the job under a row lock and not yet
+    committed, then commits; the request's answer."""
+    answer = []
+    with app.extensions["backprop"]["sessions"].begin() as session:
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+        delete_rows(session, job_id)
+        thread = threading.Thread(target=lambda: answer.append(request(app.test_client())))
+        thread.start()
+        time.sleep(0.5)  # for the request to reach the row (if it is late it sees the commit: also a 404)
+    thread.join(30)
+    assert answer, "the request did not answer"
+    return answer[0]
+
+
+@pytest.mark.parametrize("action", ["delete", "cancel", "retry"])
+def test_a_request_racing_a_delete_of_its_job_is_a_404(pg_app, action):
+    """It read the job without a lock and then locked it: once the delete committed, the lock
+    found no row and the request answered 500 (a retry: a foreign-key violation, as its new job
+    pointed at the deleted dataset)."""
+    c = pg_app.test_client()
+    job_id = c.post("/v1/jobs", json=iris_job(epochs=200)).get_json()["id"]
+    assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 202  # cancelled while queued: retryable
+    call = {"delete": lambda client: client.delete(f"/v1/jobs/{job_id}"),
+            "cancel": lambda client: client.post(f"/v1/jobs/{job_id}/cancel"),
+            "retry": lambda client: client.post(f"/v1/jobs/{job_id}/retry")}[action]
+    resp = while_deleted_uncommitted(pg_app, job_id, call)
+    assert resp.status_code == 404 and resp.get_json()["code"] == "job_not_found", resp.get_json()
+
+
+def test_a_delete_waits_for_a_retry_that_reuses_the_dataset(pg_app):
+    """The retry's new job uses the old job's inline dataset: a delete of the old job must see it
+    and keep the dataset (it deleted it, and the retry's insert failed its foreign key)."""
+    c = pg_app.test_client()
+    job_id = c.post("/v1/jobs", json=iris_job(epochs=200)).get_json()["id"]
+    c.post(f"/v1/jobs/{job_id}/cancel")
+    sessions = pg_app.extensions["backprop"]["sessions"]
+    answer = []
+    with sessions.begin() as session:  # the retry's transaction, as it holds the old job
+        session.execute(select(Job.id).where(Job.id == job_id).with_for_update(read=True))
+        old = session.get(Job, job_id)
+        session.add(Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
+                        training_spec=old.training_spec, total_epochs=old.total_epochs, retry_of=old.id,
+                        status=JobStatus.QUEUED))
+        thread = threading.Thread(target=lambda: answer.append(pg_app.test_client().delete(f"/v1/jobs/{job_id}")))
+        thread.start()
+        time.sleep(0.5)
+    thread.join(30)
+    assert answer and answer[0].status_code == 204
+    with sessions() as session:
+        assert session.scalar(select(Job.status).where(Job.retry_of == job_id)) == "queued"
+        assert session.get(Dataset, old.dataset_id) is not None
+
+
+def test_predict_racing_a_delete_never_answers_without_the_labels(pg_app, monkeypatch):
+    """Weights read before the delete committed and labels after it: the model was built with
+    no labels, answered class indices (0 for "setosa") and stayed cached so."""
+    x, y = iris()
+    names = ["setosa", "versicolor", "virginica"]
+    body = iris_job(epochs=5)
+    body["dataset"]["targets"] = [names[int(v)] for v in y]
+    c = pg_app.test_client()
+    job_id = c.post("/v1/jobs", json=body).get_json()["id"]
+    sessions = pg_app.extensions["backprop"]["sessions"]
+    run_job(sessions, job_id)
+    real = predict_module.load_weights
+
+    def deleted_right_after(session, job):  # the delete commits between the two reads
+        weights = real(session, job)
+        with sessions.begin() as other:
+            delete_rows(other, job)
+        return weights
+
+    monkeypatch.setattr(predict_module, "load_weights", deleted_right_after)
+    resp = c.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:2].tolist()})
+    assert resp.status_code == 404 or set(resp.get_json()["predictions"]) <= set(names), resp.get_json()
+    assert c.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:2].tolist()}).status_code == 404
+
+
+def test_concurrent_submits_stay_within_the_active_jobs_limit(pg_app):
+    """Each submit counted the active jobs before any had added its own: 30 at once let 9
+    through a limit of 5."""
+    barrier = threading.Barrier(8)
+    codes = []
+
+    def submit():
+        client = pg_app.test_client()
+        barrier.wait()
+        codes.append(client.post("/v1/jobs", json=iris_job(epochs=1)).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(codes) == [202] * 3 + [429] * 5, codes
