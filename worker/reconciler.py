@@ -35,9 +35,17 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, settings: Setting
              or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)),
     )
     with sessions() as session:
-        ids = list(session.scalars(select(Job.id).where(lost, not_recently_sent).order_by(Job.created_at)))
+        rows = session.execute(select(Job.id, Job.status, Job.created_at, Job.enqueued_at)
+                               .where(lost, not_recently_sent).order_by(Job.created_at)).all()
     sent = []
-    for job_id in ids:
+    for job_id, status, created_at, enqueued_at in rows:
+        if status == JobStatus.QUEUED and enqueued_at is not None:
+            # A queued job's message is most likely still waiting behind others: each re-send
+            # waits as long as the job had waited when last sent (up to 10 x requeue_after), so a
+            # backlog gets a few duplicates per job, not one every requeue_after.
+            backoff = min(max(enqueued_at - created_at, timedelta(0)), 10 * (now - requeue_before))
+            if now - enqueued_at < backoff:
+                continue
         # take the re-send first, atomically: with several workers reconciling, one sends it
         with sessions.begin() as session:
             taken = session.execute(update(Job).where(Job.id == job_id, lost, not_recently_sent)

@@ -62,6 +62,25 @@ def test_old_queued_job_is_sent_again(client, sessions, migrated):
     assert reconcile(sessions, make_celery(migrated), migrated) == [job_id]
 
 
+def test_a_job_waiting_in_a_backlog_is_sent_again_less_and_less_often(client, sessions, migrated):
+    """Every queued job older than requeue_after was sent again every round: a backlog of jobs
+    waiting an hour held a duplicate message per job per minute."""
+    job_id = client.post("/v1/jobs", json=iris_job(epochs=2)).get_json()["id"]
+    requeue = timedelta(seconds=migrated.requeue_after_seconds)
+
+    def sent_after(waited: timedelta, since_sent: timedelta) -> bool:
+        """Whether a job last sent when it had waited `waited`, `since_sent` ago, is sent now."""
+        now = utcnow()
+        with sessions.begin() as s:
+            s.execute(update(Job).values(created_at=now - since_sent - waited, enqueued_at=now - since_sent))
+        return reconcile(sessions, make_celery(migrated), migrated) == [job_id]
+
+    assert sent_after(timedelta(0), 1.5 * requeue)  # sent when submitted: once more after requeue_after
+    assert not sent_after(4 * requeue, 3 * requeue)  # had waited 4 when sent: not before 4 more
+    assert sent_after(4 * requeue, 4.5 * requeue)
+    assert sent_after(100 * requeue, 10.5 * requeue)  # the wait stops growing at 10 x requeue_after
+
+
 def test_the_reconciler_thread_purges_expired_idempotency_keys(client, sessions, migrated):
     from core.db import IdempotencyRecord
     from worker.reconciler import ReconcilerThread
