@@ -334,7 +334,13 @@ def _hand_back(attempt: Attempt) -> bool:
 
 def _fail(attempt: Attempt, writer: EpochWriter, error: str) -> None:
     try:
-        writer.flush()
+        try:
+            writer.flush()
+        except Superseded:
+            raise
+        except Exception:  # noqa: BLE001 - the writes are what failed: record why without them
+            log.warning("job %s: its last epochs could not be written", attempt.job_id, exc_info=True)
+            writer.pending = []
         _finish(attempt, JobStatus.FAILED, error=error, stop_reason="error")
     except Superseded:
         log.warning("job %s attempt %d was superseded while failing", attempt.job_id, attempt.number)

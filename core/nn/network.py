@@ -286,7 +286,13 @@ class Network:
                 runs[-1][1:] = [name, runs[-1][2], sl.stop]
             else:
                 runs.append([name, name, sl.start, sl.stop])
-        return {(a if a == b else f"{a}..{b}"): slice(start, stop) for a, b, start, stop in runs}
+        keys: dict[str, slice] = {}
+        for a, b, start, stop in runs:
+            key = a if a == b else f"{a}..{b}"
+            while key in keys:  # a layer may be named "a..b" too: each run needs its own key
+                key += "+"
+            keys[key] = slice(start, stop)
+        return keys
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of every array that defines the model: trainable params and buffers."""

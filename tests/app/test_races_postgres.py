@@ -66,6 +66,23 @@ def test_a_request_racing_a_delete_of_its_job_is_a_404(pg_app, action):
     assert resp.status_code == 404 and resp.get_json()["code"] == "job_not_found", resp.get_json()
 
 
+def test_a_cancel_racing_a_worker_that_finishes_the_job_never_overwrites_it(pg_app):
+    """The worker commits `succeeded` under the row lock while the cancel waits for it: the
+    cancel then reads the finished job and answers 409, and the job stays succeeded."""
+    c = pg_app.test_client()
+    job_id = c.post("/v1/jobs", json=iris_job(epochs=200)).get_json()["id"]
+    answer = []
+    with pg_app.extensions["backprop"]["sessions"].begin() as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        job.status, job.stop_reason, job.attempts = JobStatus.SUCCEEDED, "completed", 1
+        thread = threading.Thread(target=lambda: answer.append(pg_app.test_client().post(f"/v1/jobs/{job_id}/cancel")))
+        thread.start()
+        time.sleep(0.5)
+    thread.join(30)
+    assert answer[0].status_code == 409 and answer[0].get_json()["code"] == "job_finished"
+    assert c.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
+
+
 def test_a_delete_waits_for_a_retry_that_reuses_the_dataset(pg_app):
     """The retry's new job uses the old job's inline dataset: a delete of the old job must see it
     and keep the dataset (it deleted it, and the retry's insert failed its foreign key)."""

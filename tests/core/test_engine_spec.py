@@ -128,16 +128,6 @@ def test_duplicate_layer_names():
     assert error["path"] == "model.layers[1].name"
 
 
-@pytest.mark.parametrize("name", ["a/b", "a..b"])
-def test_layer_names_cannot_hold_the_separators_of_weight_and_run_keys(name):
-    """A layer named "a..b" shared its key with the optimizer's run of layers a to b (when a
-    frozen layer split the network): the run's layers silently stopped training."""
-    spec = copy.deepcopy(MODEL)
-    spec["layers"][0]["name"] = name
-    (error,) = model_errors(spec)
-    assert error["path"] == "model.layers[0].name" and "'..'" in error["message"]
-
-
 @pytest.mark.parametrize("dtype", ["float16", "garbage", "int32"])
 def test_dtype_argument_is_checked_like_the_spec(dtype):
     with pytest.raises(SpecError) as err:

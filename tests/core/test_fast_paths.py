@@ -75,6 +75,25 @@ def test_frozen_layer_in_the_middle_splits_the_trainable_runs():
     assert set(result.history[-1]["grad_norms"]) == {"a", "c"}
 
 
+def test_a_layer_named_like_a_run_does_not_take_the_runs_place():
+    """Runs are keyed "FIRST..LAST": a single layer named "a..b" had the same key as the run of
+    layers a and b, which replaced it and silently stopped training them."""
+    layers = [{"type": "dense", "units": 4, "activation": "relu", "name": "a"},
+              {"type": "dense", "units": 4, "activation": "relu", "name": "b"},
+              {"type": "dense", "units": 4, "activation": "relu", "name": "f"},
+              {"type": "dense", "units": 3, "activation": "softmax", "name": "a..b"}]
+    net = Network.from_spec({"input_shape": [3], "layers": layers, "loss": "categorical_crossentropy"})
+    net.freeze(["f"])
+    assert len(net.trainable_runs()) == 2
+    before = net.get_weights()
+    rng = np.random.default_rng(0)
+    Trainer(net, {"epochs": 2, "optimizer": {"type": "adam"}, "batch_size": 8}).fit(
+        rng.standard_normal((40, 3)), rng.integers(0, 3, 40))
+    after = net.get_weights()
+    for k in before:
+        assert np.array_equal(before[k], after[k]) == k.startswith("f/"), k
+
+
 def conv_by_loops(x, kernel, stride, pad):
     """Cross-correlation by direct loops over output pixels (channels_last), no bias."""
     (sh, sw), (ph, pw) = stride, pad

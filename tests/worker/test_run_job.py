@@ -403,6 +403,23 @@ def test_a_cancel_that_comes_as_the_worker_shuts_down_ends_the_job_cancelled(cli
     assert_describes_epoch(client, sessions, job_id, job["progress"]["epoch"])
 
 
+def test_a_job_whose_epochs_cannot_be_written_fails_saying_why(client, sessions, fast, monkeypatch):
+    """Failing the job flushed the same epochs again, the error escaped, and the job stayed
+    running with no reason until the reconciler gave up on it as lost."""
+    job_id = submit(client, iris_job(epochs=30))
+    real = training.add_epochs
+
+    def add_epochs(session, job, records):
+        if any(r["epoch"] >= 3 for r in records):
+            raise RuntimeError("disk full")
+        real(session, job, records)
+
+    monkeypatch.setattr(training, "add_epochs", add_epochs)
+    assert run_job(sessions, job_id, settings=fast) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["error"] == "internal error: RuntimeError: disk full", job
+
+
 def test_the_time_limit_passing_after_the_last_epoch_stops_nothing(client, sessions, fast, monkeypatch):
     """The heartbeat may see the deadline pass while the last epoch is being written: the run
     has ended on its own by then, and succeeds."""

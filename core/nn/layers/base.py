@@ -198,12 +198,9 @@ def make_layers(specs: list[dict], path: str, input_shape: tuple[int, ...], rng,
                 n += 1
             name = f"{cls.type_name}_{n}"
             counts[cls.type_name] = n + 1
-        elif name in used_names or "/" in name or ".." in name:
-            # '/' joins a layer's name to its weights' names, and '..' names the optimizer's
-            # runs of adjacent layers (Network.trainable_runs): a layer named "a..b" would share
-            # a key with the run from a to b
+        elif name in used_names or "/" in name:
             raise SpecError([{"path": _join(p, "name"),
-                              "message": f"layer name {name!r} is used twice or contains '/' or '..'"}])
+                              "message": f"layer name {name!r} is used twice or contains '/'"}])
         used_names.add(name)
         layer = cls(spec, name)
         layer.path = p
