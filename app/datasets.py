@@ -445,6 +445,20 @@ def _first_not_class_index(targets: np.ndarray) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
+def check_class_count(idx: np.ndarray, labels: list[Any] | None, path: str, suggest_regression: bool = False) -> None:
+    """Classes given as indices: at least two of them (one is a wrong column more often than a
+    classifier), at most MAX_CLASSES."""
+    found = np.unique(idx)
+    if len(found) < 2:
+        only = labels[int(found[0])] if labels is not None else int(found[0])
+        hint = " (if these are numbers to predict, pass task=regression)" if suggest_regression else ""
+        raise _npy_problem(path, f"only one class ({only!r}) in {len(idx)} samples; a classifier needs at "
+                                 f"least two{hint}")
+    if len(found) > MAX_CLASSES:
+        hint = "; for numbers to predict, pass task=regression" if suggest_regression else ""
+        raise _npy_problem(path, f"{len(found)} distinct classes, more than {MAX_CLASSES}{hint}")
+
+
 def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any] | None,
                     feature_names: list[str] | None, task: str | None,
                     paths: tuple[str, str] = ("features", "targets")) -> dict[str, Any]:
@@ -487,15 +501,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
         elif not classes and targets.dtype.kind != "f":
             targets = targets.astype(np.float64)
     if classes:
-        idx = targets if targets.ndim == 1 else targets.argmax(axis=1)
-        found = np.unique(idx)
-        if len(found) < 2:
-            only = labels[int(found[0])] if labels is not None else int(found[0])
-            hint = "" if labels is not None or task else " (if these are numbers to predict, pass task=regression)"
-            raise _npy_problem(tpath, f"only one class ({only!r}) in {len(idx)} samples; a classifier needs at "
-                                      f"least two{hint}")
-        if len(found) > MAX_CLASSES:
-            hint = "" if labels is not None or task else "; for numbers to predict, pass task=regression"
-            raise _npy_problem(tpath, f"{len(found)} distinct classes, more than {MAX_CLASSES}{hint}")
+        check_class_count(targets if targets.ndim == 1 else targets.argmax(axis=1), labels, tpath,
+                          suggest_regression=labels is None and not task)
     return {"features": features, "targets": targets, "feature_names": feature_names, "class_labels": labels,
             **dataset_summary_fields(targets, labels, classes)}

@@ -39,6 +39,7 @@ from . import limits
 from .auth import current_tenant, key_still_valid
 from .datasets import (
     as_model_dtype,
+    check_class_count,
     check_dataset_fits,
     dataset_summary_fields,
     not_found,
@@ -236,6 +237,8 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             check_dataset_fits(features, targets, net.input_shape)
             features = as_model_dtype(features, net.dtype, "dataset.features")
             _check_training_fits(net, training, targets, labels, "dataset.targets")
+            if net.classification and targets.ndim == 1:  # class indices or labels: as an upload's
+                check_class_count(targets, labels, "dataset.targets")
             _check_same_classes(session, body.init_from, labels, "dataset.targets")
             names = body.dataset.feature_names
             if names is not None and len(names) != features[0].size:

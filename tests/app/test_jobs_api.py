@@ -217,6 +217,7 @@ BAD_INPUTS = [
     ("huge number", lambda: _with("dataset.features.1", [HUGE, 0, 0, 0]), "dataset.features[1][0]", "finite"),
     ("wrong width", lambda: _with("dataset.features", [[1, 2, 3]] * 150), "dataset.features", "shape [4]"),
     ("label out of range", lambda: _with("dataset.targets", [5] * 150), "dataset.targets", "0..2"),
+    ("single class", lambda: _with("dataset.targets", [1] * 150), "dataset.targets", "only one class (1)"),
     ("empty features", lambda: _with("dataset.features", []), "dataset.features", "non-empty"),
     ("missing dataset", lambda: _with("dataset", _DELETE), "dataset", "exactly one of dataset"),
     ("monitor needs validation", lambda: _with("training.early_stopping", {"patience": 2}),
