@@ -8,6 +8,7 @@ import csv
 import functools
 import http.client
 import json
+import math
 import os
 import shutil
 import signal
@@ -76,6 +77,15 @@ class _Main(click.Group):
             click.echo(f"error: the database at {load_settings().public()['database_url']} does not answer: "
                        f"{reason}", err=True)
             sys.exit(1)
+        except BrokenPipeError:
+            # the reader of our output has gone (`backprop jobs list | head -1`): stop without a word.
+            # stdout goes to devnull so that Python's flush at exit does not fail again; exit 141 =
+            # 128 + SIGPIPE, what a shell reports for any writer whose reader went away
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):  # no file descriptor behind stdout (a test's capture)
+                pass
+            sys.exit(141)
 
 
 @click.group(cls=_Main)
@@ -235,7 +245,10 @@ def with_client(f):
                   show_envvar=True, help="the server")
     @functools.wraps(f)
     def wrapper(url: str, api_key: str | None, **kwargs):
-        client = Client(url, api_key or "")
+        try:
+            client = Client(url, api_key or "")
+        except ValueError as exc:  # a --url (or BACKPROP_URL) that is not http(s)://host[:port]: exit 2
+            raise click.UsageError(str(exc)) from None
         try:
             return f(client, **kwargs)
         except ApiError as exc:
@@ -249,6 +262,8 @@ def with_client(f):
             click.echo(f"error: {exc.__class__.__name__ + ': ' if not isinstance(exc, TransportError) else ''}"
                        f"{exc}", err=True)
             sys.exit(EXIT_API_ERROR)
+        except BrokenPipeError:
+            raise  # not a file of ours: stdout, closed by its reader (_Main.invoke ends quietly)
         except (OSError, UnicodeError, ValueError, TypeError) as exc:
             # a local file that cannot be read or written, or does not hold what it should (a
             # JSON list where an object belongs, text that is not UTF-8): a message, not a traceback
@@ -389,7 +404,8 @@ def _describe_dataset(ds) -> str:
 
 
 def _check_csv_target(path: Path, target: str | None) -> None:
-    if path.suffix.lower() not in (".npz", ".json") and not target:
+    # not .npy either: the client says what a .npy lacks (the targets), not to add --target
+    if path.suffix.lower() not in (".npz", ".npy", ".json") and not target:
         raise click.UsageError(f"{path.name} is a CSV: name its target column with --target COLUMN")
 
 
@@ -547,10 +563,9 @@ def jobs_epochs(client: Client, job_id: str, max_points: int | None, as_json: bo
 
 def _is_number(cell: str) -> bool:
     try:
-        float(cell)
+        return math.isfinite(float(cell))  # nan and inf parse, but JSON cannot carry them
     except ValueError:
         return False
-    return True
 
 
 def _csv_rows(path: Path, dataset) -> list[list[float]]:
@@ -565,10 +580,13 @@ def _csv_rows(path: Path, dataset) -> list[list[float]]:
     if not lines:
         raise click.ClickException(f"{path} has no rows")
     header, pick = None, None
-    if not all(_is_number(c) for c in lines[0][1]):
-        header = [c.strip() for c in lines[0][1]]
+    first = [c.strip() for c in lines[0][1]]
+    names = dataset().feature_names
+    # line 1 is a header if it names every feature (names may look like numbers: "0", "1", ...) or
+    # holds no number at all; one bad cell among numbers is a data row with a mistake, not a header
+    if (names and all(n in first for n in names)) or not any(_is_number(c) for c in first):
+        header = first
         lines = lines[1:]
-        names = dataset().feature_names
         if names and all(n in header for n in names):
             pick = [header.index(n) for n in names]
         elif names and any(n in header for n in names):
@@ -579,14 +597,20 @@ def _csv_rows(path: Path, dataset) -> list[list[float]]:
                                        "header out to give the columns in that order")
     rows = []
     for n, row in lines:
+        if header is not None and len(row) != len(header):  # a short row cannot be read by column name
+            raise click.ClickException(f"{path}, line {n}: {len(row)} cells, the header has {len(header)}")
         cells = [row[i] for i in pick] if pick is not None else row
         out = []
         for j, cell in enumerate(cells):
             try:
-                out.append(float(cell))
+                value = float(cell)
             except ValueError:
+                value = None
+            if value is None or not math.isfinite(value):
                 col = header[pick[j] if pick is not None else j] if header and j < len(header) else j + 1
-                raise click.ClickException(f"{path}, line {n}, column {col!r}: {cell!r} is not a number") from None
+                what = "a number" if value is None else "a finite number"
+                raise click.ClickException(f"{path}, line {n}, column {col!r}: {cell!r} is not {what}")
+            out.append(value)
         rows.append(out)
     return rows
 

@@ -7,11 +7,13 @@ client subcommands are a thin layer over it.
     job = c.submit_job({"model": ..., "training": ...}, dataset_id=ds.id)
     for item in c.follow(job.id):        # Epoch per finished epoch, Job on each status change
         ...
-    job = c.wait(job.id)
-    c.predict(job.id, rows).predictions
+    job = c.wait(job)                    # a Job or its id, wherever a job is taken
+    c.predict(job, rows).predictions
 
 Every failure the server reports becomes an ApiError carrying its RFC 9457 problem details
-(status, code, detail, errors); an unreachable server is a TransportError."""
+(status, code, detail, errors); an answer that is not what this API sends is an ApiError with
+code invalid_response; an unreachable server is a TransportError. A bad URL, a local file that
+cannot be used, or a value JSON cannot carry (NaN, infinity) is a ValueError."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +79,8 @@ def error_from_response(status: int, content_type: str | None, body: bytes) -> A
     text = body.decode("utf-8", "replace").strip()
     kind = (content_type or "no content type").split(";")[0]
     detail = f"HTTP {status} ({kind})" + (f": {text[:200]}" if text else "")
-    return ApiError(status, f"http_{status}", detail)
+    # the answer itself stays at hand (a proxy's page, a stack trace), within reason
+    return ApiError(status, f"http_{status}", detail, body={"text": text[:4096]} if text else None)
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -230,6 +233,15 @@ class Client:
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 30.0,
                  stream_timeout: float = 60.0):
         self.url = (url or os.environ.get("BACKPROP_URL") or DEFAULT_URL).rstrip("/")
+        # checked here, not at the first request: urllib's "unknown url type" or an empty reason
+        # ("cannot reach ftp://...: ") does not say what is wrong with the URL
+        parts = urllib.parse.urlsplit(self.url)
+        try:
+            port_ok = parts.port is None or 1 <= parts.port <= 65535
+        except ValueError:  # not a number, or over 65535
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ValueError(f"--url must be http(s)://host[:port], not {self.url!r}")
         self.api_key = api_key if api_key is not None else os.environ.get("BACKPROP_API_KEY") or None
         self.timeout, self.stream_timeout = timeout, stream_timeout
 
@@ -248,9 +260,12 @@ class Client:
         if content_type:
             hdrs["Content-Type"] = content_type
         hdrs.update(headers or {})
-        req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+        timeout = timeout or self.timeout
         try:
-            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
+            if body is not None and not _proxied(url):
+                return self._send(method, url, body, hdrs, timeout)
+            req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+            return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as err:
             with err:
                 raise error_from_response(err.code, err.headers.get("Content-Type"), err.read()) from None
@@ -258,36 +273,72 @@ class Client:
             reason = getattr(exc, "reason", exc)
             raise TransportError(f"cannot reach {self.url}: {reason}") from None
 
-    def _request(self, method: str, path: str, **kw) -> Any:
+    def _send(self, method: str, url: str, body: bytes, hdrs: dict[str, str],
+              timeout: float) -> http.client.HTTPResponse:
+        """A request with a body, over http.client: a server that refuses a body as too large
+        answers 413 before reading it all and closes, which breaks the send; urllib then drops
+        the connection with that answer unread, while http.client can still read it."""
+        parts = urllib.parse.urlsplit(url)
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(parts.hostname, parts.port, timeout=timeout)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        broke = False
+        try:
+            try:
+                conn.request(method, target, body, {**hdrs, "Connection": "close"})
+            except (BrokenPipeError, ConnectionResetError):
+                broke = True  # the server stopped reading: its answer, if it gave one, is still there
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            if broke:  # no answer either: not "cannot reach", the server was reached
+                raise TransportError(f"{self.url}: the server closed the connection during the upload of "
+                                     f"{len(body) / 1e6:.1f} MB (over its request size limit?)") from None
+            raise
+        if not 200 <= resp.status < 300:  # as urllib's HTTPError: the problem details
+            with resp:
+                raise error_from_response(resp.status, resp.getheader("Content-Type"), resp.read())
+        return resp
+
+    def _request(self, method: str, path: str, *, parse: Callable[[Any], Any] | None = None, **kw) -> Any:
+        """The answer's JSON, or what `parse` makes of it: an answer it cannot take (a KeyError,
+        say, from a server that is not this API) is an ApiError, not a traceback."""
         json_body = kw.pop("json", None)
         if json_body is not None:
-            kw["body"], kw["content_type"] = json.dumps(json_body).encode(), "application/json"
+            kw["body"], kw["content_type"] = _json_bytes(json_body, f"{method} {path}"), "application/json"
         with self._open(method, path, **kw) as resp:
+            status = resp.status
             try:
                 raw = resp.read()
             except (OSError, http.client.HTTPException) as exc:
                 raise TransportError(f"{method} {path}: the connection broke: {exc!r}") from None
-        if not raw:
-            return None
         try:
-            return json.loads(raw)
+            doc = json.loads(raw) if raw else None
         except ValueError:
-            raise ApiError(200, "invalid_response", f"{method} {path} did not answer JSON: {raw[:200]!r}") from None
+            raise ApiError(status, "invalid_response",
+                           f"{method} {path} did not answer JSON: {raw[:200]!r}") from None
+        if parse is None:
+            return doc
+        try:
+            return parse(doc)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise ApiError(status, "invalid_response", f"{method} {path}: unexpected answer {raw[:200]!r} "
+                           "(is the URL that of a backprop server?)") from None
 
     # -- jobs
 
-    def submit_job(self, spec: dict[str, Any], *, dataset_id: str | None = None,
+    def submit_job(self, spec: dict[str, Any], *, dataset_id: str | Dataset | None = None,
                    idempotency_key: str | None = None) -> Job:
         """POST /v1/jobs. `spec` is the job body ({"model", "training"}, optionally init_from,
         freeze, or an inline dataset); dataset_id, when given, is added to it."""
         body = dict(spec)
         if dataset_id is not None:
-            body["dataset_id"] = dataset_id
+            body["dataset_id"] = _id(dataset_id)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return Job.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
+        return self._request("POST", "/v1/jobs", json=body, headers=headers, parse=Job.from_json)
 
-    def get_job(self, job_id: str) -> Job:
-        return Job.from_json(self._request("GET", f"/v1/jobs/{_q(job_id)}"))
+    def get_job(self, job_id: str | Job) -> Job:
+        return self._request("GET", f"/v1/jobs/{_q(_id(job_id))}", parse=Job.from_json)
 
     def list_jobs(self, *, status: str | list[str] | None = None, dataset_id: str | None = None,
                   page_size: int = 50) -> Iterator[Job]:
@@ -296,40 +347,44 @@ class Client:
             status = ",".join(status)
         query = {"status": status, "dataset_id": dataset_id, "limit": page_size}
         while True:
-            page = self._request("GET", "/v1/jobs", query=query)
-            yield from (Job.from_json(j) for j in page["jobs"])
-            if not page.get("next"):
+            jobs, after = self._request("GET", "/v1/jobs", query=query, parse=lambda page: (
+                [Job.from_json(j) for j in page["jobs"]], page.get("next")))
+            yield from jobs
+            if not after:
                 return
-            query["next"] = page["next"]
+            query["next"] = after
 
-    def cancel_job(self, job_id: str) -> Job:
-        return Job.from_json(self._request("POST", f"/v1/jobs/{_q(job_id)}/cancel"))
+    def cancel_job(self, job_id: str | Job) -> Job:
+        return self._request("POST", f"/v1/jobs/{_q(_id(job_id))}/cancel", parse=Job.from_json)
 
-    def epochs(self, job_id: str, *, after: int = 0, max_points: int | None = None) -> list[Epoch]:
+    def epochs(self, job_id: str | Job, *, after: int = 0, max_points: int | None = None) -> list[Epoch]:
         """The job's per-epoch history (every page), or downsampled to max_points."""
         out: list[Epoch] = []
         query: dict[str, Any] = {"after": after, "max_points": max_points}
         while True:
-            page = self._request("GET", f"/v1/jobs/{_q(job_id)}/epochs", query=query)
-            out += [Epoch.from_json(e) for e in page["epochs"]]
-            if page.get("next_after") is None:
+            epochs, next_after = self._request("GET", f"/v1/jobs/{_q(_id(job_id))}/epochs", query=query,
+                                               parse=lambda page: ([Epoch.from_json(e) for e in page["epochs"]],
+                                                                   page.get("next_after")))
+            out += epochs
+            if next_after is None:
                 return out
-            query["after"] = page["next_after"]
+            query["after"] = next_after
 
-    def events(self, job_id: str, *, after: int = 0) -> Iterator[SseEvent]:
+    def events(self, job_id: str | Job, *, after: int = 0) -> Iterator[SseEvent]:
         """One connection to GET /v1/jobs/{id}/events, as raw events."""
-        resp = self._open("GET", f"/v1/jobs/{_q(job_id)}/events", query={"after": after or None},
+        resp = self._open("GET", f"/v1/jobs/{_q(_id(job_id))}/events", query={"after": after or None},
                           headers={"Accept": "text/event-stream"}, timeout=self.stream_timeout)
         with resp:
             yield from parse_sse(iter(lambda: resp.read1(65536), b""))
 
-    def follow(self, job_id: str, *, after: int = 0, reconnect_delay: float = 1.0,
+    def follow(self, job_id: str | Job, *, after: int = 0, reconnect_delay: float = 1.0,
                max_failures: int = 5) -> Iterator[Epoch | Job]:
         """An Epoch for every finished epoch and a Job on every status change, until the job
         ends. An idle or dropped stream is resumed after the last epoch seen. A server that
         cannot be reached, or has no stream to spare (503), is tried again with growing pauses
         (1, 2, 4 and 8 s by default: a restart rides through); TransportError or the ApiError
         after `max_failures` failed attempts in a row."""
+        job_id = _id(job_id)
         last, failures = after, 0
         while True:
             delay = reconnect_delay
@@ -366,10 +421,11 @@ class Client:
                     pass  # idle for stream_timeout (a long queue) or dropped: resume
             time.sleep(min(delay, 5.0))
 
-    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.5) -> Job:
+    def wait(self, job_id: str | Job, timeout: float | None = None, poll: float = 0.5) -> Job:
         """Block until the job has ended; its final state. With a timeout it polls (every
         `poll` seconds), since an event stream says nothing while a job waits in the queue and
         could not be left on time; TimeoutError once `timeout` seconds have passed."""
+        job_id = _id(job_id)
         job = self.get_job(job_id)
         if job.finished:
             return job
@@ -387,15 +443,21 @@ class Client:
             job = self.get_job(job_id)
         return job
 
-    def predict(self, job_id: str, rows: list[Any], chunk_rows: int = 10_000) -> Prediction:
+    def predict(self, job_id: str | Job, rows: Any, chunk_rows: int = 10_000) -> Prediction:
         """Sends at most `chunk_rows` rows per request, and halves that while the server finds a
         request too large (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES): wide
-        rows or many outputs need smaller requests, which the client cannot know in advance."""
-        rows, parts, start, size = list(rows), [], 0, chunk_rows
+        rows or many outputs need smaller requests, which the client cannot know in advance.
+        `rows` may be a NumPy array, or lists holding NumPy numbers; NaN or infinity is a
+        ValueError before anything is sent."""
+        job_id = _id(job_id)
+        rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)  # an ndarray, without importing numpy
+        parts, start, size = [], 0, chunk_rows
         while True:
             chunk = rows[start:start + size]
             try:
-                parts.append(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": chunk}))
+                # each answer read as a Prediction, so a wrong one is an ApiError; its JSON is joined below
+                parts.append(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": chunk},
+                                           parse=lambda d: Prediction.from_json(d).raw))
             except ApiError as exc:
                 too_large = exc.status == 413 or (exc.status == 422 and "MAX_PREDICT_VALUES" in (exc.detail or ""))
                 if too_large and len(chunk) > 1:
@@ -412,13 +474,19 @@ class Client:
             merged["probabilities"] = [p for part in parts for p in part["probabilities"]]
         return Prediction.from_json(merged)
 
-    def download_weights(self, job_id: str, path: str | os.PathLike | None = None) -> bytes:
+    def download_weights(self, job_id: str | Job, path: str | os.PathLike | None = None) -> bytes:
         """The learned weights as .npz bytes (one array per layer parameter); written to `path`
-        when given."""
-        with self._open("GET", f"/v1/jobs/{_q(job_id)}/weights", query={"format": "npz"}) as resp:
-            data = resp.read()
+        when given, whole or not at all (an existing file stays as it was on failure)."""
+        where = f"GET /v1/jobs/{_id(job_id)}/weights"
+        with self._open("GET", f"/v1/jobs/{_q(_id(job_id))}/weights", query={"format": "npz"}) as resp:
+            try:  # as in _request: a body cut short (IncompleteRead) or a reset is a TransportError
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise TransportError(f"{where}: the connection broke: {exc!r}") from None
+        if not data.startswith(b"PK\x03\x04"):  # an .npz is a zip; this is, say, a proxy's page
+            raise ApiError(resp.status, "invalid_response", f"{where}: not a .npz: {data[:200]!r}")
         if path is not None:
-            Path(path).write_bytes(data)
+            _write_whole(Path(path), data)
         return data
 
     # -- datasets
@@ -433,40 +501,127 @@ class Client:
         query: dict[str, Any] = {"name": name, "task": task}
         if isinstance(source, dict):
             body = {**source, **{k: v for k, v in query.items() if v is not None}}
-            return Dataset.from_json(self._request("POST", "/v1/datasets", json=body, headers=headers))
+            return self._request("POST", "/v1/datasets", json=body, headers=headers, parse=Dataset.from_json)
         path = Path(source)
-        data = path.read_bytes()
-        query["name"] = name or path.name
         suffix = path.suffix.lower()
         if suffix == ".json":
-            body = {**json.loads(data), **{k: v for k, v in query.items() if v is not None}}
-            return Dataset.from_json(self._request("POST", "/v1/datasets", json=body, headers=headers))
+            body = {**_read_json_object(path, "an object with features and targets"),
+                    **{k: v for k, v in query.items() if v is not None}}
+            if not body.get("name"):  # the file's own name, else the file name
+                body["name"] = path.name
+            return self._request("POST", "/v1/datasets", json=body, headers=headers, parse=Dataset.from_json)
+        data = path.read_bytes()
+        query["name"] = name or path.name
         if suffix in (".npz", ".npy"):
             if suffix == ".npy":
                 raise ValueError("a .npy holds only features: save features and targets together in a .npz")
+            if not data.startswith(b"PK"):  # not a zip: the server would take it for a CSV and ask for a target
+                raise ValueError(f"{path} is not a .npz (zip) file")
             body, ctype = multipart({"name": query["name"], "task": task},
                                     {"file": (path.name, data, "application/octet-stream")})
-            return Dataset.from_json(self._request("POST", "/v1/datasets", body=body, content_type=ctype,
-                                                   headers=headers))
+            return self._request("POST", "/v1/datasets", body=body, content_type=ctype, headers=headers,
+                                 parse=Dataset.from_json)
         query["target"] = target
-        return Dataset.from_json(self._request("POST", "/v1/datasets", query=query, body=data,
-                                               content_type="text/csv; charset=utf-8", headers=headers))
+        return self._request("POST", "/v1/datasets", query=query, body=data, content_type="text/csv; charset=utf-8",
+                             headers=headers, parse=Dataset.from_json)
 
     def list_datasets(self, *, page_size: int = 50) -> Iterator[Dataset]:
         query: dict[str, Any] = {"limit": page_size}
         while True:
-            page = self._request("GET", "/v1/datasets", query=query)
-            yield from (Dataset.from_json(d) for d in page["datasets"])
-            if not page.get("next"):
+            found, after = self._request("GET", "/v1/datasets", query=query, parse=lambda page: (
+                [Dataset.from_json(d) for d in page["datasets"]], page.get("next")))
+            yield from found
+            if not after:
                 return
-            query["next"] = page["next"]
+            query["next"] = after
 
-    def get_dataset(self, dataset_id: str) -> Dataset:
-        return Dataset.from_json(self._request("GET", f"/v1/datasets/{_q(dataset_id)}"))
+    def get_dataset(self, dataset_id: str | Dataset) -> Dataset:
+        return self._request("GET", f"/v1/datasets/{_q(_id(dataset_id))}", parse=Dataset.from_json)
 
 
 def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
+
+
+def _id(item: str | Job | Dataset) -> str:
+    """Methods take a Job (or Dataset), as submit_job returns it, or its id."""
+    return item.id if isinstance(item, Job | Dataset) else item
+
+
+def _proxied(url: str) -> bool:
+    """Whether http(s)_proxy applies to the URL: then urllib, which knows proxies, sends the request."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps's fallback: NumPy arrays and numbers have tolist() (the client does not import numpy)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _json_bytes(doc: Any, what: str) -> bytes:
+    try:
+        return json.dumps(doc, allow_nan=False, default=_plain).encode()
+    except ValueError as exc:  # json.dumps would write NaN, which the server refuses as invalid JSON
+        if "Out of range float" not in str(exc):
+            raise
+        raise ValueError(f"{what}: the request holds NaN or infinity, which JSON cannot carry") from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a key given twice is an error (the API answers 400 for it), not the last one."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+_JSON_TYPES = {"list": "array", "str": "string", "int": "number", "float": "number", "bool": "boolean",
+              "NoneType": "null"}
+
+
+def _read_json_object(path: str | os.PathLike, expected: str) -> dict[str, Any]:
+    """A local JSON file holding an object: a ValueError naming the file and what was `expected`
+    when it is not UTF-8, empty, not JSON, has a key twice, or holds something else."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected JSON, {expected}") from None
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty; expected JSON, {expected}")
+    try:
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise ValueError(f"{path}: the key {exc.args[0]!r} is given twice in one object") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected {expected}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a JSON {_JSON_TYPES.get(type(doc).__name__, type(doc).__name__)}, "
+                         f"where {expected} was expected")
+    return doc
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write via a file beside `path`, then rename it into place: a write that fails leaves
+    neither a partial file nor a changed one. (Not tempfile.mkstemp: its file is private, 0600.)"""
+    part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with part.open("xb") as f:
+            f.write(data)
+        os.replace(part, path)
+    except OSError as exc:  # named by the file asked for, not by the temporary one
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        part.unlink(missing_ok=True)  # gone already once renamed
 
 
 def multipart(fields: dict[str, str | None], files: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:

@@ -4,15 +4,22 @@ mapped to ApiError, and the client against a small stdlib HTTP server that plays
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
+import click
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from core.cli import ProgressPrinter
+from core.cli import ProgressPrinter, _csv_rows, main
 from core.client import ApiError, Client, Epoch, Job, TransportError, error_from_response, parse_sse
 
 # what app/jobs.py's job_events sends, byte for byte in form
@@ -88,6 +95,15 @@ def test_errors_that_are_not_problem_details():
     assert (no_detail.code, no_detail.detail) == ("unauthorized", "HTTP 401")
 
 
+def test_an_error_that_is_not_json_keeps_its_text_in_the_body():
+    """body was {}: a proxy's page or a stack trace was lost beyond the 200 characters of detail."""
+    page = error_from_response(502, "text/html", b"<html>Bad Gateway</html>")
+    assert page.body == {"text": "<html>Bad Gateway</html>"}
+    long = error_from_response(500, "text/plain", b"x" * 100_000)
+    assert long.body["text"] == "x" * 4096  # a few KB at most
+    assert error_from_response(500, None, b"").body == {}
+
+
 def test_typed_results():
     job = Job.from_json({"id": "j", "status": "running", "progress": {"epoch": 3, "total_epochs": 10},
                          "eta_seconds": 1.5, "metrics": {"loss": 0.2}, "dataset_id": "d"})
@@ -132,7 +148,21 @@ class FakeApi(BaseHTTPRequestHandler):
         if url.path == "/v1/jobs/missing":
             return self.send(404, {"status": 404, "code": "job_not_found", "detail": "no job with id 'missing'"},
                              "application/problem+json")
+        if url.path == "/v1/jobs/j1/weights":
+            return self.raw(200, b"PK\x03\x04" + b"npz" * 10, "application/octet-stream")
+        if url.path == "/v1/jobs/cut/weights":  # says 1000 bytes, sends 20 and hangs up
+            return self.raw(200, b"PK\x03\x04" + b"x" * 16, "application/octet-stream", length=1000)
+        if url.path == "/v1/jobs/page/weights":  # a proxy's page, say
+            return self.raw(200, b"<html>sign in</html>", "text/html")
         self.send(500, {"oops": True})
+
+    def raw(self, status: int, data: bytes, ctype: str, length: int | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(length or len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -148,6 +178,9 @@ class FakeApi(BaseHTTPRequestHandler):
                                  "application/problem+json")
             return self.send(200, {"predictions": [r[0] for r in rows], "probabilities": [[0.5, 0.5]] * len(rows),
                                    "job_id": "j1"})
+        if self.path == "/v1/datasets":  # a JSON upload: the dataset it makes, named as asked
+            return self.send(201, {"id": "d1", "name": body.get("name"), "source": "json",
+                                   "n_samples": len(body["features"]), "shape": [len(body["features"]), 1]})
         self.send(500, {"oops": True})
 
     def events(self, after: int):
@@ -299,3 +332,236 @@ def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
     result = Client(fake_api).predict("j1", rows, chunk_rows=10)
     assert result.predictions == list(range(25))
     assert len(FakeApi.requests) == 2 + 13
+
+
+# --- defects found in review ----------------------------------------------------------------------
+
+def csv_rows(tmp_path, text: str, names: list[str] | None):
+    path = tmp_path / "f.csv"
+    path.write_text(text)
+    return _csv_rows(path, lambda: SimpleNamespace(feature_names=names))
+
+
+FOUR = ["a", "b", "c", "d"]
+
+
+def test_a_csv_row_shorter_than_its_header_is_named(tmp_path):
+    """It was an IndexError traceback: the row was read by the header's column positions."""
+    with pytest.raises(click.ClickException) as err:
+        csv_rows(tmp_path, "d,c,b,a\n1,2,3,4\n1,2,3\n", FOUR)
+    assert err.value.message == f"{tmp_path / 'f.csv'}, line 3: 3 cells, the header has 4"
+
+
+@pytest.mark.parametrize("names", [FOUR, None])
+def test_a_first_row_with_one_bad_number_is_not_taken_for_a_header(tmp_path, names):
+    """It was dropped silently as a header: one row fewer predicted, and exit 0."""
+    with pytest.raises(click.ClickException) as err:
+        csv_rows(tmp_path, "1,2,x,4\n5,6,7,8\n", names)
+    assert err.value.message == f"{tmp_path / 'f.csv'}, line 1, column 3: 'x' is not a number"
+    assert csv_rows(tmp_path, "p,q,r,s\n5,6,7,8\n", names) == [[5, 6, 7, 8]]  # no number at all: a header
+
+
+def test_a_header_of_number_like_feature_names_is_a_header(tmp_path):
+    """Feature names "0".."3" looked like numbers: the header was read as data, columns not reordered."""
+    names = ["0", "1", "2", "3"]
+    assert csv_rows(tmp_path, "3,2,1,0\n30,20,10,0\n", names) == [[0, 10, 20, 30]]
+    assert csv_rows(tmp_path, "3,2,1,5\n30,20,10,0\n", names) == [[3, 2, 1, 5], [30, 20, 10, 0]]  # not all named
+
+
+@pytest.mark.parametrize("cell", ["nan", "inf", "-Infinity"])
+def test_nan_and_inf_cells_are_refused_locally(tmp_path, cell):
+    """They went to the server, whose answer was `400 (invalid_json): ... NaN is not valid JSON`."""
+    with pytest.raises(click.ClickException) as err:
+        csv_rows(tmp_path, f"1,2,3,{cell}\n", FOUR)
+    assert err.value.message == f"{tmp_path / 'f.csv'}, line 1, column 4: {cell!r} is not a finite number"
+    with pytest.raises(click.ClickException, match="column 'b': 'nan' is not a finite number"):
+        csv_rows(tmp_path, "b,a,c,d\n1,2,3,4\nnan,1,2,3\n", FOUR)
+
+
+def test_predict_refuses_nan_before_sending(fake_api):
+    with pytest.raises(ValueError, match="/v1/jobs/j1/predict: the request holds NaN or infinity"):
+        Client(fake_api).predict("j1", [[1.0, float("nan")]])
+    assert FakeApi.requests == []
+
+
+def test_predict_takes_numpy_arrays_and_numbers(fake_api):
+    """json.dumps raised TypeError: ndarray (or float32) is not JSON serializable."""
+    client = Client(fake_api)
+    assert client.predict("j1", np.zeros((2, 4))).predictions == [0.0, 0.0]
+    assert client.predict("j1", [[np.float32(1.5), np.int64(2)], np.array([3, 4])]).predictions == [1.5, 3]
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        client.predict("j1", np.array([[np.inf, 1.0]], dtype=np.float32))
+
+
+@pytest.fixture
+def wrong_api():
+    """Something that answers 200 with JSON that is not this API's: a wrong --url."""
+
+    class Wrong(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b'{"foo":1}')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Wrong)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_an_answer_of_the_wrong_shape_is_an_api_error(wrong_api):
+    """Job/Epoch/Dataset.from_json raised KeyError tracebacks."""
+    client = Client(wrong_api)
+    calls = {"/v1/jobs": lambda: list(client.list_jobs()), "/v1/jobs/j": lambda: client.get_job("j"),
+             "/v1/jobs/j/epochs": lambda: client.epochs("j"), "/v1/datasets": lambda: list(client.list_datasets()),
+             "/v1/datasets/d": lambda: client.get_dataset("d")}
+    for path, call in calls.items():
+        with pytest.raises(ApiError) as err:
+            call()
+        assert (err.value.status, err.value.code) == (200, "invalid_response")
+        assert err.value.detail.startswith(f"GET {path}: unexpected answer b'{{\"foo\":1}}'"), err.value.detail
+
+    run = CliRunner().invoke(main, ["jobs", "list", "--url", wrong_api])
+    assert run.exit_code == 1, run.output
+    assert run.stderr.startswith("error 200 (invalid_response): GET /v1/jobs: unexpected answer")
+    assert len(run.stderr.splitlines()) == 1
+
+
+def test_a_send_cut_off_by_the_server_says_so(tmp_path):
+    """A server that closes during an upload without answering: not `cannot reach ...: Broken pipe`
+    (the answer the server does give, a 413, is read: tests/e2e/test_cli.py)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.close()  # with the rest unread: a reset
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    big = tmp_path / "huge.csv"
+    big.write_bytes(b"x,y\n" + b"1.5,0\n" * 4_000_000)  # 24 MB: more than the socket buffers hold
+    try:
+        with pytest.raises(TransportError) as err:
+            Client(f"http://127.0.0.1:{listener.getsockname()[1]}").upload_dataset(big, target="y")
+    finally:
+        thread.join(5)
+        listener.close()
+    assert "the server closed the connection during the upload of 24.0 MB (over its request size limit?)" \
+        in str(err.value)
+
+
+def test_weights_are_checked_and_written_whole(fake_api, tmp_path):
+    """A body cut short raised http.client.IncompleteRead, and any 200 answer was written as the .npz."""
+    out = tmp_path / "w.npz"
+    out.write_bytes(b"old")
+    client = Client(fake_api)
+    with pytest.raises(TransportError, match="GET /v1/jobs/cut/weights: the connection broke"):
+        client.download_weights("cut", out)
+    with pytest.raises(ApiError) as err:
+        client.download_weights("page", out)
+    assert err.value.code == "invalid_response" and "not a .npz: b'<html>sign in" in err.value.detail
+    assert out.read_bytes() == b"old"
+    assert client.download_weights("j1", out) == out.read_bytes() == b"PK\x03\x04" + b"npz" * 10
+    assert [f.name for f in tmp_path.iterdir()] == ["w.npz"]  # no temporary file left
+
+
+def test_weights_a_write_that_fails_leaves_the_file_as_it_was(fake_api, tmp_path, monkeypatch):
+    """Written in place, a full disk left half an .npz where the old file was."""
+    real_open = Path.open
+
+    class DiskFull:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def open_(self, mode="r", *args, **kwargs):
+        f = real_open(self, mode, *args, **kwargs)
+        return DiskFull(f) if mode in ("wb", "xb") else f
+
+    out = tmp_path / "w.npz"
+    out.write_bytes(b"old")
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(OSError, match="No space left"):
+        Client(fake_api).download_weights("j1", out)
+    assert out.read_bytes() == b"old" and [f.name for f in tmp_path.iterdir()] == ["w.npz"]
+
+
+def test_a_json_upload_keeps_its_own_name_and_refuses_a_key_twice(fake_api, tmp_path):
+    client = Client(fake_api)
+    data = {"features": [[1], [2]], "targets": [0, 1]}
+    (tmp_path / "named.json").write_text(json.dumps({"name": "mine", **data}))
+    (tmp_path / "unnamed.json").write_text(json.dumps(data))
+    assert client.upload_dataset(tmp_path / "named.json").name == "mine"  # was "named.json"
+    assert client.upload_dataset(tmp_path / "named.json", name="other").name == "other"
+    assert client.upload_dataset(tmp_path / "unnamed.json").name == "unnamed.json"
+
+    (tmp_path / "twice.json").write_text('{"features": [[1]], "targets": [0], "features": [[2]]}')
+    with pytest.raises(ValueError, match=r"twice.json: the key 'features' is given twice"):
+        client.upload_dataset(tmp_path / "twice.json")
+    assert len(FakeApi.requests) == 3
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"[1, 2]", "a JSON array, where an object with features and targets was expected"),
+    (b'{"features": ', "not valid JSON (Expecting value: line 1 column 14 (char 13)); expected an object"),
+    (b"", "the file is empty; expected JSON, an object with features and targets"),
+    (b" \n", "the file is empty"),
+    ('{"name": "\xe9"}'.encode("latin-1"), "not UTF-8 text (byte 10); expected JSON, an object with features"),
+])
+def test_an_unusable_json_file_is_named(tmp_path, content, problem):
+    """The messages did not name the file: `'list' object is not a mapping`, a bare JSONDecodeError."""
+    path = tmp_path / "data.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        Client("http://127.0.0.1:9").upload_dataset(path)
+    assert str(err.value).startswith(f"{path}: {problem}"), str(err.value)
+
+
+def test_a_file_named_npz_that_is_not_a_zip_is_refused(tmp_path):
+    """It was sent, and the server took it for a CSV: a 422 about the CSV's target."""
+    (tmp_path / "junk.npz").write_bytes(b"notazip\n")
+    with pytest.raises(ValueError, match="junk.npz is not a .npz \\(zip\\) file"):
+        Client("http://127.0.0.1:9").upload_dataset(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://127.0.0.1:8000", "http://127.0.0.1:99999", "http://127.0.0.1:0",
+                                 "http://127.0.0.1:port", "http://:8000", "127.0.0.1:8000"])
+def test_a_url_that_is_not_http_is_refused_at_once(url):
+    """`unknown url type`, `cannot reach ftp://...: ` (no reason) or a port out of range at the first request."""
+    with pytest.raises(ValueError, match=r"^--url must be http\(s\)://host\[:port\], not "):
+        Client(url)
+    run = CliRunner().invoke(main, ["jobs", "list", "--url", url])
+    assert run.exit_code == 2 and "--url must be http(s)://host[:port]" in run.stderr, run.output
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "https://backprop.example/", "http://[::1]:80/prefix"])
+def test_http_urls_are_taken(url):
+    assert Client(url).url == url.rstrip("/")
+
+
+def test_methods_take_the_job_itself(fake_api):
+    """wait(job) and follow(job) with the Job that submit_job returns raised TypeError in quote()."""
+    client = Client(fake_api)
+    job = client.get_job("j1")
+    assert client.wait(job).status == "succeeded"
+    assert isinstance(list(client.follow(job, after=3))[-1], Job)
+    assert client.predict(job, [[7, 0]]).predictions == [7]
+    assert client.download_weights(job).startswith(b"PK")

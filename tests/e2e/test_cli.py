@@ -258,3 +258,83 @@ def test_api_key(tmp_path):
         assert job_id(run.stdout) in cli(s, "jobs", "list", "--api-key", s.api_key).stdout
     finally:
         s.down()
+
+
+# --- defects found in review ----------------------------------------------------------------------
+
+def test_bad_predict_csvs_are_one_line_each(stack, trained, tmp_path):
+    """A short row was an IndexError traceback; a first row with one bad number was dropped as a
+    header (exit 0); nan went to the server, which answered 400 invalid_json."""
+    _, ident = trained
+    cases = {"short.csv": (f"{','.join(FEATURES)}\n1,2,3,4\n1,2,3\n", "line 3: 3 cells, the header has 4"),
+             "typo.csv": ("1,2,x,4\n5,6,7,8\n", "line 1, column 3: 'x' is not a number"),
+             "nan.csv": ("1,2,3,nan\n", "line 1, column 4: 'nan' is not a finite number")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        run = cli(stack, "predict", ident, "--input", name, cwd=tmp_path)
+        assert run.returncode == 1 and run.stderr == f"Error: {name}, {message}\n", run.stderr
+
+
+def test_output_to_a_reader_that_left_ends_quietly(stack, trained):
+    """`backprop jobs list | head -1` printed `error: [Errno 32] Broken pipe` and exited 1."""
+    env = {**os.environ, "BACKPROP_URL": stack.url}
+    proc = subprocess.Popen([BACKPROP, "jobs", "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before anything is written
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141 and stderr == b"", stderr
+
+
+def test_an_upload_over_the_request_size_limit_gets_the_servers_answer(tmp_path):
+    """The server answers 413 and closes before it has read the body: the client reported
+    `cannot reach http://...: [Errno 32] Broken pipe`."""
+    s = Stack(tmp_path, {"BACKPROP_MAX_REQUEST_BYTES": "100000"})
+    try:
+        s.up()
+        huge = tmp_path / "huge.csv"
+        huge.write_bytes(b"x,y\n" + b"1.5,0\n" * 2_000_000)  # 12 MB: more than the socket buffers hold
+        run = cli(s, "datasets", "upload", str(huge), "--target", "y")
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert run.stderr.startswith("error 413 (request_too_large): "), run.stderr
+    finally:
+        s.down()
+
+
+def test_unusable_data_files_are_named(stack, files, tmp_path):
+    """A JSON list, invalid JSON, an empty file or latin-1 text: messages that did not name the file
+    (`'list' object is not a mapping`); a .npy was told to add --target; a .npz that is not a zip
+    went to the server and came back as a 422 about CSV targets."""
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text('{"features": ')
+    (tmp_path / "empty.json").write_text("")
+    (tmp_path / "latin1.json").write_bytes('{"name": "\xe9"}'.encode("latin-1"))
+    for name in ["list.json", "broken.json", "empty.json", "latin1.json"]:
+        for args in (["datasets", "upload", name], ["train", str(files / "spec.json"), "--data", name]):
+            run = cli(stack, *args, cwd=tmp_path)
+            assert run.returncode == 1, run.stderr
+            assert run.stderr.startswith(f"error: {name}: ") and len(run.stderr.splitlines()) == 1, run.stderr
+            assert "features and targets" in run.stderr, run.stderr
+
+    np.save(tmp_path / "feats.npy", np.zeros((3, 2)))
+    npy = cli(stack, "datasets", "upload", "feats.npy", cwd=tmp_path)
+    assert npy.returncode == 1 and npy.stderr.startswith("error: a .npy holds only features"), npy.stderr
+    (tmp_path / "junk.npz").write_text("notazip\n")
+    junk = cli(stack, "datasets", "upload", "junk.npz", cwd=tmp_path)
+    assert junk.returncode == 1 and junk.stderr == "error: junk.npz is not a .npz (zip) file\n", junk.stderr
+
+
+def test_a_bad_url_is_a_usage_error(stack):
+    for url in ["notaurl", "ftp://127.0.0.1:8000", "http://127.0.0.1:99999"]:
+        run = cli(stack, "jobs", "list", "--url", url)
+        assert run.returncode == 2, run.stderr
+        assert f"Error: --url must be http(s)://host[:port], not '{url}'" in run.stderr, run.stderr
+
+
+def test_a_file_that_does_not_exist_is_a_usage_error(stack, trained, files, tmp_path):
+    """As the README says: exit 2, while a file that exists but cannot be used is exit 1."""
+    _, ident = trained
+    missing = str(tmp_path / "missing.csv")
+    for args in (["predict", ident, "--input", missing], ["train", missing, "--dataset-id", "x"],
+                 ["train", str(files / "spec.json"), "--data", missing], ["datasets", "upload", missing]):
+        run = cli(stack, *args)
+        assert run.returncode == 2 and "does not exist" in run.stderr, run.stderr
