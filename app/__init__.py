@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     if not logging.getLogger().handlers:
         configure_logging()
     register_error_handlers(app)
+    refuse_nul(app)
     init_request_ids(app)
     init_http_metrics(app)
     init_auth(app)  # who is calling: a valid key has its own rate budget, anything else the address's
@@ -61,16 +62,20 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     return app
 
 
-def init_request_ids(app: Flask) -> None:
-    """Echo the caller's X-Request-ID or make one, so a request can be found in the logs."""
+def refuse_nul(app: Flask) -> None:
+    """No id, name or parameter contains NUL, and PostgreSQL cannot even compare with one: such
+    a request is answered before any handler queries with it."""
 
     @app.before_request
     def _refuse_nul():
-        # no id, name or parameter contains NUL, and PostgreSQL cannot even compare with one
         if "\x00" in request.path:
             raise ApiError(404, "not_found", "no resource has a NUL character in its path")
         if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
             raise ApiError(400, "bad_request", "query parameters must not contain NUL characters")
+
+
+def init_request_ids(app: Flask) -> None:
+    """Echo the caller's X-Request-ID or make one, so a request can be found in the logs."""
 
     @app.before_request
     def _request_id():

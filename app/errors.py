@@ -45,7 +45,7 @@ def problem(status: int, code: str, title: str, detail: str, errors=None, header
     return resp
 
 
-TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
           413: "Request too large", 415: "Unsupported media type", 422: "Unprocessable content",
           429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}
 

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
@@ -24,13 +24,14 @@ from core.logs import job_id_var
 from core.nn import Network, SpecError, Trainer, check_training_spec
 from core.nn.network import count_parameters, shapes_only
 from core.nn.serialization import arrays_to_npz
-from core.nn.training import stratified_split
+from core.nn.training import validation_split
 from core.queue import enqueue_training
 from core.store import (
     cancel_between_attempts,
     create_dataset,
     dataset_arrays,
     dataset_targets,
+    json_safe,
     load_weights,
     weight_shapes,
 )
@@ -113,7 +114,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "id": job.id, "status": job.status, "created_at": iso(job.created_at),
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "progress": {"epoch": job.epochs_done, "total_epochs": job.total_epochs},
-        "eta_seconds": eta_seconds(job), "metrics": finite(job.metrics), "stop_reason": job.stop_reason,
+        "eta_seconds": eta_seconds(job), "metrics": json_safe(job.metrics), "stop_reason": job.stop_reason,
         "error": job.error, "attempts": job.attempts, "worker": job.worker, "dataset_id": job.dataset_id,
         "init_from": job.init_from, "fine_tuned_from": job.fine_tuned_from, "freeze": job.freeze,
         "retry_of": job.retry_of,
@@ -121,10 +122,10 @@ def job_json(job: Job) -> dict[str, Any]:
     }
 
 
-def load_job(session, job_id: str, lock: bool | str = False) -> Job:
-    """The caller's job; another tenant's looks exactly like a missing one. `lock=True` reads it
-    under a row lock (FOR UPDATE; "share": FOR SHARE) in the same statement, so that a request
-    racing a delete of it finds it gone (404) rather than locking a row that no longer exists."""
+def load_job(session, job_id: str, lock: Literal["update", "share"] | None = None) -> Job:
+    """The caller's job; another tenant's looks exactly like a missing one. With `lock` it is read
+    under a row lock (FOR UPDATE or FOR SHARE) in the same statement, so that a request racing a
+    delete of it finds it gone (404) rather than locking a row that no longer exists."""
     if lock:
         job = session.get(Job, job_id, populate_existing=True,
                           with_for_update={"read": True} if lock == "share" else True)
@@ -309,8 +310,7 @@ def _check_training_fits(net: Network, training: dict[str, Any], targets: np.nda
         raise validation_error([{"path": path, "message": str(exc)}]) from None
     validation = training["validation_split"] > 0
     if validation:
-        split_rng = np.random.default_rng([training["seed"], 1])  # the worker's split, exactly
-        train_idx, val_idx = stratified_split(y, training["validation_split"], split_rng, net.classification)
+        train_idx, val_idx = validation_split(y, training, net.classification)  # the worker's split, exactly
         if len(val_idx) == 0 or len(train_idx) == 0:
             raise validation_error([{"path": "training.validation_split", "message":
                                      f"leaves {len(train_idx)} training and {len(val_idx)} validation samples "
@@ -371,11 +371,11 @@ def cancel_job(job_id: str):
     with ext()["sessions"].begin() as session:
         # the row lock orders this against a worker claiming or finishing the job at this very
         # moment (they lock it too), so a finished job stays finished
-        job = load_job(session, job_id, lock=True)
+        job = load_job(session, job_id, lock="update")
         if job.status == JobStatus.QUEUED:
             # no attempt runs it: it ends now, with what its checkpoint holds if it has run before
             cancel_between_attempts(session, job)
-        elif job.status in (JobStatus.RUNNING, JobStatus.CANCELLING):
+        elif job.status in JobStatus.CLAIMED:
             job.status, job.cancel_requested = JobStatus.CANCELLING, True
         else:
             raise ApiError(409, "job_finished", f"job {job_id} is already {job.status}", job_status=job.status)
@@ -426,7 +426,7 @@ def delete_job(job_id: str):
     with ext()["sessions"].begin() as session:
         # lock the row, so a model registration or a retry cannot slip in between the checks and
         # the delete
-        job = load_job(session, job_id, lock=True)
+        job = load_job(session, job_id, lock="update")
         if job.status not in JobStatus.TERMINAL:
             raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
                            job_status=job.status)
@@ -474,20 +474,8 @@ def get_epochs(job_id: str):
                 "downsampled": downsampled, "next_after": next_after}
 
 
-def finite(value: Any) -> Any:
-    """`value` with every infinite or NaN float as None: JSON has no such numbers, and a float32
-    norm or metric can overflow (say a gradient norm past 3.4e38 that clip_norm then tamed)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
-
-
 def epoch_json(r: EpochRecord) -> dict[str, Any]:
-    return finite({"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
+    return json_safe({"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
                    "grad_norms": r.grad_norms, "weight_norms": r.weight_norms})
 
 
@@ -576,7 +564,7 @@ def get_diagnostics(job_id: str):
         activations = {layer.name: layer.config.get("activation") for layer in shapes_only(job.model_spec).layers}
     flags = gradient_flags(trainable, grads, [r.epoch for r in rows], activations,
                            job.training_spec.get("clip_norm")) if rows else []
-    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": finite(out_layers), "flags": flags}
+    return {"job_id": job_id, "epochs": [r.epoch for r in rows], "layers": json_safe(out_layers), "flags": flags}
 
 
 SSE_POLL_SECONDS = 0.5

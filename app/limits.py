@@ -131,7 +131,7 @@ def check_training_cost(net: Network, samples: int, batch_size: int, epochs: int
     check_compute_budget(net, samples, batch_size, epochs)
 
 
-def check_batch_memory(net: Network, batch_size: int, path: str = "training.batch_size") -> None:
+def check_batch_memory(net: Network, batch_size: int) -> None:
     """What a training batch holds (activations kept for backward, a convolution's patches, a
     recurrent layer's states, their gradients), estimated from the layers' shapes before the
     job is queued: past the limit the worker would run out of memory, or be killed."""
@@ -144,7 +144,7 @@ def check_batch_memory(net: Network, batch_size: int, path: str = "training.batc
                        f"a batch of {batch_size} would hold about {need / 2**20:,.0f} MB "
                        f"({per_sample:,.2f} MB per sample); the limit is {limit / 2**20:,.0f} MB "
                        f"(BACKPROP_MAX_BATCH_MB)",
-                       errors=[{"path": path, "message": f"needs about {need / 2**20:,.0f} MB > limit "
+                       errors=[{"path": "training.batch_size", "message": f"needs about {need / 2**20:,.0f} MB > limit "
                                                          f"{limit / 2**20:,.0f} MB; use a smaller batch or "
                                                          f"network"}],
                        memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
@@ -190,7 +190,6 @@ def init_rate_limit(app: Flask) -> None:
                       storage_options=REDIS_TIMEOUTS if storage != "memory://" else {},
                       strategy="fixed-window", swallow_errors=True,
                       application_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
-    app.extensions["backprop"]["limiter"] = limiter
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(exc: RateLimitExceeded):

@@ -35,7 +35,7 @@ class Problem(BaseModel):
 
 REQUEST_ID_PARAM = {"name": "X-Request-ID", "in": "header", "required": False,
                     "description": "your id for this request, echoed back and written to the logs (1-128 "
-                                   "printable characters); one is made when absent",
+                                   "letters, digits or . _ : -); one is made when absent or not of that form",
                     "schema": {"type": "string"}}
 IDEMPOTENCY_KEY_PARAM = {"name": "Idempotency-Key", "in": "header", "required": False,
                          "description": "retry safely: the same key with the same request answers with the first "

@@ -132,7 +132,7 @@ class Settings:
         return self.data_dir / "broker"
 
     def public(self) -> dict:
-        """The settings minus anything secret, for logs and the health endpoint."""
+        """The settings minus anything secret (passwords in URLs), for what the commands print."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)

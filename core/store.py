@@ -88,13 +88,17 @@ def weight_shapes(session: Session, job_id: str) -> dict[str, tuple[int, ...]]:
 PER_LAYER_KEYS = ("grad_norms", "weight_norms")
 
 
-def _json_number(v: Any) -> Any:
-    """JSON has no NaN or infinity (PostgreSQL refuses them): an overflowed value is stored as null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_number(x) for k, x in v.items()}
-    return v
+def json_safe(value: Any) -> Any:
+    """`value` with every infinite or NaN float as None: JSON has no such numbers (PostgreSQL's
+    JSON refuses them), and a float32 norm or metric can overflow (say a gradient norm past
+    3.4e38 that clip_norm then tamed)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def epoch_metrics(record: EpochRecord) -> dict[str, Any]:
@@ -134,11 +138,11 @@ def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> Non
         return
     rows = []
     for record in records:
-        metrics = {k: _json_number(v) for k, v in record.items()
+        metrics = {k: json_safe(v) for k, v in record.items()
                    if k not in ("epoch", "loss", "duration", *PER_LAYER_KEYS)}
         rows.append({"job_id": job.id, "epoch": record["epoch"], "loss": record["loss"], "metrics": metrics,
-                     "grad_norms": _json_number(record.get("grad_norms", {})),
-                     "weight_norms": _json_number(record.get("weight_norms", {})),
+                     "grad_norms": json_safe(record.get("grad_norms", {})),
+                     "weight_norms": json_safe(record.get("weight_norms", {})),
                      "duration": record["duration"]})
     session.execute(insert(EpochRecord), rows)
     job.epochs_done = records[-1]["epoch"]

@@ -32,7 +32,7 @@ def write_csv(path: Path, header: list[str], x: np.ndarray, y: list) -> None:
             w.writerow([*row, target])
 
 
-def tabular(name: str, bunch, target_name: str, labels=None, stratify=True, scale_target=None) -> None:
+def tabular(name: str, bunch, target_name: str, labels=None, stratify=True) -> None:
     x, y = bunch.data, bunch.target
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0,
                                           stratify=y if stratify else None)

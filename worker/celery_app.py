@@ -1,5 +1,6 @@
 """The worker's Celery app: `celery -A worker.celery_app worker`. Each pool process gets its own
-database connections and a BLAS thread budget (pool size x BLAS threads <= cores)."""
+database connections and BACKPROP_BLAS_THREADS BLAS threads (the defaults, one pool process per
+core with one thread each, keep pool size x BLAS threads <= cores; nothing enforces it)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, settings: Setting
     not_recently_sent = or_(Job.enqueued_at.is_(None), Job.enqueued_at < requeue_before)
     lost = or_(
         Job.status == JobStatus.QUEUED,
-        and_(Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)),
+        and_(Job.status.in_(JobStatus.CLAIMED),
              or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)),
     )
     with sessions() as session:

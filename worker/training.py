@@ -71,8 +71,7 @@ class Attempt:
     def write(self) -> Iterator[tuple[Session, Job]]:
         with self.sessions.begin() as session:
             job = session.get(Job, self.job_id, with_for_update=True, populate_existing=True)
-            if job is None or job.attempts != self.number or job.status not in (JobStatus.RUNNING,
-                                                                                JobStatus.CANCELLING):
+            if job is None or job.attempts != self.number or job.status not in JobStatus.CLAIMED:
                 raise Superseded(self.job_id)
             self.cancel_requested = job.cancel_requested
             yield session, job
@@ -121,7 +120,7 @@ class Monitor:
         with a.sessions.begin() as session:
             done = session.execute(
                 update(Job).where(Job.id == a.job_id, Job.attempts == a.number,
-                                  Job.status.in_((JobStatus.RUNNING, JobStatus.CANCELLING)))
+                                  Job.status.in_(JobStatus.CLAIMED))
                 .values(heartbeat_at=now).returning(Job.cancel_requested)).first()
         if done is None:
             self.reason = "superseded"
@@ -184,7 +183,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         if job.status in JobStatus.TERMINAL:
             log.info("job %s is already %s; nothing to do", job_id, job.status)
             return None
-        if job.status in (JobStatus.RUNNING, JobStatus.CANCELLING) and _heartbeat_fresh(job, settings):
+        if job.status in JobStatus.CLAIMED and _heartbeat_fresh(job, settings):
             log.info("job %s is running elsewhere (attempt %s); duplicate message dropped", job_id, job.attempts)
             return None
         if job.cancel_requested:

@@ -66,6 +66,7 @@ class JobStatus:
     FAILED = "failed"
     CANCELLED = "cancelled"
     TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+    CLAIMED = (RUNNING, CANCELLING)  # an attempt holds it (alive, or lost until its heartbeat is stale)
     ACTIVE = (QUEUED, RUNNING, CANCELLING)
     ALL = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from .activations import get_activation
 from .casting import narrowed
-from .layers import LAYERS
 from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers, size_of
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
 from .layers.regularization import BatchNorm
@@ -361,7 +360,3 @@ class Network:
         """Classes a classifier's output tells apart: one per unit, two for one sigmoid unit."""
         units = self.output_shape[-1]
         return 2 if self.spec["loss"] == "binary_crossentropy" and units == 1 else units
-
-
-def layer_types() -> list[str]:
-    return sorted(LAYERS)

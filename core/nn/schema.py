@@ -24,11 +24,16 @@ def layer_schema(type_name: str) -> dict[str, Any]:
     return schema
 
 
+def layer_schemas() -> dict[str, dict[str, Any]]:
+    """Every registered layer's schema, by type: what the model schema's layers may be."""
+    return {t: layer_schema(t) for t in sorted(LAYERS)}
+
+
 def model_json_schema() -> dict[str, Any]:
     """Self-contained (no $defs), so it can be embedded in other documents as it is."""
-    layer_union = {"oneOf": [layer_schema(t) for t in sorted(LAYERS)]}
+    layer_union = {"oneOf": list(layer_schemas().values())}
     return object_schema(MODEL_FIELDS, extra={"layers": {"type": "array", "minItems": 1, "items": layer_union}},
                          title="model", description="The network: input shape, layers in order, and the loss.")
 
 
-__all__ = ["model_json_schema", "training_json_schema"]
+__all__ = ["layer_schemas", "model_json_schema", "training_json_schema"]

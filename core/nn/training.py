@@ -123,6 +123,14 @@ class FitResult:
     restored_epoch: int | None = None  # set when early stopping put back this epoch's weights
 
 
+def validation_split(y: np.ndarray, training: dict[str, Any], classification: bool):
+    """The (train, validation) indices a run with this training spec uses: a random stream of its
+    own, seeded by the spec, so that the split does not depend on the training draws (and the
+    API can check the split before the job is queued)."""
+    rng = np.random.default_rng([training["seed"], 1])
+    return stratified_split(y, training["validation_split"], rng, classification)
+
+
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator, classification: bool):
     """Indices (train, validation); classes keep their proportions in both parts."""
     n = len(y)
@@ -248,8 +256,7 @@ class Trainer:
             check_finite(xv, "validation inputs")
             check_finite(yv, "validation targets")
             return x, y, sample_weight, xv, yv, None
-        split_rng = np.random.default_rng([self.cfg["seed"], 1])  # independent of training draws
-        tr, va = stratified_split(y, self.cfg["validation_split"], split_rng, net.classification)
+        tr, va = validation_split(y, self.cfg, net.classification)
         if len(va) == 0:
             return x, y, sample_weight, None, None, None
         if sample_weight is None:

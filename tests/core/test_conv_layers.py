@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.nn import LAYERS, Network, SpecError, train
-from core.nn.layers.base import layer_json_schemas
 from core.nn.layers.conv import Conv2D, Pool2D
+from core.nn.schema import layer_schemas
 from tests.core.gradcheck import assert_gradients_match, check_gradients, make
 from tests.data import digits_split
 
@@ -415,13 +415,13 @@ def test_pair_fields_accept_int_or_pair_and_publish_a_schema():
     net = make([{"type": "conv2d", "filters": 2, "kernel_size": [3, 1], "strides": [1, 2]}], (5, 5, 1))
     assert net.output_shape == (3, 3, 2)
     assert net.layers[0].params["kernel"].shape == (3, 1, 1, 2)
-    schema = layer_json_schemas()["conv2d"]
+    schema = layer_schemas()["conv2d"]
     assert schema["required"] == ["type", "filters", "kernel_size"]
     assert {"type": "integer", "minimum": 1} in schema["properties"]["kernel_size"]["anyOf"]
     assert schema["properties"]["kernel_size"]["description"]
     for name in ("conv2d", "max_pool2d", "avg_pool2d", "flatten"):
         assert name in LAYERS
-    json.dumps(layer_json_schemas())  # the API publishes it as is
+    json.dumps(layer_schemas())  # the API publishes it as is
 
 
 # -- learning ----------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from core.nn import Network, SpecError, check_model_spec, check_training_spec
-from core.nn.layers.base import layer_json_schemas
 from core.nn.network import shapes_only
+from core.nn.schema import layer_schemas
 from core.nn.spec import Field
 from core.nn.training import TRAINING_FIELDS, training_json_schema
 
@@ -217,7 +217,7 @@ def test_json_schemas_are_json_and_share_the_defaults():
     assert optimizers["adam"]["properties"]["learning_rate"]["default"] == 0.001
     assert optimizers["sgd"]["required"] == ["type"]
 
-    layers = json.loads(json.dumps(layer_json_schemas()))  # every registered layer
+    layers = json.loads(json.dumps(layer_schemas()))  # every registered layer
     dense = layers["dense"]
     assert dense["required"] == ["type", "units"]
     assert dense["properties"]["units"] == {"type": "integer", "minimum": 1,

@@ -12,7 +12,7 @@ import pytest
 from core.nn import Network, SpecError, train
 from core.nn.activations import _sigmoid
 from core.nn.layers import LAYERS
-from core.nn.layers.base import layer_json_schemas
+from core.nn.schema import layer_schemas
 
 from .gradcheck import assert_gradients_match, input_gradient_check
 
@@ -216,7 +216,7 @@ def test_field_errors_name_their_paths():
 
 def test_registered_with_json_schema():
     assert {"simple_rnn", "lstm", "gru"} <= set(LAYERS)
-    schemas = layer_json_schemas()
+    schemas = layer_schemas()
     lstm = schemas["lstm"]["properties"]
     assert lstm["recurrent_initializer"]["default"] == "orthogonal"
     assert lstm["unit_forget_bias"]["default"] is True

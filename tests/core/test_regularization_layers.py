@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.nn import SpecError, Trainer, train
-from core.nn.layers.base import layer_json_schemas
+from core.nn.schema import layer_schemas
 from tests.core.gradcheck import check_gradients, make
 
 
@@ -82,7 +82,7 @@ def test_dropout_rate_errors_name_the_path(rate):
 
 
 def test_schemas_describe_the_new_fields():
-    schemas = layer_json_schemas()
+    schemas = layer_schemas()
     assert schemas["dropout"]["properties"]["rate"] == {
         "type": "number", "minimum": 0, "exclusiveMaximum": 1, "description": "fraction of inputs to drop, in [0, 1)"}
     assert schemas["batch_norm"]["properties"]["momentum"]["default"] == 0.99

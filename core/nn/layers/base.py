@@ -20,7 +20,7 @@ import numpy as np
 
 from ..activations import ACTIVATIONS, get_activation
 from ..initializers import INITIALIZERS
-from ..spec import Field, SpecError, _join, check_object, object_schema
+from ..spec import Field, SpecError, _join, check_object
 
 # While set, layers allocate no weights: every parameter is a zero-stride view of one element,
 # so the size of a network can be known (and refused) before it is built for real.
@@ -212,9 +212,3 @@ def make_layers(specs: list[dict], path: str, input_shape: tuple[int, ...], rng,
             raise SpecError([{"path": p, "message": f"layer {name!r} ({cls.type_name}): {exc}"}]) from None
         layers.append(layer)
     return layers, shape
-
-
-def layer_json_schemas() -> dict[str, dict]:
-    return {t: object_schema({**COMMON_FIELDS, **cls.fields},
-                             description=cls.doc or (cls.__doc__ or "").strip().split("\n")[0])
-            for t, cls in sorted(LAYERS.items())}
