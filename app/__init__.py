@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         "models": ModelCache(max_bytes=int(settings.predict_cache_mb * 2**20)),  # networks for predict
     }
     if not logging.getLogger().handlers:
-        configure_logging()
+        configure_logging(settings.log_level, settings.log_format)
     register_error_handlers(app)
     refuse_nul(app)
     init_request_ids(app)

@@ -86,6 +86,8 @@ class Settings:
     rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "1200 per minute"))
     # on | off | auto (auto: off only for the embedded default bound to a loopback address)
     auth: str = field(default_factory=lambda: _env("AUTH", "auto"))
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO").upper())
+    log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "json"))
 
     def __post_init__(self):
         if self.auth not in ("on", "off", "auto"):
@@ -93,12 +95,11 @@ class Settings:
         if self.auth == "off" and not self.loopback:
             raise ConfigError(f"BACKPROP_AUTH=off is only allowed when the API listens on a loopback address "
                               f"(127.0.0.1, localhost, ::1), not BACKPROP_HOST={self.host}")
-        level = _env("LOG_LEVEL", "INFO")
-        if level.upper() not in LOG_LEVELS:
-            raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-        log_format = _env("LOG_FORMAT", "json")
-        if log_format not in ("json", "text"):
-            raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                              f"not {_env('LOG_LEVEL', 'INFO')!r}")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {self.log_format!r}")
         if not re.fullmatch(f"{_RATE}([;,]{_RATE})*", self.rate_limit):
             raise ConfigError(f"BACKPROP_RATE_LIMIT must read like '1200 per minute' or '10/second; 1000 per day', "
                               f"not {self.rate_limit!r}")

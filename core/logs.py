@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -29,15 +28,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
-    """Root logger to stderr, JSON unless BACKPROP_LOG_FORMAT=text."""
-    fmt = fmt or os.environ.get("BACKPROP_LOG_FORMAT", "json")
+def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+    """Root logger to stderr, JSON lines unless fmt is "text" (Settings.log_level, log_format)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("BACKPROP_LOG_LEVEL", "INFO")).upper())
+    root.setLevel(level.upper())
     for noisy in ("kombu.connection",):  # warns about the filesystem transport having no hostname
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -101,9 +101,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def epoch_metrics(record: EpochRecord) -> dict[str, Any]:
-    """A stored epoch as the job's `metrics`."""
-    return {"loss": record.loss, **record.metrics}
+def epoch_metrics(loss: float, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A stored epoch's loss and metrics as the job's `metrics`."""
+    return {"loss": loss, **metrics}
+
+
+def metrics_of_epoch(session: Session, job_id: str, epoch: int) -> dict[str, Any] | None:
+    """The job's `metrics` as they were after `epoch`, or None when that epoch is not stored."""
+    record = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job_id,
+                                                       EpochRecord.epoch == epoch)).first()
+    return None if record is None else epoch_metrics(record.loss, record.metrics)
 
 
 def forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
@@ -111,9 +118,7 @@ def forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
     the job's progress and metrics back to that epoch's."""
     session.execute(delete(EpochRecord).where(EpochRecord.job_id == job.id, EpochRecord.epoch > epoch))
     job.epochs_done = epoch
-    kept = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job.id,
-                                                     EpochRecord.epoch == epoch)).first() if epoch else None
-    job.metrics = None if kept is None else epoch_metrics(kept)
+    job.metrics = metrics_of_epoch(session, job.id, epoch) if epoch else None
 
 
 def cancel_between_attempts(session: Session, job: Job) -> None:
@@ -146,4 +151,4 @@ def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> Non
                      "duration": record["duration"]})
     session.execute(insert(EpochRecord), rows)
     job.epochs_done = records[-1]["epoch"]
-    job.metrics = {"loss": records[-1]["loss"], **rows[-1]["metrics"]}
+    job.metrics = epoch_metrics(records[-1]["loss"], rows[-1]["metrics"])

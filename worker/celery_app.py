@@ -47,7 +47,7 @@ def limit_blas_threads(n: int) -> None:
 
 @setup_logging.connect
 def _logging(**_kwargs):
-    configure_logging()  # JSON lines with the job id, instead of Celery's own format
+    configure_logging(settings.log_level, settings.log_format)  # JSON lines with the job id, not Celery's format
 
 
 @worker_process_init.connect

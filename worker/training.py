@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
-from core.db import Checkpoint, Dataset, EpochRecord, Job, JobStatus
+from core.db import Checkpoint, Dataset, Job, JobStatus
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
@@ -32,9 +32,9 @@ from core.store import (
     add_epochs,
     cancel_between_attempts,
     dataset_arrays,
-    epoch_metrics,
     forget_epochs_after,
     load_weights,
+    metrics_of_epoch,
     save_weights,
 )
 
@@ -233,10 +233,7 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
         if weights is not None:
             save_weights(session, job.id, weights)
         if metrics_epoch is not None:
-            record = session.scalars(select(EpochRecord).where(EpochRecord.job_id == job.id,
-                                                               EpochRecord.epoch == metrics_epoch)).first()
-            if record is not None:
-                job.metrics = epoch_metrics(record)
+            job.metrics = metrics_of_epoch(session, job.id, metrics_epoch) or job.metrics
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     JOBS_FINISHED.labels(status).inc()
