@@ -15,7 +15,6 @@ from sqlalchemy import func, select, text
 from core.config import Settings
 from core.db import Job, JobStatus
 from core.nn import Network
-from core.queue import REDIS_TIMEOUTS
 
 from .errors import ApiError, problem, validation_error
 
@@ -181,13 +180,19 @@ def _rate_key() -> str:
     return f"key:{key_id}" if key_id else "addr:" + (request.remote_addr or "unknown")
 
 
+# Every /v1 request asks the limiter's Redis first. One that accepts connections and never
+# answers would add its whole timeout to each request (5 s with the broker's), so the limiter
+# gives up after 1 s and lets the request through (swallow_errors): rate limiting fails open.
+LIMITER_REDIS_TIMEOUTS = {"socket_timeout": 1, "socket_connect_timeout": 1}
+
+
 def init_rate_limit(app: Flask) -> None:
     s: Settings = app.extensions["backprop"]["settings"]
     storage = s.broker_url if s.broker_url.startswith("redis") else "memory://"
     # an application limit: one budget per key for every /v1 route together (default_limits
     # would give each route a budget of its own, so a key could make routes x the rate)
     limiter = Limiter(_rate_key, app=app, application_limits=[s.rate_limit], storage_uri=storage,
-                      storage_options=REDIS_TIMEOUTS if storage != "memory://" else {},
+                      storage_options=LIMITER_REDIS_TIMEOUTS if storage != "memory://" else {},
                       strategy="fixed-window", swallow_errors=True,
                       application_limits_exempt_when=lambda: not request.path.startswith("/v1/"))
 

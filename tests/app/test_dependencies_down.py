@@ -68,6 +68,15 @@ def test_a_silent_redis_gives_a_503_readiness_and_the_submit_is_kept(migrated, s
     app.extensions["backprop"]["engine"].dispose()
 
 
+def test_a_silent_rate_limiter_redis_delays_a_request_by_a_second_not_five(migrated, silent_server):
+    """The limiter asks Redis on every /v1 request: with the broker's 5 s timeout each request
+    took 5 s longer while Redis hung. It gives up after 1 s and lets the request through."""
+    app = create_app(dataclasses.replace(migrated, auth="off", broker_url=f"redis://127.0.0.1:{silent_server}/0"))
+    resp, took = timed(lambda: app.test_client().get("/v1/jobs"))
+    assert resp.status_code == 200 and took < 4, took
+    app.extensions["backprop"]["engine"].dispose()
+
+
 @pytest.mark.parametrize("server", ["down", "silent"])
 def test_a_database_that_does_not_answer_is_a_503_and_metrics_still_scrape(migrated, silent_server, server):
     """PostgreSQL down gave 500 internal_error with a traceback on every route, and /metrics
