@@ -165,6 +165,15 @@ def _from_raw_csv() -> tuple[dict[str, Any], str | None, str]:
 
 
 def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
+    if None in request.form or None in request.files:  # name="a\\" reads as no name at all
+        raise validation_error([{"path": "body", "message": "a multipart part has no usable name (name=\"...\")"}])
+    for key in ("file", "targets"):
+        if len(request.files.getlist(key)) > 1:
+            raise validation_error([{"path": key, "message": f"{len(request.files.getlist(key))} parts named "
+                                                             f"{key}; send one"}])
+    both = sorted(set(request.args) & set(request.form))
+    if both:  # which one would win is nobody's guess
+        raise validation_error([{"path": both[0], "message": "given both in the query string and in the form"}])
     if "file" not in request.files:
         hint = " as a file (curl -F file=@data.csv)" if "file" in request.form else ""
         raise validation_error([{"path": "file", "message": f"send the dataset in a multipart part named file{hint}"}])

@@ -53,8 +53,9 @@ def request_digest() -> str:
     if request.mimetype != "multipart/form-data":
         h.update(request.get_data())
         return h.hexdigest()
-    parts = [["field", k, v] for k, v in sorted(request.form.items(multi=True))]
-    for key, upload in sorted(request.files.items(multi=True), key=lambda kv: (kv[0], kv[1].filename or "")):
+    # a part's name can be None (Werkzeug's reading of name="a\\"): sorted as "", refused later
+    parts = [["field", k, v] for k, v in sorted(request.form.items(multi=True), key=lambda kv: (kv[0] or "", kv[1]))]
+    for key, upload in sorted(request.files.items(multi=True), key=lambda kv: (kv[0] or "", kv[1].filename or "")):
         data = upload.read()
         upload.seek(0)
         parts.append(["file", key, upload.filename or "", hashlib.sha256(data).hexdigest()])

@@ -3,6 +3,7 @@ by the engine's own spec validation, which also publishes their JSON Schema."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
@@ -353,8 +354,6 @@ def read_json_body() -> Any:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # a chunked body is cut at the limit rather than refused; reaching it means more was sent
         raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
-    if b"\\u0000" in raw:  # PostgreSQL text cannot hold NUL characters
-        raise ApiError(400, "invalid_json", "NUL characters (\\u0000) are not accepted in strings")
     repeated = False
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -375,7 +374,40 @@ def read_json_body() -> Any:
         path = _repeated_key(doc)
         raise ApiError(400, "invalid_json", f"{path}: the key is given more than once in its object",
                        errors=[{"path": path, "message": "the key is given more than once in its object"}])
+    # PostgreSQL text cannot hold NUL. Looked for as an escape that is not itself escaped
+    # ("\\u0000" is six characters of text), in the decoded text when the body is not UTF-8 (a
+    # UTF-16 body hides it from a byte search)
+    encoding = json.detect_encoding(raw)
+    if encoding.startswith("utf-8"):
+        has_nul = _NUL_ESCAPE_BYTES.search(raw)
+    else:
+        has_nul = _NUL_ESCAPE.search(raw.decode(encoding))
+    if has_nul:
+        path = _nul_path(doc)
+        raise validation_error([{"path": path, "message": "must not contain NUL characters (\\u0000)"}])
     return doc
+
+
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_NUL_ESCAPE_BYTES = re.compile(_NUL_ESCAPE.pattern.encode())
+
+
+def _nul_path(value: Any) -> str:
+    """The path of the first key or string holding a NUL (walked only when there is one)."""
+    stack = [(value, "")]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, str) and "\x00" in v:
+            return p or "body"
+        if isinstance(v, dict):
+            for k in v:
+                if "\x00" in k:
+                    return (f"{p}.{k}" if p else k).replace("\x00", "\\0")
+            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v)))
+                         if isinstance(item, str | dict | list))
+    return "body"
 
 
 # --- models: the registry (app/models_api.py) ---

@@ -547,6 +547,42 @@ def test_nul_characters_in_a_multipart_upload_are_refused(client, sessions, fiel
         assert s.scalar(select(func.count()).select_from(Dataset)) == 0
 
 
+@pytest.mark.parametrize("idempotent", [False, True])
+def test_a_multipart_part_whose_name_cannot_be_read_is_a_422(client, idempotent):
+    """name="a\\" (a name ending in a backslash) reads as no name: the NUL check, and the
+    idempotency hash's sort of the parts, answered 500."""
+    body = (b'--XB\r\nContent-Disposition: form-data; name="a\\"\r\n\r\n1\r\n'
+            b'--XB\r\nContent-Disposition: form-data; name="task"\r\n\r\nclassification\r\n'
+            b'--XB\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n\r\n'
+            + iris_csv().encode() + b'\r\n--XB--\r\n')
+    headers = {"Idempotency-Key": "k1"} if idempotent else {}
+    resp = client.post("/v1/datasets?target=species", data=body, headers=headers,
+                       content_type="multipart/form-data; boundary=XB")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "body", resp.get_json()
+
+
+def test_two_file_parts_or_a_setting_given_twice_are_refused(client):
+    form = {"file": [(io.BytesIO(iris_csv().encode()), "a.csv"), (io.BytesIO(iris_csv().encode()), "b.csv")],
+            "target": "species"}
+    resp = client.post("/v1/datasets", data=form, content_type="multipart/form-data")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "file", resp.get_json()
+    resp = upload(client, iris_csv(), "iris.csv", query="?target=species", target="species")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "target", resp.get_json()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-32"])
+def test_a_nul_in_a_json_string_is_a_422_naming_it_in_any_encoding(client, encoding):
+    """The check searched the raw bytes for the escape: a UTF-16 body slipped past it (stored on
+    SQLite, a 500 on PostgreSQL), and text that spells a backslash and u0000 was refused."""
+    body = {"features": [[1], [2], [3], [4]], "targets": ["a", "b", "a", "b"], "name": "n",
+            "feature_names": ["f\x00"]}
+    resp = client.post("/v1/datasets", data=json.dumps(body).encode(encoding), content_type="application/json")
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "feature_names[0]", resp.get_json()
+    body["feature_names"] = ["f\\u0000"]  # a backslash, then u0000: no NUL
+    resp = client.post("/v1/datasets", data=json.dumps(body).encode(encoding), content_type="application/json")
+    assert resp.status_code == 201 and resp.get_json()["feature_names"] == ["f\\u0000"], resp.get_json()
+
+
 def test_nul_characters_in_a_raw_csv_body_are_refused(client):
     resp = client.post("/v1/datasets", data="a,b,species\n1,2,set\x00osa\n", content_type="text/csv")
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "body"

@@ -403,7 +403,7 @@ def test_odd_ids_and_parameters_are_4xx_on_postgres(migrated, postgres_url):
         body = json.dumps({**iris_job(epochs=1), "dataset": {"features": [[1, 2, 3, 4]], "targets": [0],
                                                              "feature_names": ["a\u0000", "b", "c", "d"]}})
         resp = c.post("/v1/jobs", data=body, content_type="application/json")
-        assert resp.status_code == 400 and "NUL" in resp.get_json()["detail"]
+        assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "dataset.feature_names[0]"
         job_id = c.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
         resp = c.get(f"/v1/jobs/{job_id}/events?after=1", headers={"Last-Event-ID": "\u00b2"})
         assert resp.status_code == 200  # a non-ASCII "digit" is ignored, not a 500
