@@ -568,10 +568,10 @@ def _is_number(cell: str) -> bool:
         return False
 
 
-def _csv_rows(path: Path, dataset) -> list[list[float]]:
-    """Numeric rows from a CSV. A header row is optional; when it names the training data's
-    feature columns, those are taken in training order and any other column (say, the
-    target) is ignored."""
+def _csv_rows(path: Path, dataset, header_row: bool | None = None) -> list[list[float]]:
+    """Numeric rows from a CSV. A header row is optional (`header_row` None: told from line 1);
+    when it names the training data's feature columns, those are taken in training order and
+    any other column (say, the target) is ignored."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             lines = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
@@ -582,9 +582,17 @@ def _csv_rows(path: Path, dataset) -> list[list[float]]:
     header, pick = None, None
     first = [c.strip() for c in lines[0][1]]
     names = dataset().feature_names
-    # line 1 is a header if it names every feature (names may look like numbers: "0", "1", ...) or
-    # holds no number at all; one bad cell among numbers is a data row with a mistake, not a header
-    if (names and all(n in first for n in names)) or not any(_is_number(c) for c in first):
+    names_all = bool(names) and all(n in first for n in names)
+    if header_row is None:
+        if names_all and all(_is_number(c) for c in first):
+            # feature names like "0", "1" (pandas' default): line 1 is their names or a row of data
+            raise click.ClickException(f"{path}: line 1 could be the header (the feature names are numbers: "
+                                       f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}) or a row of "
+                                       "data; say which with --header or --no-header")
+        # line 1 is a header if it names every feature or holds no number at all; one bad cell
+        # among numbers is a data row with a mistake, not a header
+        header_row = names_all or not any(_is_number(c) for c in first)
+    if header_row:
         header = first
         lines = lines[1:]
         if names and all(n in header for n in names):
@@ -639,12 +647,19 @@ def _json_rows(path: Path, dataset) -> list:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               help="write the predictions (and probabilities) here: .json, otherwise CSV")
 @click.option("--json", "as_json", is_flag=True, help="print the response as JSON")
+@click.option("--header/--no-header", "header_row", default=None,
+              help="whether a CSV's first line is a header (default: told from the line, and asked when it "
+                   "cannot be)")
 @with_client
-def predict(client: Client, job_id: str, input_path: Path, output: Path | None, as_json: bool) -> None:
+def predict(client: Client, job_id: str, input_path: Path, output: Path | None, as_json: bool,
+            header_row: bool | None) -> None:
     """Predict with a succeeded job; prints one prediction per line."""
     # the job's training data, fetched only when needed: its feature names and class labels
     dataset = functools.cache(lambda: client.get_dataset(client.get_job(job_id).dataset_id))
-    rows = (_json_rows if input_path.suffix.lower() == ".json" else _csv_rows)(input_path, dataset)
+    if input_path.suffix.lower() == ".json":
+        rows = _json_rows(input_path, dataset)
+    else:
+        rows = _csv_rows(input_path, dataset, header_row)
     result = client.predict(job_id, rows)
     if output is not None:
         if output.suffix.lower() == ".json":

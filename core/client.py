@@ -280,7 +280,8 @@ class Client:
         the connection with that answer unread, while http.client can still read it."""
         parts = urllib.parse.urlsplit(url)
         kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = kind(parts.hostname, parts.port, timeout=timeout)
+        # the port spelled out: given None, http.client reads "::1" (an IPv6 host) as host ":" port 1
+        conn = kind(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=timeout)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         broke = False
         try:

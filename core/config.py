@@ -86,7 +86,7 @@ class Settings:
     rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "1200 per minute"))
     # on | off | auto (auto: off only for the embedded default bound to a loopback address)
     auth: str = field(default_factory=lambda: _env("AUTH", "auto"))
-    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO").upper())
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
     log_format: str = field(default_factory=lambda: _env("LOG_FORMAT", "json"))
 
     def __post_init__(self):
@@ -95,9 +95,9 @@ class Settings:
         if self.auth == "off" and not self.loopback:
             raise ConfigError(f"BACKPROP_AUTH=off is only allowed when the API listens on a loopback address "
                               f"(127.0.0.1, localhost, ::1), not BACKPROP_HOST={self.host}")
+        object.__setattr__(self, "log_level", self.log_level.upper())  # any case, as logging takes it
         if self.log_level not in LOG_LEVELS:
-            raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
-                              f"not {_env('LOG_LEVEL', 'INFO')!r}")
+            raise ConfigError(f"BACKPROP_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"BACKPROP_LOG_FORMAT must be json or text, not {self.log_format!r}")
         if not re.fullmatch(f"{_RATE}([;,]{_RATE})*", self.rate_limit):

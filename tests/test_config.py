@@ -4,6 +4,8 @@ or a server that starts and then refuses everything (MAX_REQUEST_BYTES=-1: every
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from click.testing import CliRunner
 
@@ -54,7 +56,8 @@ def test_auth_off_away_from_loopback_stops_every_command(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "BACKPROP_AUTH=off is only allowed" in result.output, result.output
     monkeypatch.setenv("BACKPROP_AUTH", "on")
     monkeypatch.setenv("BACKPROP_LOG_LEVEL", "debug")
-    Settings()
+    assert Settings().log_level == "DEBUG"
+    assert dataclasses.replace(Settings(), log_level="warning").log_level == "WARNING"  # in code too
 
 
 def test_passwords_are_redacted_from_urls_in_either_form():

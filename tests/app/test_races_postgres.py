@@ -83,28 +83,41 @@ def test_a_cancel_racing_a_worker_that_finishes_the_job_never_overwrites_it(pg_a
     assert c.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
 
 
-def test_a_delete_waits_for_a_retry_that_reuses_the_dataset(pg_app):
-    """The retry's new job uses the old job's inline dataset: a delete of the old job must see it
-    and keep the dataset (it deleted it, and the retry's insert failed its foreign key)."""
+def test_a_delete_waits_for_a_retry_that_reuses_the_dataset(pg_app, monkeypatch):
+    """The retry's new job uses the old job's inline dataset. The retry is held just after it read
+    the old job; a delete of that job meanwhile must wait for it, then see the new job and keep
+    the dataset. Without the retry's shared lock the delete took the dataset too, and the retry's
+    insert failed its foreign key (500)."""
+    import app.jobs as jobs_module
+
     c = pg_app.test_client()
     job_id = c.post("/v1/jobs", json=iris_job(epochs=200)).get_json()["id"]
     c.post(f"/v1/jobs/{job_id}/cancel")
-    sessions = pg_app.extensions["backprop"]["sessions"]
-    answer = []
-    with sessions.begin() as session:  # the retry's transaction, as it holds the old job
-        session.execute(select(Job.id).where(Job.id == job_id).with_for_update(read=True))
-        old = session.get(Job, job_id)
-        session.add(Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
-                        training_spec=old.training_spec, total_epochs=old.total_epochs, retry_of=old.id,
-                        status=JobStatus.QUEUED))
-        thread = threading.Thread(target=lambda: answer.append(pg_app.test_client().delete(f"/v1/jobs/{job_id}")))
-        thread.start()
-        time.sleep(0.5)
-    thread.join(30)
-    assert answer and answer[0].status_code == 204
-    with sessions() as session:
-        assert session.scalar(select(Job.status).where(Job.retry_of == job_id)) == "queued"
-        assert session.get(Dataset, old.dataset_id) is not None
+    release, reached = threading.Event(), threading.Event()
+    check = jobs_module.check_active_jobs
+
+    def held(session, tenant):  # called by the retry after it read (and locked) the old job
+        reached.set()
+        release.wait(30)
+        check(session, tenant)
+
+    monkeypatch.setattr(jobs_module, "check_active_jobs", held)
+    answers: dict = {}
+    retry = threading.Thread(target=lambda: answers.update(retry=pg_app.test_client().post(f"/v1/jobs/{job_id}/retry")))
+    retry.start()
+    assert reached.wait(30)
+    delete = threading.Thread(target=lambda: answers.update(delete=pg_app.test_client().delete(f"/v1/jobs/{job_id}")))
+    delete.start()
+    time.sleep(0.5)  # the delete reaches the old job's row and waits there
+    release.set()
+    retry.join(30)
+    delete.join(30)
+    assert answers["retry"].status_code == 202, answers["retry"].get_json()
+    assert answers["delete"].status_code == 204, answers["delete"].get_json()
+    new = answers["retry"].get_json()
+    assert c.get(f"/v1/jobs/{new['id']}").get_json()["status"] == "queued"
+    with pg_app.extensions["backprop"]["sessions"]() as session:
+        assert session.get(Dataset, new["dataset_id"]) is not None
 
 
 def test_predict_racing_a_delete_never_answers_without_the_labels(pg_app, monkeypatch):

@@ -336,10 +336,10 @@ def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
 
 # --- defects found in review ----------------------------------------------------------------------
 
-def csv_rows(tmp_path, text: str, names: list[str] | None):
+def csv_rows(tmp_path, text: str, names: list[str] | None, header_row: bool | None = None):
     path = tmp_path / "f.csv"
     path.write_text(text)
-    return _csv_rows(path, lambda: SimpleNamespace(feature_names=names))
+    return _csv_rows(path, lambda: SimpleNamespace(feature_names=names), header_row)
 
 
 FOUR = ["a", "b", "c", "d"]
@@ -361,10 +361,15 @@ def test_a_first_row_with_one_bad_number_is_not_taken_for_a_header(tmp_path, nam
     assert csv_rows(tmp_path, "p,q,r,s\n5,6,7,8\n", names) == [[5, 6, 7, 8]]  # no number at all: a header
 
 
-def test_a_header_of_number_like_feature_names_is_a_header(tmp_path):
-    """Feature names "0".."3" looked like numbers: the header was read as data, columns not reordered."""
+def test_number_like_feature_names_make_line_1_ambiguous_until_told(tmp_path):
+    """Feature names "0".."3" (pandas' default) look like numbers: line 1 "3,2,1,0" is their names
+    or a row of data. Read as data, the header went to the server as a row; read as a header, a
+    row of data was dropped and the others reordered. Nothing can tell, so the user says."""
     names = ["0", "1", "2", "3"]
-    assert csv_rows(tmp_path, "3,2,1,0\n30,20,10,0\n", names) == [[0, 10, 20, 30]]
+    with pytest.raises(click.ClickException, match="could be the header .* --header or --no-header"):
+        csv_rows(tmp_path, "3,2,1,0\n30,20,10,0\n", names)
+    assert csv_rows(tmp_path, "3,2,1,0\n30,20,10,0\n", names, header_row=True) == [[0, 10, 20, 30]]
+    assert csv_rows(tmp_path, "3,2,1,0\n30,20,10,0\n", names, header_row=False) == [[3, 2, 1, 0], [30, 20, 10, 0]]
     assert csv_rows(tmp_path, "3,2,1,5\n30,20,10,0\n", names) == [[3, 2, 1, 5], [30, 20, 10, 0]]  # not all named
 
 
@@ -565,3 +570,24 @@ def test_methods_take_the_job_itself(fake_api):
     assert isinstance(list(client.follow(job, after=3))[-1], Job)
     assert client.predict(job, [[7, 0]]).predictions == [7]
     assert client.download_weights(job).startswith(b"PK")
+
+
+def test_a_body_goes_to_the_default_port_of_an_ipv6_url(monkeypatch):
+    """http.client given port None reads "::1" as host ":" and port 1."""
+    import http.client
+
+    seen = []
+
+    class Refused(http.client.HTTPConnection):
+        def __init__(self, host, port=None, **kw):
+            seen.append((host, port))
+            super().__init__(host, port, **kw)
+
+        def connect(self):
+            raise ConnectionRefusedError("nothing there")
+
+    monkeypatch.setattr(http.client, "HTTPConnection", Refused)
+    with pytest.raises(TransportError):
+        Client("http://[::1]").submit_job({"model": {}})
+    assert seen == [("::1", 80)]
+
