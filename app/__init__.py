@@ -16,7 +16,7 @@ from core.logs import configure_logging, job_id_var, request_id_var
 from core.queue import make_celery
 
 from .auth import enforce_auth, init_auth
-from .errors import ApiError, register_error_handlers
+from .errors import ApiError, register_error_handlers, validation_error
 from .limits import init_rate_limit
 from .metrics import init_http_metrics
 from .predict import ModelCache
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     init_auth(app)  # who is calling: a valid key has its own rate budget, anything else the address's
     init_rate_limit(app)
     enforce_auth(app)  # after the rate limit, so failed key guesses count against it
+    refuse_undeclared_query(app)
     from .dashboard import bp as dashboard_bp
     from .datasets_api import bp as datasets_bp
     from .health import bp as health_bp
@@ -72,6 +73,20 @@ def refuse_nul(app: Flask) -> None:
             raise ApiError(404, "not_found", "no resource has a NUL character in its path")
         if any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
             raise ApiError(400, "bad_request", "query parameters must not contain NUL characters")
+
+
+def refuse_undeclared_query(app: Flask) -> None:
+    """A /v1 route that declares no query parameters refuses any (422), as the routes that declare
+    some refuse unknown ones: `POST /v1/models/m/predict?version=1` silently used the latest."""
+
+    @app.before_request
+    def _undeclared_query():
+        if not request.args or not request.path.startswith("/v1/"):
+            return
+        meta = getattr(app.view_functions.get(request.endpoint), "_openapi", None)
+        if meta is not None and meta["query"] is None:
+            name = next(iter(request.args))
+            raise validation_error([{"path": name, "message": "unknown parameter: this route takes none"}])
 
 
 def init_request_ids(app: Flask) -> None:

@@ -127,10 +127,18 @@ def _too_long(what: str, name: str) -> str:
 
 
 def check_names(names: list[str] | None, path: str) -> None:
-    """422 naming the first feature name longer than MAX_NAME_CHARS."""
+    """422 naming the first feature name that is empty, repeated or longer than MAX_NAME_CHARS:
+    predict takes columns by these names (a CSV header with such names is refused alike)."""
     long = _first_too_long(names or [])
     if long is not None:
         raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a feature name", names[long])}])
+    seen: set[str] = set()
+    for i, name in enumerate(names or []):
+        if not name.strip():
+            raise validation_error([{"path": f"{path}[{i}]", "message": "is empty; every feature needs a name"}])
+        if name in seen:
+            raise validation_error([{"path": f"{path}[{i}]", "message": f"{name!r} repeats; names must differ"}])
+        seen.add(name)
 
 
 def check_dataset_fits(features: np.ndarray, targets: np.ndarray, input_shape: tuple[int, ...],
@@ -488,7 +496,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
         elif task == "classification":
             if targets.ndim == 1 and not indices:
                 i = _first_not_class_index(targets)
-                raise _npy_problem(f"{tpath}[{i}]", f"{targets[i]!r} is not a class index (a whole number "
+                raise _npy_problem(f"{tpath}[{i}]", f"{targets[i].item()!r} is not a class index (a whole number "
                                                     f">= 0 and below 2**53); task=classification")
             if targets.ndim != 1 and not one_hot:
                 raise _npy_problem(tpath, f"shape {list(targets.shape)}: task=classification needs class indices, "

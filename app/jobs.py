@@ -42,6 +42,7 @@ from .datasets import (
     as_model_dtype,
     check_class_count,
     check_dataset_fits,
+    check_names,
     dataset_summary_fields,
     not_found,
     numeric_array,
@@ -170,8 +171,9 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
                        errors=[{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
     weights = weight_shapes(session, parent.id)  # shapes only: the arrays stay in the database
     if not weights:
-        raise ApiError(409, "job_not_finished", f"job {parent.id} is {parent.status} and has no weights to start from",
-                       errors=[{"path": "init_from", "message": "the job has no stored weights"}])
+        refused = no_weights(parent)
+        refused.errors = [{"path": "init_from", "message": "the job has no stored weights"}]
+        raise refused
     mine = {name: tuple(a.shape) for name, a in {**net.params(), **net.buffers()}.items()}
     problems = []
     for name in sorted(set(mine) | set(weights)):
@@ -245,6 +247,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             if names is not None and len(names) != features[0].size:
                 raise validation_error([{"path": "dataset.feature_names",
                                          "message": f"has {len(names)} names for {features[0].size} features"}])
+            check_names(names, "dataset.feature_names")
             ds = create_dataset(session, features, targets, names, labels,
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))
@@ -671,11 +674,20 @@ def _sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+def no_weights(job: Job) -> ApiError:
+    """409 for a job without stored weights: one still training, or one that ended with none (it
+    failed, or was cancelled before its first epoch ended)."""
+    if job.status in JobStatus.TERMINAL:
+        return ApiError(409, "no_weights", f"job {job.id} is {job.status} and stored no weights (a job keeps "
+                        "weights when it succeeds, or when it is cancelled after an epoch)", job_status=job.status)
+    return ApiError(409, "job_not_finished", f"job {job.id} is {job.status}; weights are stored when training "
+                    "ends", job_status=job.status)
+
+
 def finished_weights(session, job: Job) -> dict[str, np.ndarray]:
     weights = load_weights(session, job.id)
     if not weights:
-        raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}; weights are stored when "
-                       "training ends", job_status=job.status)
+        raise no_weights(job)
     return weights
 
 

@@ -47,7 +47,7 @@ class JobsCollector:
 @doc("Prometheus metrics", tag="health", raw_response={"text/plain": {"schema": {"type": "string"}}})
 def metrics():
     collector = JobsCollector(current_app.extensions["backprop"]["sessions"])
-    return Response(render([collector]), mimetype=CONTENT_TYPE_LATEST)
+    return Response(render([collector]), content_type=CONTENT_TYPE_LATEST)  # as is: it has its charset
 
 
 def init_http_metrics(app: Flask) -> None:

@@ -66,7 +66,11 @@ def doc(summary: str, *, body: type[BaseModel] | None = None, query: type[BaseMo
 
 
 def parse_query(model: type[BaseModel]) -> Any:
-    """Validate the query string with the same model the document shows."""
+    """Validate the query string with the same model the document shows; a parameter given twice
+    is refused (which one would count is nobody's guess)."""
+    repeated = next((k for k, values in request.args.lists() if len(values) > 1), None)
+    if repeated is not None:
+        raise validation_error([{"path": repeated, "message": "given more than once"}])
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
@@ -149,9 +153,9 @@ def build_document(app: Flask) -> dict[str, Any]:
             elif meta["raw_response"] is not None:
                 ok["content"] = components.resolve(meta["raw_response"])
             op["responses"][str(meta["status"])] = ok
-            statuses = set(meta["errors"]) | {500}
+            statuses = set(meta["errors"]) | {400, 500}  # 400: a NUL in a query parameter (refuse_nul)
             if v1:
-                statuses.add(429)  # the per-key rate limit covers every /v1 request
+                statuses |= {422, 429}  # a query parameter the route does not take; the per-key rate limit
                 if auth_enabled:
                     statuses.add(401)
             if meta["body"] is not None or meta["raw_body"] is not None:

@@ -429,7 +429,8 @@ class ModelRegister(Strict):
 
 
 class AliasSet(Strict):
-    version: int = Field(ge=1, le=2**31 - 1, description="an existing version of the model")
+    # strict: true or "2" is not a version (both were taken as 1 and 2)
+    version: int = Field(ge=1, le=2**31 - 1, strict=True, description="an existing version of the model")
 
 
 class ModelListQuery(Strict):

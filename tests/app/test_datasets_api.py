@@ -586,3 +586,21 @@ def test_a_nul_in_a_json_string_is_a_422_naming_it_in_any_encoding(client, encod
 def test_nul_characters_in_a_raw_csv_body_are_refused(client):
     resp = client.post("/v1/datasets", data="a,b,species\n1,2,set\x00osa\n", content_type="text/csv")
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "body"
+
+
+@pytest.mark.parametrize("names,where,message", [(["a", "a"], "feature_names[1]", "repeats"),
+                                                  (["a", " "], "feature_names[1]", "is empty")])
+def test_feature_names_must_be_distinct_and_named_in_json_and_inline_data(client, names, where, message):
+    """A CSV header with such names was refused; the same names in JSON or a job's inline dataset
+    were stored, and predict takes columns by these names."""
+    body = {"features": [[1, 2], [3, 4], [5, 6], [7, 8]], "targets": [0, 1, 0, 1], "feature_names": names}
+    resp = client.post("/v1/datasets", json=body)
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == where, resp.get_json()
+    assert message in resp.get_json()["errors"][0]["message"]
+    job = iris_job(epochs=1)
+    job["model"]["input_shape"] = [2]
+    job["dataset"] = body
+    job["model"]["layers"][1]["units"] = 2
+    resp = client.post("/v1/jobs", json=job)
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == f"dataset.{where}", resp.get_json()
+

@@ -50,3 +50,11 @@ def test_log_lines_are_json_with_request_and_job_ids():
         job_id_var.reset(j_token)
     assert line["message"] == "epoch 3 done" and line["level"] == "INFO"
     assert line["request_id"] == "req-1" and line["job_id"] == "job-1"
+
+
+def test_metrics_content_type_is_prometheus_own(client):
+    """Flask added a second charset to it ("...; charset=utf-8; charset=utf-8")."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    assert client.get("/metrics").headers["Content-Type"] == CONTENT_TYPE_LATEST
+

@@ -384,3 +384,17 @@ def test_openapi_documents_the_registry(app):
         assert op["tags"] == ["models"]
     assert "`latest`" in paths["/v1/models/{name}/predict"]["post"]["description"]
     assert "production" in paths["/v1/models/{name}/predict"]["post"]["description"]
+
+
+def test_a_query_the_route_does_not_take_or_a_version_that_is_not_an_integer_is_refused(client, two_jobs):
+    """`predict?version=1` answered with the latest version; `{"version": true}` set an alias to 1."""
+    rows = {"inputs": [[0.1, 0.2, 0.3, 0.4]]}
+    body = problem(client.post("/v1/models/iris/predict?version=1", json=rows), 422, "validation_error")
+    assert body["errors"][0]["path"] == "version" and "unknown parameter" in body["errors"][0]["message"]
+    for version in (True, "2", 1.0):
+        body = problem(client.put("/v1/models/iris/aliases/staging", json={"version": version}), 422,
+                       "validation_error")
+        assert body["errors"][0]["path"] == "version", version
+    assert client.put("/v1/models/iris/aliases/staging", json={"version": 2}).status_code == 200
+    body = problem(client.get("/v1/models?limit=1&limit=2"), 422, "validation_error")
+    assert body["errors"][0] == {"path": "limit", "message": "given more than once"}
