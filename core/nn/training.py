@@ -239,9 +239,13 @@ class Trainer:
         net = self.net
         x = net.as_input(x)
         y = net.loss.prepare_targets(y, net.output_shape, net.dtype)
-        check_finite(x, "inputs")
+        # one pass each for the smallest and largest input: a NaN or inf shows in them (then the
+        # slower check names it), and the largest magnitude goes into a divergence's advice
+        lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(x, "inputs")
         check_finite(y, "targets")
-        self._largest_input = float(max(x.max(initial=0.0), -x.min(initial=0.0)))
+        self._largest_input = max(hi, -lo)
         if len(x) != len(y):
             raise ValueError(f"{len(x)} samples of features but {len(y)} targets")
         if sample_weight is not None:
