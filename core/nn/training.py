@@ -106,10 +106,14 @@ class TrainingDiverged(RuntimeError):
 LARGE_INPUT = 1e6  # inputs beyond this are worth naming when training diverges
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    return a.dtype.kind != "f" or bool(np.isfinite(a).all())
+
+
 def check_finite(a: np.ndarray, what: str) -> None:
     """A NaN or inf in the data would show up as a diverged loss blamed on the learning rate:
     name the first one instead."""
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
+    if not _all_finite(a):
         index = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
         raise ValueError(f"{what} hold a non-finite value ({a[index]}) at sample {index[0]}"
                          + (f", position {index[1:]}" if len(index) > 1 else ""))
@@ -239,15 +243,9 @@ class Trainer:
         net = self.net
         x = net.as_input(x)
         y = net.loss.prepare_targets(y, net.output_shape, net.dtype)
-        # one pass each for the smallest and largest input: a NaN or inf shows in them (then the
-        # slower check names it), and the largest magnitude goes into a divergence's advice
-        lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            check_finite(x, "inputs")
-        check_finite(y, "targets")
-        self._largest_input = max(hi, -lo)
         if len(x) != len(y):
             raise ValueError(f"{len(x)} samples of features but {len(y)} targets")
+        self._given = x, y  # as given, for naming a NaN in them by its index (_diverged)
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=net.dtype).reshape(-1)
             if len(sample_weight) != len(x):
@@ -263,9 +261,26 @@ class Trainer:
         tr, va = validation_split(y, self.cfg, net.classification)
         if len(va) == 0:
             return x, y, sample_weight, None, None, None
+        xv, yv = x[va], y[va]
+        if not (_all_finite(xv) and _all_finite(yv)):  # a validation loss of NaN stops nothing: say so
+            check_finite(x, "inputs")
+            check_finite(y, "targets")
         if sample_weight is None:
-            return x[tr], y[tr], None, x[va], y[va], None
-        return x[tr], y[tr], sample_weight[tr], x[va], y[va], sample_weight[va]
+            return x[tr], y[tr], None, xv, yv, None
+        return x[tr], y[tr], sample_weight[tr], xv, yv, sample_weight[va]
+
+    def _diverged(self, epoch: int, what: str) -> Exception:
+        """Why the loss or the weights stopped being finite. A NaN or inf in the training data
+        makes the loss NaN at its first batch: named here, where it costs nothing to a run that
+        is fine (a check before training took a pass over the data at every fit). Otherwise the
+        run diverged, and huge inputs are the first thing to suspect."""
+        x, y = self._given
+        try:
+            check_finite(x, "inputs")
+            check_finite(y, "targets")
+        except ValueError as exc:
+            return exc
+        return TrainingDiverged(epoch, what, float(max(x.max(initial=0.0), -x.min(initial=0.0))))
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, x, y, sample_weight=None, validation_data=None,
@@ -315,7 +330,7 @@ class Trainer:
                 xb, yb = x[idx], y[idx]
                 loss = net.train_step_gradients(xb, yb, None if sw is None else sw[idx])
                 if not math.isfinite(loss):
-                    raise TrainingDiverged(epoch, "the loss", self._largest_input)
+                    raise self._diverged(epoch, "the loss")
                 m = len(idx)
                 weight = m if sw is None else float(sw[idx].sum())
                 loss_sum += loss * weight
@@ -339,7 +354,7 @@ class Trainer:
             if xv is not None:
                 record.update(self.evaluate(xv, yv, prefix="val_", sample_weight=swv))
             if not np.isfinite(net.flat_params).all():
-                raise TrainingDiverged(epoch, "the weights", self._largest_input)
+                raise self._diverged(epoch, "the weights")
             record["grad_norms"] = {name: total / batches
                                     for (name, _), total in zip(layer_grads, grad_sum, strict=True)}
             record["weight_norms"] = net.layer_norms(net.params())

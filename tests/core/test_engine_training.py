@@ -383,6 +383,17 @@ def test_non_finite_data_is_named_not_blamed_on_the_learning_rate(where):
         train(regressor(), x, y, {"epochs": 1}, validation_data=(xv, yv))
 
 
+@pytest.mark.parametrize("sample", range(0, 80, 7))
+def test_a_nan_is_named_by_its_index_in_the_data_as_given(sample):
+    """With validation_split the data is split before training: the index is the caller's,
+    whichever part the sample fell in (a NaN in the validation part would only make val_loss
+    NaN, which stops nothing)."""
+    x, y = smooth()
+    x[sample, 1] = np.inf
+    with pytest.raises(ValueError, match=f"^inputs hold a non-finite value \\(inf\\) at sample {sample}, "):
+        train(regressor(), x, y, {"epochs": 1, "validation_split": 0.25})
+
+
 def test_divergence_from_huge_inputs_says_to_scale_them():
     x, y = smooth()
     with pytest.raises(TrainingDiverged, match="scale the inputs \\(the largest \\|value\\| is 1e\\+30\\)"):
