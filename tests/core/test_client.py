@@ -209,16 +209,21 @@ def epoch_event(n: int) -> bytes:
     return f'id: {n}\nevent: epoch\ndata: {{"epoch": {n}, "loss": {1 / n}, "duration": 0.01}}\n\n'.encode()
 
 
-@pytest.fixture
-def fake_api():
-    FakeApi.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeApi)
+def serve(handler: type[BaseHTTPRequestHandler]):
+    """A local HTTP server with this handler, for as long as the generator runs: its URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def fake_api():
+    FakeApi.requests = []
+    yield from serve(FakeApi)
 
 
 def test_list_jobs_follows_next_and_sends_the_key(fake_api):
@@ -413,13 +418,7 @@ def wrong_api():
             self.end_headers()
             self.wfile.write(b'{"foo":1}')
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Wrong)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    yield from serve(Wrong)
 
 
 def test_an_answer_of_the_wrong_shape_is_an_api_error(wrong_api):
