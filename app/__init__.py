@@ -38,6 +38,9 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         "celery": make_celery(settings),
         # an event stream holds a thread for its whole life: leave half of them for everything else
         "streams": threading.BoundedSemaphore(max(1, settings.web_threads // 2)),
+        # predictions at once: a quarter of the threads, so that streams and predictions
+        # together still leave threads for everything else, /livez included
+        "predictions": threading.BoundedSemaphore(max(1, settings.web_threads // 4)),
         "models": ModelCache(max_bytes=int(settings.predict_cache_mb * 2**20)),  # networks for predict
     }
     if not logging.getLogger().handlers:

@@ -59,6 +59,7 @@ from .limits import (
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
+from .predict import prediction_slot
 from .schemas import (
     Diagnostics,
     EpochOut,
@@ -731,4 +732,5 @@ def predict_job(job_id: str):
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
                            "succeeded job", job_status=job.status)
         model = ext()["models"].get(session, job)
-    return {**model.predict(body, limits.settings().max_predict_values), "job_id": job_id}
+    with prediction_slot(ext()["predictions"]):
+        return {**model.predict(body, limits.PredictLimits.current()), "job_id": job_id}

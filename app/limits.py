@@ -5,6 +5,7 @@ a per-key request rate (shared through Redis when Redis is the broker)."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -149,13 +150,35 @@ def check_batch_memory(net: Network, batch_size: int) -> None:
                        memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
 
 
-def check_predict_size(rows: int, outputs: int, path: str, limit: int) -> None:
-    """A predict answer is rows x outputs numbers in JSON (about 20 bytes each). The limit is
-    passed in: the web threads predict outside the app context (app/predict.py)."""
-    if rows * outputs > limit:
+@dataclass(frozen=True)
+class PredictLimits:
+    """What one predict request may ask, taken from the settings in the request and passed on:
+    the web threads predict outside the app context (app/predict.py)."""
+    values: int  # rows x outputs answered (BACKPROP_MAX_PREDICT_VALUES)
+    compute: float  # rows x the forward pass's multiply-adds (BACKPROP_MAX_PREDICT_COMPUTE)
+
+    @classmethod
+    def current(cls) -> PredictLimits:
+        s = settings()
+        return cls(s.max_predict_values, s.max_predict_compute)
+
+
+def check_predict_size(rows: int, net: Network, path: str, limits: PredictLimits) -> None:
+    """A predict answer is rows x outputs numbers in JSON (about 20 bytes each), and its work
+    rows x the forward pass's multiply-adds, on a web thread: a deep conv net over 400 rows took
+    29 s, and 16 such requests held every thread of the API for minutes."""
+    outputs = int(np.prod(net.output_shape))
+    if rows * outputs > limits.values:
         raise validation_error([{"path": path, "message": f"{rows} rows x {outputs} outputs = {rows * outputs} "
-                                                          f"values to answer; the limit is {limit} per request "
-                                                          f"(BACKPROP_MAX_PREDICT_VALUES)"}])
+                                                          f"values to answer; the limit is {limits.values} per "
+                                                          f"request (BACKPROP_MAX_PREDICT_VALUES)"}])
+    macs = net.cost()[0]
+    if rows * macs > limits.compute:
+        fit = max(1, int(limits.compute // macs))
+        raise validation_error([{"path": path, "message": f"{rows} rows x {macs} multiply-adds each = "
+                                                          f"{rows * macs:.3g}; the limit is {limits.compute:.3g} per "
+                                                          f"request (BACKPROP_MAX_PREDICT_COMPUTE): send at most "
+                                                          f"{fit} rows at a time"}])
 
 
 def check_active_jobs(session, tenant: str) -> None:

@@ -22,6 +22,7 @@ from .idempotency import idempotent
 from .jobs import ext, load_job
 from .openapi import doc, parse_query
 from .pagination import iso
+from .predict import prediction_slot
 from .schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,
@@ -346,7 +347,8 @@ def _predict(name: str, pick) -> dict[str, Any]:
         if job.status != JobStatus.SUCCEEDED:  # cannot happen: only succeeded jobs are registered
             raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}", job_status=job.status)
         model = ext()["models"].get(session, job)  # rebuilt once per job, then served from memory
-    answer = model.predict(body, limits.settings().max_predict_values)
+    with prediction_slot(ext()["predictions"]):
+        answer = model.predict(body, limits.PredictLimits.current())
     return {**answer, "model": name, "version": mv.version, "job_id": job.id}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from core.store import load_weights
 
 from .datasets import as_model_dtype, not_found, numeric_array
 from .errors import ApiError, validation_error
-from .limits import check_predict_size
+from .limits import PredictLimits, check_predict_size
 
 
 class CachedModel:
@@ -29,8 +31,22 @@ class CachedModel:
         self.net, self.class_labels = net, class_labels
         self.nbytes = footprint(net)
 
-    def predict(self, body: Any, max_values: int | None = None) -> dict[str, Any]:
-        return predict_response(self.net, body, self.class_labels, max_values)
+    def predict(self, body: Any, limits: PredictLimits | None = None) -> dict[str, Any]:
+        return predict_response(self.net, body, self.class_labels, limits)
+
+
+@contextmanager
+def prediction_slot(slots: threading.BoundedSemaphore) -> Iterator[None]:
+    """One of the process's prediction slots for this request, or 503 at once: predictions are
+    CPU work on web threads, and however each is bounded, many at once would leave no thread to
+    answer anything else."""
+    if not slots.acquire(blocking=False):
+        raise ApiError(503, "too_many_predictions", "this API process is computing as many predictions as it "
+                       "may at once; try again in a moment", headers={"Retry-After": "1"})
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def footprint(net: Network) -> int:
@@ -88,20 +104,20 @@ class ModelCache:
 
 
 def predict_response(net: Network, body: Any, class_labels: list[Any] | None,
-                     max_values: int | None = None) -> dict[str, Any]:
+                     limits: PredictLimits | None = None) -> dict[str, Any]:
     """`{"inputs": rows}` or `{"instances": rows}` -> predictions (original labels) and probabilities."""
     if (body.inputs is None) == (body.instances is None):
         raise ApiError(422, "validation_error", "inputs: send exactly one of inputs or instances",
                        errors=[{"path": "inputs", "message": "send exactly one of inputs or instances"}])
     rows, path = (body.inputs, "inputs") if body.inputs is not None else (body.instances, "instances")
-    return predict(net, rows, class_labels, path, max_values)
+    return predict(net, rows, class_labels, path, limits)
 
 
 def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str,
-            max_values: int | None = None) -> dict[str, Any]:
-    """`max_values` bounds rows x outputs, checked from the row count before the rows are read."""
-    if isinstance(rows, list) and max_values is not None:
-        check_predict_size(len(rows), int(np.prod(net.output_shape)), path, max_values)
+            limits: PredictLimits | None = None) -> dict[str, Any]:
+    """`limits` are checked from the row count before the rows are read."""
+    if isinstance(rows, list) and limits is not None:
+        check_predict_size(len(rows), net, path, limits)
     x = numeric_array(rows, path, min_ndim=2)
     if x.shape[1:] != net.input_shape:
         raise ApiError(422, "validation_error",

@@ -444,15 +444,17 @@ class Client:
             job = self.get_job(job_id)
         return job
 
-    def predict(self, job_id: str | Job, rows: Any, chunk_rows: int = 10_000) -> Prediction:
+    def predict(self, job_id: str | Job, rows: Any, chunk_rows: int = 10_000, busy_retries: int = 5) -> Prediction:
         """Sends at most `chunk_rows` rows per request, and halves that while the server finds a
-        request too large (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES): wide
-        rows or many outputs need smaller requests, which the client cannot know in advance.
-        `rows` may be a NumPy array, or lists holding NumPy numbers; NaN or infinity is a
-        ValueError before anything is sent."""
+        request too large (BACKPROP_MAX_REQUEST_BYTES, BACKPROP_MAX_PREDICT_VALUES,
+        BACKPROP_MAX_PREDICT_COMPUTE): wide rows, many outputs or a deep network need smaller
+        requests, which the client cannot know in advance. A server with no prediction to spare
+        (503) is asked again after 0.5, 1, 2, 4 and 8 s: a prediction changes nothing, so this
+        POST may be repeated. `rows` may be a NumPy array, or lists holding NumPy numbers; NaN
+        or infinity is a ValueError before anything is sent."""
         job_id = _id(job_id)
         rows = rows.tolist() if hasattr(rows, "tolist") else list(rows)  # an ndarray, without importing numpy
-        parts, start, size = [], 0, chunk_rows
+        parts, start, size, busy = [], 0, chunk_rows, 0
         while True:
             chunk = rows[start:start + size]
             try:
@@ -460,11 +462,17 @@ class Client:
                 parts.append(self._request("POST", f"/v1/jobs/{_q(job_id)}/predict", json={"inputs": chunk},
                                            parse=lambda d: Prediction.from_json(d).raw))
             except ApiError as exc:
-                too_large = exc.status == 413 or (exc.status == 422 and "MAX_PREDICT_VALUES" in (exc.detail or ""))
+                too_large = exc.status == 413 or (exc.status == 422 and any(
+                    limit in (exc.detail or "") for limit in ("MAX_PREDICT_VALUES", "MAX_PREDICT_COMPUTE")))
                 if too_large and len(chunk) > 1:
                     size = len(chunk) // 2
                     continue
+                if exc.status == 503 and exc.code == "too_many_predictions" and busy < busy_retries:
+                    time.sleep(0.5 * 2**busy)
+                    busy += 1
+                    continue
                 raise
+            busy = 0
             start += len(chunk)
             if start >= len(rows):
                 break

@@ -278,6 +278,39 @@ def test_predict_answers_are_limited_in_size(migrated):
     app.extensions["backprop"]["engine"].dispose()
 
 
+def test_predict_compute_is_limited_and_so_are_predictions_at_once(migrated):
+    """A 21-layer conv net over 400 rows took 29 s of a web thread, and 16 such requests held
+    every thread of the API for minutes, /livez included. Rows x the forward pass's
+    multiply-adds is now bounded, and a process computes at most web_threads / 4 predictions at
+    once; the others get 503 at once."""
+    from core.nn import Network
+
+    per_row = Network.from_spec(iris_job()["model"]).cost()[0]
+    app = _limited(migrated, max_predict_compute=100 * per_row)
+    client = app.test_client()
+    job_id = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
+    run_job(app.extensions["backprop"]["sessions"], job_id)
+    x, _ = iris()
+    assert client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:100].tolist()}).status_code == 200
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:101].tolist()})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "inputs", resp.get_json()
+    message = resp.get_json()["errors"][0]["message"]
+    assert "BACKPROP_MAX_PREDICT_COMPUTE" in message and "send at most 100 rows" in message, message
+    assert client.post("/v1/models", json={"name": "iris", "job_id": job_id}).status_code == 201
+    slots = app.extensions["backprop"]["predictions"]
+    taken = 0
+    while slots.acquire(blocking=False):  # every slot busy with other requests
+        taken += 1
+    assert taken == max(1, migrated.web_threads // 4)
+    for url in (f"/v1/jobs/{job_id}/predict", "/v1/models/iris/predict"):
+        resp = client.post(url, json={"inputs": x[:2].tolist()})
+        assert resp.status_code == 503 and resp.get_json()["code"] == "too_many_predictions", url
+        assert resp.headers["Retry-After"] == "1"
+    slots.release()
+    assert client.post("/v1/models/iris/predict", json={"inputs": x[:2].tolist()}).status_code == 200
+    app.extensions["backprop"]["engine"].dispose()
+
+
 def test_active_jobs_per_tenant_are_limited(migrated):
     app = _limited(migrated, max_active_jobs=2)
     c = app.test_client()

@@ -117,6 +117,7 @@ def test_typed_results():
 
 class FakeApi(BaseHTTPRequestHandler):
     requests: list[tuple[str, str, dict[str, str]]] = []
+    busy = 0  # predictions asked of /v1/jobs/busy
 
     def log_message(self, *args):
         pass
@@ -178,6 +179,20 @@ class FakeApi(BaseHTTPRequestHandler):
                                  "application/problem+json")
             return self.send(200, {"predictions": [r[0] for r in rows], "probabilities": [[0.5, 0.5]] * len(rows),
                                    "job_id": "j1"})
+        if self.path == "/v1/jobs/deep/predict":  # a deep network: at most 2 rows' worth of compute
+            rows = body["inputs"]
+            if len(rows) > 2:
+                return self.send(422, {"status": 422, "code": "validation_error", "detail":
+                                       f"inputs: {len(rows)} rows x 1e9 multiply-adds each; the limit is 2e9 per "
+                                       "request (BACKPROP_MAX_PREDICT_COMPUTE): send at most 2 rows at a time"},
+                                 "application/problem+json")
+            return self.send(200, {"predictions": [r[0] for r in rows], "job_id": "deep"})
+        if self.path == "/v1/jobs/busy/predict":  # every prediction slot taken twice, then free
+            FakeApi.busy += 1
+            if FakeApi.busy <= 2:
+                return self.send(503, {"status": 503, "code": "too_many_predictions", "detail": "busy"},
+                                 "application/problem+json")
+            return self.send(200, {"predictions": [r[0] for r in body["inputs"]], "job_id": "busy"})
         if self.path == "/v1/datasets":  # a JSON upload: the dataset it makes, named as asked
             return self.send(201, {"id": "d1", "name": body.get("name"), "source": "json",
                                    "n_samples": len(body["features"]), "shape": [len(body["features"]), 1]})
@@ -222,7 +237,7 @@ def serve(handler: type[BaseHTTPRequestHandler]):
 
 @pytest.fixture
 def fake_api():
-    FakeApi.requests = []
+    FakeApi.requests, FakeApi.busy = [], 0
     yield from serve(FakeApi)
 
 
@@ -337,6 +352,22 @@ def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
     result = Client(fake_api).predict("j1", rows, chunk_rows=10)
     assert result.predictions == list(range(25))
     assert len(FakeApi.requests) == 2 + 13
+
+
+def test_predict_halves_for_the_compute_limit_and_waits_out_a_busy_server(fake_api, monkeypatch):
+    """A deep network's rows cost compute (BACKPROP_MAX_PREDICT_COMPUTE): halved like the other
+    limits. A server with no prediction slot free (503 too_many_predictions) is asked again:
+    a prediction changes nothing, so repeating it is safe."""
+    rows = [[i, 0] for i in range(7)]
+    assert Client(fake_api).predict("deep", rows).predictions == list(range(7))
+    slept = []
+    monkeypatch.setattr("core.client.time.sleep", slept.append)
+    assert Client(fake_api).predict("busy", rows[:3]).predictions == [0, 1, 2]
+    assert slept == [0.5, 1.0]
+    FakeApi.busy = -10  # busy for longer than the client waits: the 503 is raised
+    with pytest.raises(ApiError) as err:
+        Client(fake_api).predict("busy", rows[:3], busy_retries=3)
+    assert err.value.status == 503 and err.value.code == "too_many_predictions"
 
 
 # --- defects found in review ----------------------------------------------------------------------
