@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 import app.predict as predict_module
 from app import create_app
@@ -36,6 +36,18 @@ def delete_rows(session, job_id: str) -> None:
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
 
 
+def wait_for_a_lock_waiter(app, timeout: float = 30) -> None:
+    """Until a request of the test waits on a row lock: the race is then set up, whatever the
+    host's speed (a fixed pause could end before the request got there)."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                 "AND wait_event_type = 'Lock'")
+    deadline = time.monotonic() + timeout
+    with app.extensions["backprop"]["engine"].connect() as conn:
+        while not conn.scalar(query):
+            assert time.monotonic() < deadline, "the request never reached the locked row"
+            time.sleep(0.01)
+
+
 def while_deleted_uncommitted(app, job_id: str, request):
     """Runs `request` while another transaction has deleted the job under a row lock and not yet
     committed, then commits; the request's answer."""
@@ -45,7 +57,7 @@ def while_deleted_uncommitted(app, job_id: str, request):
         delete_rows(session, job_id)
         thread = threading.Thread(target=lambda: answer.append(request(app.test_client())))
         thread.start()
-        time.sleep(0.5)  # for the request to reach the row (if it is late it sees the commit: also a 404)
+        wait_for_a_lock_waiter(app)
     thread.join(30)
     assert answer, "the request did not answer"
     return answer[0]
@@ -77,7 +89,7 @@ def test_a_cancel_racing_a_worker_that_finishes_the_job_never_overwrites_it(pg_a
         job.status, job.stop_reason, job.attempts = JobStatus.SUCCEEDED, "completed", 1
         thread = threading.Thread(target=lambda: answer.append(pg_app.test_client().post(f"/v1/jobs/{job_id}/cancel")))
         thread.start()
-        time.sleep(0.5)
+        wait_for_a_lock_waiter(pg_app)
     thread.join(30)
     assert answer[0].status_code == 409 and answer[0].get_json()["code"] == "job_finished"
     assert c.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
@@ -108,7 +120,7 @@ def test_a_delete_waits_for_a_retry_that_reuses_the_dataset(pg_app, monkeypatch)
     assert reached.wait(30)
     delete = threading.Thread(target=lambda: answers.update(delete=pg_app.test_client().delete(f"/v1/jobs/{job_id}")))
     delete.start()
-    time.sleep(0.5)  # the delete reaches the old job's row and waits there
+    wait_for_a_lock_waiter(pg_app)  # the delete waits on the old job's row
     release.set()
     retry.join(30)
     delete.join(30)

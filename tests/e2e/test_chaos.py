@@ -38,7 +38,19 @@ class PrivateRedis:
         self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(self.tmp)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:  # until it answers (after a restart, nothing else would notice it did not)
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                assert self.proc.poll() is None, f"redis-server exited (port {self.port} taken?)"
+                assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+                time.sleep(0.05)
+        client.close()
         return self
 
     def kill(self):
