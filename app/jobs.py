@@ -610,10 +610,11 @@ def job_events(job_id: str):
         header = request.headers.get("Last-Event-ID", "")
         last_epoch = int(header) if re.fullmatch(r"[0-9]{1,9}", header) else 0  # ASCII digits only
 
-    streams = ext()["streams"]
-    if not streams.acquire(blocking=False):
+    streams, tenant = ext()["streams"], current_tenant()
+    if not streams.acquire(tenant):
         raise ApiError(503, "too_many_streams", "this API process is serving as many event streams as it has "
-                       "threads to spare; poll /epochs instead, or try again", headers={"Retry-After": "5"})
+                       "threads to spare, or as many for you as one tenant may have; poll /epochs instead, or "
+                       "try again", headers={"Retry-After": "5"})
 
     # The slot is given back when the response is closed, which the server does whether or not
     # the body was ever read: a HEAD request, or a client gone before the first byte, never starts
@@ -622,7 +623,7 @@ def job_events(job_id: str):
 
     def release() -> None:
         if give_back.acquire(blocking=False):
-            streams.release()
+            streams.release(tenant)
 
     def events():
         try:

@@ -4,6 +4,7 @@ a per-key request rate (shared through Redis when Redis is the broker)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,30 @@ def check_batch_memory(net: Network, batch_size: int) -> None:
                                                          f"{limit / 2**20:,.0f} MB; use a smaller batch or "
                                                          f"network"}],
                        memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
+
+
+class StreamSlots:
+    """Event streams a web process serves at once: `total` in all (threads must be left for
+    everything else), and `per_tenant` for any one tenant, so that one cannot hold every slot
+    (streams last minutes and clients reconnect) and leave the others without live updates."""
+
+    def __init__(self, total: int, per_tenant: int):
+        self.total, self.per_tenant = total, per_tenant
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    def acquire(self, tenant: str) -> bool:
+        with self._lock:
+            if sum(self._held.values()) >= self.total or self._held.get(tenant, 0) >= self.per_tenant:
+                return False
+            self._held[tenant] = self._held.get(tenant, 0) + 1
+            return True
+
+    def release(self, tenant: str) -> None:
+        with self._lock:
+            self._held[tenant] -= 1
+            if not self._held[tenant]:
+                del self._held[tenant]
 
 
 @dataclass(frozen=True)

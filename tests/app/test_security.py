@@ -518,6 +518,40 @@ def test_event_streams_leave_threads_for_everything_else(migrated):
         app.extensions["backprop"]["engine"].dispose()
 
 
+def test_one_tenant_cannot_hold_every_event_stream(migrated):
+    """Streams last minutes and clients reconnect: one tenant's ten streams took every slot, and
+    every other tenant got 503 too_many_streams. A tenant may hold a quarter of the threads."""
+    app = create_app(dataclasses.replace(migrated, web_threads=8, auth="on"))  # 4 streams, 2 a tenant
+    keys = {t: key_for(app, t) for t in ("greedy", "other")}
+    jobs = {t: app.test_client().post("/v1/jobs", json=iris_job(epochs=1), headers=k).get_json()["id"]
+            for t, k in keys.items()}
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def events(tenant):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", f"/v1/jobs/{jobs[tenant]}/events", headers=keys[tenant])
+        resp = conn.getresponse()
+        if resp.status == 200:
+            resp.readline()  # started: it holds its slot
+        return conn, resp
+
+    opened = []
+    try:
+        opened = [events("greedy") for _ in range(2)]
+        assert [resp.status for _, resp in opened] == [200, 200]
+        conn, refused = events("greedy")
+        assert refused.status == 503 and json.loads(refused.read())["code"] == "too_many_streams"
+        conn.close()
+        opened.append(events("other"))
+        assert opened[-1][1].status == 200  # a slot was left for another tenant
+    finally:
+        for conn, _ in opened:
+            conn.close()
+        server.shutdown()
+        app.extensions["backprop"]["engine"].dispose()
+
+
 def test_event_streams_that_never_start_give_their_slot_back(migrated):
     """A HEAD request, or a client that leaves before reading, never runs the stream's body:
     the slot must still come back, or a few such requests shut the stream out for good."""
