@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, current_app, g, request
 
 from core.db import DEFAULT_TENANT
@@ -26,6 +28,7 @@ def init_auth(app: Flask) -> None:
     def _authenticate():
         g.unauthorized = False
         if not enabled:
+            refuse_other_sites()
             g.tenant = DEFAULT_TENANT
             return
         if request.path in PUBLIC_PATHS or not request.path.startswith("/v1/"):
@@ -42,6 +45,25 @@ def init_auth(app: Flask) -> None:
         if tenant is not None:
             g.api_key_id = key.strip().split("_")[1]  # the key's public prefix: its rate-limit budget
             g.api_key = key.strip()
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def refuse_other_sites() -> None:
+    """With authentication off (allowed only on a loopback address) anything that reaches the
+    port is trusted, and a web page the developer opens can reach it: a form posts a dataset
+    without a CORS preflight, and a name of the page's that it points at 127.0.0.1 (DNS
+    rebinding) lets its scripts read every answer. Such requests name another Host, or send
+    another site's Origin with a request that changes something."""
+    host = urlsplit(f"//{request.host}").hostname or ""
+    if host not in LOOPBACK_NAMES:
+        raise ApiError(403, "forbidden_host", f"with authentication off the API answers only requests addressed "
+                       f"to a loopback name (localhost, 127.0.0.1, [::1]), not {host!r}")
+    origin = request.headers.get("Origin")
+    if origin and request.method not in ("GET", "HEAD", "OPTIONS") and urlsplit(origin).netloc != request.host:
+        raise ApiError(403, "cross_origin", f"with authentication off the API takes no {request.method} from "
+                       f"another site's page (Origin {origin[:100]!r})")
 
 
 def key_still_valid(session) -> bool:

@@ -584,3 +584,24 @@ def test_event_streams_that_never_start_give_their_slot_back(migrated):
     finally:
         server.shutdown()
         app.extensions["backprop"]["engine"].dispose()
+
+
+def test_with_keys_off_other_sites_cannot_reach_the_api(migrated):
+    """Keys off is allowed only on loopback, but a web page the developer opens can reach
+    loopback: a form posted a dataset (no CORS preflight for multipart), and DNS rebinding let a
+    page read every answer. Requests that name another Host, or a change from another Origin,
+    are refused."""
+    app = create_app(dataclasses.replace(migrated, auth="off"))
+    c = app.test_client()
+    resp = c.get("/v1/jobs", headers={"Host": "rebind.evil.example:8000"})
+    assert resp.status_code == 403 and resp.get_json()["code"] == "forbidden_host"
+    resp = c.post("/v1/jobs", json=iris_job(epochs=1), headers={"Origin": "http://evil.example"})
+    assert resp.status_code == 403 and resp.get_json()["code"] == "cross_origin"
+    for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
+        assert c.get("/v1/jobs", headers={"Host": host}).status_code == 200, host
+    same = c.post("/v1/jobs", json=iris_job(epochs=1), headers={"Origin": "http://localhost"})
+    assert same.status_code == 202  # the dashboard, from the API's own origin
+    secured = create_app(dataclasses.replace(migrated, auth="on"))  # with keys, a key decides
+    assert secured.test_client().get("/v1/jobs", headers={"Host": "api.example.com"}).status_code == 401
+    for application in (app, secured):
+        application.extensions["backprop"]["engine"].dispose()
