@@ -26,7 +26,7 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard serves app/static at /ui/static, once
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
     app.config.update(config or {})
     app.json.sort_keys = False  # keep documents in the order they are built
@@ -110,4 +110,8 @@ def init_request_ids(app: Flask) -> None:
     @app.after_request
     def _echo(resp):
         resp.headers["X-Request-ID"] = getattr(g, "request_id", "") or uuid.uuid4().hex
+        # every answer, the docs page and the dashboard's assets included: no content sniffing,
+        # and no framing by another site's page
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
         return resp

@@ -39,6 +39,14 @@ def test_index_and_assets_need_no_key(auth_client):
                 assert asset.mimetype in ("text/javascript", "application/javascript")
     assert auth_client.get("/v1/jobs").status_code == 401
     assert auth_client.get("/ui/static/../dashboard.py").status_code == 404
+    assert auth_client.get("/static/app.js").status_code == 404  # served once, where the page loads it
+
+
+def test_every_answer_refuses_sniffing_and_framing(auth_client):
+    for path in ("/", "/ui/static/app.js", "/docs", "/openapi.json", "/livez", "/v1/jobs"):
+        with auth_client.get(path) as resp:  # a static file's answer holds it open until closed
+            assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+            assert resp.headers["X-Frame-Options"] == "DENY", path
 
 
 def test_pages_use_only_the_public_api_and_no_inline_html():
