@@ -693,7 +693,17 @@ def _write_predictions_csv(path: Path, result, labels: list | None) -> None:
         w.writerow(["prediction", *head])
         for i, p in enumerate(result.predictions):
             pr = probs[i] if probs else []
-            w.writerow([json.dumps(p) if isinstance(p, list) else p, *(pr if isinstance(pr, list) else [pr])])
+            w.writerow([json.dumps(p) if isinstance(p, list) else _spreadsheet_safe(p),
+                        *(pr if isinstance(pr, list) else [pr])])
+
+
+def _spreadsheet_safe(cell):
+    """A class label that a spreadsheet would run as a formula (`=cmd|...`, `@SUM(...)`) gets a
+    leading apostrophe, as OWASP advises for CSV exports; numbers, and labels that read as
+    numbers ("-1"), are written as they are."""
+    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(cell):
+        return "'" + cell
+    return cell
 
 
 @main.command()

@@ -621,3 +621,19 @@ def test_a_body_goes_to_the_default_port_of_an_ipv6_url(monkeypatch):
         Client("http://[::1]").submit_job({"model": {}})
     assert seen == [("::1", 80)]
 
+
+
+def test_labels_a_spreadsheet_would_run_are_written_as_text(tmp_path):
+    """A class label `=cmd|' /C calc'!A1` written as is runs in the spreadsheet that opens the
+    predictions; it gets a leading apostrophe. Numbers and number-like labels stay as they are."""
+    import csv
+
+    from core.cli import _write_predictions_csv
+    from core.client import Prediction
+
+    labels = ["=cmd|' /C calc'!A1", "@SUM(A1)", "-1", "+ok", "plain"]
+    out = tmp_path / "p.csv"
+    _write_predictions_csv(out, Prediction(predictions=labels + [-0.5], probabilities=None), None)
+    with out.open() as f:
+        cells = [row[0] for row in csv.reader(f)][1:]
+    assert cells == ["'=cmd|' /C calc'!A1", "'@SUM(A1)", "-1", "'+ok", "plain", "-0.5"]
