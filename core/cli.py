@@ -37,12 +37,10 @@ def alembic_config(url: str | None = None):
 
 
 def serve_command(settings) -> list[str]:
-    from .logs import GUNICORN_ACCESS_FORMAT
-
     return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
             "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", str(settings.web_threads),
             "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
-            "--access-logformat", GUNICORN_ACCESS_FORMAT, "app:create_app()"]
+            "--logger-class", "core.logs.JsonAccessLogger", "app:create_app()"]
 
 
 def process_env(settings, kind: str) -> dict[str, str]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
+
+from gunicorn import glogging
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 job_id_var: ContextVar[str | None] = ContextVar("job_id", default=None)
@@ -40,8 +43,22 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-# gunicorn's access log in the same shape (its own formatter, fed through --access-logformat)
-GUNICORN_ACCESS_FORMAT = json.dumps({
-    "ts": "%(t)s", "level": "INFO", "logger": "gunicorn.access", "message": "%(r)s",
-    "request_id": "%({x-request-id}o)s", "status": "%(s)s", "duration_ms": "%(M)s", "remote": "%(h)s",
-})
+class JsonAccessLogger(glogging.Logger):
+    """gunicorn's access lines in the same shape as every other line. Built with json.dumps:
+    gunicorn's --access-logformat fills a template and escapes only quotes, so a backslash in a
+    URL (GET /livez?y=a\\) made the line invalid JSON, and a client could drop its own requests
+    out of a JSON log pipeline. The job a request is about is named, as in the API's lines."""
+
+    def access(self, resp, req, environ, request_time):
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        job = _JOB_PATH.match(atoms.get("U") or "")
+        self.access_log.info(json.dumps({
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "INFO",
+            "logger": "gunicorn.access", "message": atoms.get("r"), "request_id": atoms.get("{x-request-id}o"),
+            "job_id": job.group(1) if job else None, "status": atoms.get("s"), "duration_ms": atoms.get("M"),
+            "remote": atoms.get("h")}))
+
+
+_JOB_PATH = re.compile(r"/v1/jobs/([0-9a-f]{32})(?:/|$)")
