@@ -259,15 +259,21 @@ def test_the_compute_budget_counts_each_recurrent_step(migrated):
     app.extensions["backprop"]["engine"].dispose()
 
 
-def test_predict_answers_are_limited_in_size(migrated):
-    """5000 rows through an 8192-way softmax answered 942 MB of JSON and took the web process
-    to 3.7 GB; rows x outputs is now bounded, checked before the rows are read."""
-    app = _limited(migrated, max_predict_values=300)
+def trained_on_iris(app):
+    """(a test client, a job trained on iris that predicts 100 rows within the limits, iris)."""
     client = app.test_client()
     job_id = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
     run_job(app.extensions["backprop"]["sessions"], job_id)
     x, _ = iris()
     assert client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:100].tolist()}).status_code == 200
+    return client, job_id, x
+
+
+def test_predict_answers_are_limited_in_size(migrated):
+    """5000 rows through an 8192-way softmax answered 942 MB of JSON and took the web process
+    to 3.7 GB; rows x outputs is now bounded, checked before the rows are read."""
+    app = _limited(migrated, max_predict_values=300)
+    client, job_id, x = trained_on_iris(app)
     resp = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": x[:101].tolist()})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "instances"
     detail = resp.get_json()["detail"]
@@ -287,11 +293,7 @@ def test_predict_compute_is_limited_and_so_are_predictions_at_once(migrated):
 
     per_row = Network.from_spec(iris_job()["model"]).cost()[0]
     app = _limited(migrated, max_predict_compute=100 * per_row)
-    client = app.test_client()
-    job_id = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()["id"]
-    run_job(app.extensions["backprop"]["sessions"], job_id)
-    x, _ = iris()
-    assert client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:100].tolist()}).status_code == 200
+    client, job_id, x = trained_on_iris(app)
     resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:101].tolist()})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "inputs", resp.get_json()
     message = resp.get_json()["errors"][0]["message"]
