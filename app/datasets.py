@@ -254,7 +254,9 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
                 t = header.index(target)
                 names = [name for i, name in enumerate(header) if i != t]
                 rows_per_block = max(1, CSV_BLOCK_CELLS // len(names))
-                x = np.empty((min(max_rows, max(text.count("\n"), text.count("\r"))), len(names)))
+                # at most one row per line end (\n, \r or \r\n, mixed in one file as they may be)
+                line_ends = text.count("\n") + text.count("\r") - text.count("\r\n")
+                x = np.empty((min(max_rows, line_ends), len(names)))
                 continue
             if len(row) != len(header):
                 raise validation_error([{"path": f"line {reader.line_num}", "message":

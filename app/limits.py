@@ -199,11 +199,11 @@ def check_predict_size(rows: int, net: Network, path: str, limits: PredictLimits
                                                           f"request (BACKPROP_MAX_PREDICT_VALUES)"}])
     macs = net.cost()[0]
     if rows * macs > limits.compute:
-        fit = max(1, int(limits.compute // macs))
+        fit = int(limits.compute // macs)
+        advice = f"send at most {fit} rows at a time" if fit else "one row alone needs more"
         raise validation_error([{"path": path, "message": f"{rows} rows x {macs} multiply-adds each = "
                                                           f"{rows * macs:.3g}; the limit is {limits.compute:.3g} per "
-                                                          f"request (BACKPROP_MAX_PREDICT_COMPUTE): send at most "
-                                                          f"{fit} rows at a time"}])
+                                                          f"request (BACKPROP_MAX_PREDICT_COMPUTE): {advice}"}])
 
 
 def check_active_jobs(session, tenant: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import traceback
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -50,15 +51,20 @@ class JsonAccessLogger(glogging.Logger):
     out of a JSON log pipeline. The job a request is about is named, as in the API's lines."""
 
     def access(self, resp, req, environ, request_time):
-        if not self.access_log_enabled:
+        # access_log_enabled is newer than gunicorn 22, which pyproject admits; and a failure here
+        # must never escape: gunicorn closes the response (and so gives back a stream's slot) after
+        if not getattr(self, "access_log_enabled", True):
             return
-        atoms = self.atoms(resp, req, environ, request_time)
-        job = _JOB_PATH.match(atoms.get("U") or "")
-        self.access_log.info(json.dumps({
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "INFO",
-            "logger": "gunicorn.access", "message": atoms.get("r"), "request_id": atoms.get("{x-request-id}o"),
-            "job_id": job.group(1) if job else None, "status": atoms.get("s"), "duration_ms": atoms.get("M"),
-            "remote": atoms.get("h")}))
+        try:
+            atoms = self.atoms(resp, req, environ, request_time)
+            job = _JOB_PATH.match(atoms.get("U") or "")
+            self.access_log.info(json.dumps({
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "INFO",
+                "logger": "gunicorn.access", "message": atoms.get("r"), "request_id": atoms.get("{x-request-id}o"),
+                "job_id": job.group(1) if job else None, "status": atoms.get("s"), "duration_ms": atoms.get("M"),
+                "remote": atoms.get("h")}))
+        except Exception:  # noqa: BLE001 - as gunicorn's own access()
+            self.error(traceback.format_exc())
 
 
 _JOB_PATH = re.compile(r"/v1/jobs/([0-9a-f]{32})(?:/|$)")

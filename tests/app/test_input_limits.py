@@ -252,3 +252,15 @@ def test_a_wide_csv_is_read_in_a_few_times_its_size(app):
             tracemalloc.stop()
     assert x.shape == (2000, columns) and len(names) == columns and (x == 10).all() and (y == 1).all()
     assert peak < 5 * len(text), (peak, len(text))
+
+
+@pytest.mark.parametrize("text,rows", [("a,b\r1,0\n2,1", 2), ("a,b\n1,0\r2,1\n3,0\r", 3),
+                                       ("a,b\r\n1,0\r2,1\n3,0", 3)])
+def test_a_csv_with_mixed_line_ends_is_read_whole(app, text, rows):
+    """Lone CRs and LFs in one file: the rows outnumbered either count, and the array sized by
+    the larger one overflowed (a 500)."""
+    from app.datasets import parse_csv
+
+    with app.app_context():
+        x, y, _, _ = parse_csv(text, "b", None)
+    assert x[:, 0].tolist() == list(range(1, rows + 1))
