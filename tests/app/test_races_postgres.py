@@ -43,7 +43,11 @@ def wait_for_a_lock_waiter(app, timeout: float = 30) -> None:
                  "AND wait_event_type = 'Lock'")
     deadline = time.monotonic() + timeout
     with app.extensions["backprop"]["engine"].connect() as conn:
-        while not conn.scalar(query):
+        while True:
+            waiting = conn.scalar(query)
+            conn.rollback()  # a transaction sees one snapshot of pg_stat_activity: look anew each time
+            if waiting:
+                return
             assert time.monotonic() < deadline, "the request never reached the locked row"
             time.sleep(0.01)
 
