@@ -248,7 +248,7 @@ class DatasetJsonCreate(InlineDataset):
 
     _checks_sample_size: ClassVar[bool] = True  # no spec here to bound a sample
 
-    name: str | None = Field(default=None, max_length=MAX_DATASET_NAME)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_DATASET_NAME)
     task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
 
 
@@ -257,7 +257,7 @@ class DatasetUploadParams(Strict):
 
     target: str | None = Field(default=None, max_length=MAX_NAME_CHARS,
                                description="CSV: the header name of the column holding the targets")
-    name: str | None = Field(default=None, max_length=MAX_DATASET_NAME,
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_DATASET_NAME,
                              description="defaults to the uploaded file's name")
     task: TaskHint | None = Field(default=None, description=TASK_DESCRIPTION)
 

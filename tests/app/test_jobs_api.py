@@ -402,3 +402,10 @@ def test_weights_come_layer_by_layer_in_network_order(client, sessions):
                          "batch_norm_0/moving_mean", "batch_norm_0/moving_variance", "residual_0/dense_0/kernel"]
     npz = np.load(io.BytesIO(client.get(f"/v1/jobs/{job_id}/weights?format=npz").data), allow_pickle=False)
     assert list(npz.files) == names
+
+
+def test_a_dataset_name_is_not_empty(client):
+    """A dataset name "" was stored as no name at all."""
+    x, y = iris()
+    resp = client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist(), "name": ""})
+    assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "name"
