@@ -593,7 +593,7 @@ def _csv_rows(path: Path, dataset, header_row: bool | None = None) -> list[list[
     if header_row:
         header = first
         lines = lines[1:]
-        if names and all(n in header for n in names):
+        if names_all:
             pick = [header.index(n) for n in names]
         elif names and any(n in header for n in names):
             # some columns named, others not (a typo): file order could silently swap features

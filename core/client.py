@@ -326,6 +326,20 @@ class Client:
             raise ApiError(status, "invalid_response", f"{method} {path}: unexpected answer {raw[:200]!r} "
                            "(is the URL that of a backprop server?)") from None
 
+    def _pages(self, path: str, query: dict[str, Any], key: str, item: Callable[[dict[str, Any]], Any],
+               cursor: tuple[str, str] = ("next", "next")) -> Iterator[Any]:
+        """The items of every page, fetching the next as the iterator advances. `cursor` names the
+        answer's field that points at the next page and the query parameter it goes back in."""
+        field_name, param = cursor
+        query = dict(query)
+        while True:
+            items, after = self._request("GET", path, query=query, parse=lambda page: (
+                [item(i) for i in page[key]], page.get(field_name)))
+            yield from items
+            if after is None or after == "":
+                return
+            query[param] = after
+
     # -- jobs
 
     def submit_job(self, spec: dict[str, Any], *, dataset_id: str | Dataset | None = None,
@@ -347,29 +361,16 @@ class Client:
         if isinstance(status, list | tuple):
             status = ",".join(status)
         query = {"status": status, "dataset_id": dataset_id, "limit": page_size}
-        while True:
-            jobs, after = self._request("GET", "/v1/jobs", query=query, parse=lambda page: (
-                [Job.from_json(j) for j in page["jobs"]], page.get("next")))
-            yield from jobs
-            if not after:
-                return
-            query["next"] = after
+        yield from self._pages("/v1/jobs", query, "jobs", Job.from_json)
 
     def cancel_job(self, job_id: str | Job) -> Job:
         return self._request("POST", f"/v1/jobs/{_q(_id(job_id))}/cancel", parse=Job.from_json)
 
     def epochs(self, job_id: str | Job, *, after: int = 0, max_points: int | None = None) -> list[Epoch]:
         """The job's per-epoch history (every page), or downsampled to max_points."""
-        out: list[Epoch] = []
         query: dict[str, Any] = {"after": after, "max_points": max_points}
-        while True:
-            epochs, next_after = self._request("GET", f"/v1/jobs/{_q(_id(job_id))}/epochs", query=query,
-                                               parse=lambda page: ([Epoch.from_json(e) for e in page["epochs"]],
-                                                                   page.get("next_after")))
-            out += epochs
-            if next_after is None:
-                return out
-            query["after"] = next_after
+        return list(self._pages(f"/v1/jobs/{_q(_id(job_id))}/epochs", query, "epochs", Epoch.from_json,
+                                cursor=("next_after", "after")))
 
     def events(self, job_id: str | Job, *, after: int = 0) -> Iterator[SseEvent]:
         """One connection to GET /v1/jobs/{id}/events, as raw events."""
@@ -486,8 +487,9 @@ class Client:
     def download_weights(self, job_id: str | Job, path: str | os.PathLike | None = None) -> bytes:
         """The learned weights as .npz bytes (one array per layer parameter); written to `path`
         when given, whole or not at all (an existing file stays as it was on failure)."""
-        where = f"GET /v1/jobs/{_id(job_id)}/weights"
-        with self._open("GET", f"/v1/jobs/{_q(_id(job_id))}/weights", query={"format": "npz"}) as resp:
+        job_id = _id(job_id)
+        where = f"GET /v1/jobs/{job_id}/weights"
+        with self._open("GET", f"/v1/jobs/{_q(job_id)}/weights", query={"format": "npz"}) as resp:
             try:  # as in _request: a body cut short (IncompleteRead) or a reset is a TransportError
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -535,14 +537,7 @@ class Client:
                              headers=headers, parse=Dataset.from_json)
 
     def list_datasets(self, *, page_size: int = 50) -> Iterator[Dataset]:
-        query: dict[str, Any] = {"limit": page_size}
-        while True:
-            found, after = self._request("GET", "/v1/datasets", query=query, parse=lambda page: (
-                [Dataset.from_json(d) for d in page["datasets"]], page.get("next")))
-            yield from found
-            if not after:
-                return
-            query["next"] = after
+        yield from self._pages("/v1/datasets", {"limit": page_size}, "datasets", Dataset.from_json)
 
     def get_dataset(self, dataset_id: str | Dataset) -> Dataset:
         return self._request("GET", f"/v1/datasets/{_q(_id(dataset_id))}", parse=Dataset.from_json)
