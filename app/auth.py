@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, current_app, g, request
 
+from core.config import LOOPBACK_NAMES
 from core.db import DEFAULT_TENANT
 from core.keys import tenant_for_key
 
@@ -45,9 +46,6 @@ def init_auth(app: Flask) -> None:
         if tenant is not None:
             g.api_key_id = key.strip().split("_")[1]  # the key's public prefix: its rate-limit budget
             g.api_key = key.strip()
-
-
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 def refuse_other_sites() -> None:

@@ -127,9 +127,13 @@ def _too_long(what: str, name: str) -> str:
     return f"{what} may have at most {MAX_NAME_CHARS} characters, this one has {len(name)}"
 
 
-def check_names(names: list[str] | None, path: str) -> None:
-    """422 naming the first feature name that is empty, repeated or longer than MAX_NAME_CHARS:
-    predict takes columns by these names (a CSV header with such names is refused alike)."""
+def check_names(names: list[str] | None, per_sample: int, path: str) -> None:
+    """422 unless there is one name per value of a sample, or naming the first feature name that
+    is empty, repeated or longer than MAX_NAME_CHARS: predict takes columns by these names (a
+    CSV header with such names is refused alike)."""
+    if names is not None and len(names) != per_sample:
+        raise validation_error([{"path": path, "message": f"has {len(names)} names for {per_sample} values per "
+                                                          "sample"}])
     long = _first_too_long(names or [])
     if long is not None:
         raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a feature name", names[long])}])
@@ -504,10 +508,7 @@ def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any]
     check_dataset_limits(len(features), int(features[0].size) if len(features) else 0, fpath)
     if len(features) != len(targets):
         raise _npy_problem(tpath, f"has {len(targets)} values but {fpath} has {len(features)} rows")
-    if feature_names is not None and len(feature_names) != features[0].size:
-        raise _npy_problem("feature_names", f"has {len(feature_names)} names for {features[0].size} values "
-                                            "per sample")
-    check_names(feature_names, "feature_names")
+    check_names(feature_names, int(features[0].size), "feature_names")
     if labels is not None:
         if task == "regression":
             raise _npy_problem(tpath, "holds class labels (strings); task=regression needs numbers")

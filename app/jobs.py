@@ -36,7 +36,6 @@ from core.store import (
     weight_shapes,
 )
 
-from . import limits
 from .auth import current_tenant, key_still_valid
 from .datasets import (
     as_model_dtype,
@@ -59,7 +58,7 @@ from .limits import (
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
-from .predict import prediction_slot
+from .predict import answer
 from .schemas import (
     Diagnostics,
     EpochOut,
@@ -172,9 +171,7 @@ def _check_fine_tuning(session, body: JobCreate, net: Network) -> None:
                        errors=[{"path": "init_from", "message": f"no job with id {body.init_from!r}"}])
     weights = weight_shapes(session, parent.id)  # shapes only: the arrays stay in the database
     if not weights:
-        refused = no_weights(parent)
-        refused.errors = [{"path": "init_from", "message": "the job has no stored weights"}]
-        raise refused
+        raise no_weights(parent, errors=[{"path": "init_from", "message": "the job has no stored weights"}])
     mine = {name: tuple(a.shape) for name, a in {**net.params(), **net.buffers()}.items()}
     problems = []
     for name in sorted(set(mine) | set(weights)):
@@ -245,10 +242,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 check_class_count(targets, labels, "dataset.targets")
             _check_same_classes(session, body.init_from, labels, "dataset.targets")
             names = body.dataset.feature_names
-            if names is not None and len(names) != features[0].size:
-                raise validation_error([{"path": "dataset.feature_names",
-                                         "message": f"has {len(names)} names for {features[0].size} features"}])
-            check_names(names, "dataset.feature_names")
+            check_names(names, int(features[0].size), "dataset.feature_names")
             ds = create_dataset(session, features, targets, names, labels,
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))
@@ -676,14 +670,15 @@ def _sse(event: str, data: dict[str, Any], ident: str | None = None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def no_weights(job: Job) -> ApiError:
+def no_weights(job: Job, errors: list[dict[str, str]] | None = None) -> ApiError:
     """409 for a job without stored weights: one still training, or one that ended with none (it
     failed, or was cancelled before its first epoch ended)."""
     if job.status in JobStatus.TERMINAL:
         return ApiError(409, "no_weights", f"job {job.id} is {job.status} and stored no weights (a job keeps "
-                        "weights when it succeeds, or when it is cancelled after an epoch)", job_status=job.status)
+                        "weights when it succeeds, or when it is cancelled after an epoch)", errors,
+                        job_status=job.status)
     return ApiError(409, "job_not_finished", f"job {job.id} is {job.status}; weights are stored when training "
-                    "ends", job_status=job.status)
+                    "ends", errors, job_status=job.status)
 
 
 def finished_weights(session, job: Job) -> dict[str, np.ndarray]:
@@ -733,5 +728,4 @@ def predict_job(job_id: str):
             raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
                            "succeeded job", job_status=job.status)
         model = ext()["models"].get(session, job)
-    with prediction_slot(ext()["predictions"]):
-        return {**model.predict(body, limits.PredictLimits.current()), "job_id": job_id}
+    return {**answer(model, body), "job_id": job_id}

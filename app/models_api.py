@@ -15,14 +15,13 @@ from sqlalchemy.exc import IntegrityError
 
 from core.db import Job, JobStatus, ModelAlias, ModelVersion, RegisteredModel
 
-from . import limits
 from .auth import current_tenant
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .jobs import ext, load_job
 from .openapi import doc, parse_query
 from .pagination import iso
-from .predict import prediction_slot
+from .predict import answer
 from .schemas import (
     ALIAS_PATTERN,
     MODEL_NAME_PATTERN,
@@ -347,9 +346,7 @@ def _predict(name: str, pick) -> dict[str, Any]:
         if job.status != JobStatus.SUCCEEDED:  # cannot happen: only succeeded jobs are registered
             raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}", job_status=job.status)
         model = ext()["models"].get(session, job)  # rebuilt once per job, then served from memory
-    with prediction_slot(ext()["predictions"]):
-        answer = model.predict(body, limits.PredictLimits.current())
-    return {**answer, "model": name, "version": mv.version, "job_id": job.id}
+    return {**answer(model, body), "model": name, "version": mv.version, "job_id": job.id}
 
 
 PREDICT_NOTE = (" Send `{\"instances\": rows}` or `{\"inputs\": rows}`; the answer has `predictions` (classes in "

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+from flask import current_app
 from sqlalchemy import select
 
 from core.db import Dataset, Job
@@ -33,6 +34,13 @@ class CachedModel:
 
     def predict(self, body: Any, limits: PredictLimits | None = None) -> dict[str, Any]:
         return predict_response(self.net, body, self.class_labels, limits)
+
+
+def answer(model: CachedModel, body: Any) -> dict[str, Any]:
+    """A prediction within the process's bounds: one of its prediction slots, and the request's
+    size and compute limits."""
+    with prediction_slot(current_app.extensions["backprop"]["predictions"]):
+        return model.predict(body, PredictLimits.current())
 
 
 @contextmanager

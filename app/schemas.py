@@ -4,6 +4,7 @@ by the engine's own spec validation, which also publishes their JSON Schema."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
@@ -321,20 +322,27 @@ class _Repeats(dict):
         self.key = next(k for k, _ in pairs if k in seen or seen.add(k))
 
 
-def _repeated_key(value: Any, path: str = "") -> str:
-    """The path of the first repeated key, walking the document (only when there is one)."""
-    stack = [(value, path)]
+def _nodes(value: Any) -> Iterator[tuple[Any, str]]:
+    """Every object, list and string of a JSON document with its path, in document order; the
+    numbers, which make up most of a dataset, are not visited."""
+    stack = [(value, "")]
     while stack:
         v, p = stack.pop()
+        yield v, p
+        if isinstance(v, dict):
+            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items())
+                         if isinstance(item, dict | list | str))
+        elif isinstance(v, list):
+            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v)))
+                         if isinstance(item, dict | list | str))
+
+
+def _repeated_key(value: Any) -> str:
+    """The path of the first repeated key (looked for only when there is one)."""
+    for v, p in _nodes(value):
         if isinstance(v, _Repeats):
             key = v.key or '""'
             return f"{p}.{key}" if p else key
-        if isinstance(v, dict):
-            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items())
-                         if isinstance(item, dict | list))
-        elif isinstance(v, list):  # a dataset's rows of numbers hold no object: not walked
-            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v)))
-                         if isinstance(item, dict | list))
     raise AssertionError("no repeated key")
 
 
@@ -393,20 +401,14 @@ _NUL_ESCAPE_BYTES = re.compile(_NUL_ESCAPE.pattern.encode())
 
 
 def _nul_path(value: Any) -> str:
-    """The path of the first key or string holding a NUL (walked only when there is one)."""
-    stack = [(value, "")]
-    while stack:
-        v, p = stack.pop()
+    """The path of the first key or string holding a NUL (looked for only when there is one)."""
+    for v, p in _nodes(value):
         if isinstance(v, str) and "\x00" in v:
             return p or "body"
         if isinstance(v, dict):
             for k in v:
                 if "\x00" in k:
                     return (f"{p}.{k}" if p else k).replace("\x00", "\\0")
-            stack.extend((item, f"{p}.{k}" if p else k) for k, item in reversed(v.items()))
-        elif isinstance(v, list):
-            stack.extend((item, f"{p}[{i}]") for i, item in reversed(list(enumerate(v)))
-                         if isinstance(item, str | dict | list))
     return "body"
 
 

@@ -41,6 +41,7 @@ def _float(name: str, default: str, low: float = 0.0, above: bool = True):
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")  # where keys may be off (BACKPROP_AUTH), and the Host then
 
 # "1200 per minute", "10/second; 1000 per day": what flask-limiter parses
 _RATE = r"\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*"
@@ -113,7 +114,7 @@ class Settings:
 
     @property
     def loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1")
+        return self.host in LOOPBACK_NAMES
 
     @property
     def embedded(self) -> bool:
