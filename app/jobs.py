@@ -90,24 +90,38 @@ def ext() -> dict[str, Any]:
 ETA_EPOCHS = 20  # the recent epochs whose durations predict the rest
 
 
-def eta_seconds(job: Job) -> float | None:
-    """From the durations of the latest epochs: a job resumed from a checkpoint has a start
-    time that also covers the downtime and the epochs it trained again, which made the time
-    since the start over the epochs done overstate the rest (270 s for 45)."""
+def recent_epoch_seconds(session, jobs: list[Job]) -> dict[str, float]:
+    """The mean duration of each running job's latest epochs, for all of `jobs` in one query (a
+    listing made one query per running job)."""
+    ids = [j.id for j in jobs if j.status == JobStatus.RUNNING and j.epochs_done]
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(EpochRecord.job_id, func.avg(EpochRecord.duration))
+        .join(Job, Job.id == EpochRecord.job_id)
+        .where(EpochRecord.job_id.in_(ids), EpochRecord.epoch > Job.epochs_done - ETA_EPOCHS)
+        .group_by(EpochRecord.job_id))
+    return {job_id: avg for job_id, avg in rows if avg is not None}
+
+
+def eta_seconds(job: Job, recent: dict[str, float]) -> float | None:
+    """From the durations of the latest epochs (`recent_epoch_seconds`): a job resumed from a
+    checkpoint has a start time that also covers the downtime and the epochs it trained again,
+    which made the time since the start over the epochs done overstate the rest (270 s for 45)."""
     if job.status != JobStatus.RUNNING or not job.epochs_done or job.started_at is None:
         return None
     left = max(job.total_epochs - job.epochs_done, 0)
-    session = object_session(job)
-    if session is not None:
-        recent = session.scalar(select(func.avg(EpochRecord.duration)).where(
-            EpochRecord.job_id == job.id, EpochRecord.epoch > job.epochs_done - ETA_EPOCHS))
-        if recent is not None:
-            return round(recent * left, 3)
+    if job.id in recent:
+        return round(recent[job.id] * left, 3)
     per_epoch = (utcnow() - job.started_at).total_seconds() / job.epochs_done
     return round(per_epoch * left, 3)
 
 
-def job_json(job: Job) -> dict[str, Any]:
+def job_json(job: Job, recent: dict[str, float] | None = None) -> dict[str, Any]:
+    """`recent` is `recent_epoch_seconds` of a listing's jobs; a single job looks its own up."""
+    if recent is None:
+        session = object_session(job)
+        recent = recent_epoch_seconds(session, [job]) if session is not None else {}
     links = {name: url_for(f"jobs.{view}", job_id=job.id) for name, view in (
         ("self", "get_job"), ("epochs", "get_epochs"), ("weights", "get_weights"), ("predict", "predict_job"),
         ("diagnostics", "get_diagnostics"), ("events", "job_events"))}
@@ -115,7 +129,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "id": job.id, "status": job.status, "created_at": iso(job.created_at),
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "progress": {"epoch": job.epochs_done, "total_epochs": job.total_epochs},
-        "eta_seconds": eta_seconds(job), "metrics": json_safe(job.metrics), "stop_reason": job.stop_reason,
+        "eta_seconds": eta_seconds(job, recent), "metrics": json_safe(job.metrics), "stop_reason": job.stop_reason,
         "error": job.error, "attempts": job.attempts, "worker": job.worker, "dataset_id": job.dataset_id,
         "init_from": job.init_from, "fine_tuned_from": job.fine_tuned_from, "freeze": job.freeze,
         "retry_of": job.retry_of,
@@ -350,7 +364,8 @@ def list_jobs():
     stmt = newest_first(stmt, Job, q.limit, q.next)
     with ext()["sessions"]() as session:
         jobs, cursor = page(list(session.scalars(stmt)), q.limit)
-        return {"jobs": [job_json(j) for j in jobs], "next": cursor}
+        recent = recent_epoch_seconds(session, jobs)
+        return {"jobs": [job_json(j, recent) for j in jobs], "next": cursor}
 
 
 @bp.get("/<job_id>")

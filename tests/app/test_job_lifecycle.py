@@ -383,6 +383,31 @@ def test_eta_of_a_resumed_job_comes_from_its_recent_epochs(client, sessions):
     assert [j["eta_seconds"] for j in listed if j["id"] == job_id] == [pytest.approx(30.0)]
 
 
+def test_a_listing_reads_every_running_jobs_eta_in_one_query(app, client, sessions):
+    """Each running job's recent epochs used to be averaged in a query of its own."""
+    from sqlalchemy import event
+
+    ids = [queued_job(client, iris_job(epochs=50)) for _ in range(4)]
+    with sessions.begin() as s:
+        for i, job_id in enumerate(ids):
+            for epoch in range(1, 11):
+                s.add(EpochRecord(job_id=job_id, epoch=epoch, loss=1.0, metrics={}, duration=0.1 * (i + 1),
+                                  grad_norms={}, weight_norms={}))
+    for job_id in ids:
+        set_job(sessions, job_id, status=JobStatus.RUNNING, started_at=utcnow(), epochs_done=10)
+    statements = []
+    engine = app.extensions["backprop"]["engine"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        listed = client.get("/v1/jobs").get_json()["jobs"]
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    etas = {j["id"]: j["eta_seconds"] for j in listed}
+    assert [etas[job_id] for job_id in ids] == [pytest.approx(0.1 * (i + 1) * 40) for i in range(4)]
+    assert sum("avg(" in s.lower() for s in statements) == 1, statements
+
+
 def test_a_trained_job_names_its_worker_and_attempts(client, sessions):
     job_id = queued_job(client, iris_job(epochs=2))
     run_job(sessions, job_id, worker="celery@box")
