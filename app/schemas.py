@@ -115,8 +115,10 @@ class JobOut(BaseModel):
     finished_at: str | None
     progress: Progress
     eta_seconds: float | None = Field(description="estimated seconds left, while running")
-    metrics: dict[str, float | None] | None = Field(description="the latest finished epoch's metrics; a metric is "
-                                                               "null where it overflowed (was not finite)")
+    metrics: dict[str, float | None] | None = Field(description="the latest finished epoch's metrics, or the best "
+                                                               "epoch's once early stopping restored its weights; "
+                                                               "a metric is null where it overflowed (was not finite)")
+    metrics_epoch: int | None = Field(description="the epoch whose numbers `metrics` holds (null before the first)")
     stop_reason: str | None = Field(description="completed, early_stopping, target_reached, cancelled, error")
     error: str | None
     attempts: int

@@ -96,6 +96,7 @@ class Job:
     finished_at: str | None = None
     eta_seconds: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    metrics_epoch: int | None = None  # the epoch `metrics` come from (early stopping: the best)
     stop_reason: str | None = None
     error: str | None = None
     attempts: int = 0
@@ -113,7 +114,8 @@ class Job:
                    total_epochs=int(progress.get("total_epochs") or 0), created_at=d.get("created_at"),
                    started_at=d.get("started_at"), finished_at=d.get("finished_at"),
                    eta_seconds=d.get("eta_seconds"), metrics=dict(d.get("metrics") or {}),
-                   stop_reason=d.get("stop_reason"), error=d.get("error"), attempts=int(d.get("attempts") or 0),
+                   metrics_epoch=d.get("metrics_epoch"), stop_reason=d.get("stop_reason"), error=d.get("error"),
+                   attempts=int(d.get("attempts") or 0),
                    dataset_id=d.get("dataset_id"), raw=d)
 
 

@@ -119,6 +119,7 @@ def forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
     session.execute(delete(EpochRecord).where(EpochRecord.job_id == job.id, EpochRecord.epoch > epoch))
     job.epochs_done = epoch
     job.metrics = metrics_of_epoch(session, job.id, epoch) if epoch else None
+    job.metrics_epoch = epoch if job.metrics is not None else None
 
 
 def cancel_between_attempts(session: Session, job: Job) -> None:
@@ -152,3 +153,4 @@ def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> Non
     session.execute(insert(EpochRecord), rows)
     job.epochs_done = records[-1]["epoch"]
     job.metrics = epoch_metrics(records[-1]["loss"], rows[-1]["metrics"])
+    job.metrics_epoch = records[-1]["epoch"]

@@ -24,8 +24,9 @@ def _assert_matches_models(url: str) -> None:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                    Base.metadata)
+            # server defaults too: 0002 left some that the models do not declare
+            diff = compare_metadata(MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}), Base.metadata)
             assert diff == [], diff
             tables = set(inspect(conn).get_table_names())
         assert tables >= set(Base.metadata.tables)
@@ -115,6 +116,15 @@ def test_upgrading_a_filled_database_keeps_every_row(tmp_path, backend, request)
     with engine.begin() as conn:  # j2 fine-tuned from j1 (init_from came with 0002)
         conn.exec_driver_sql("UPDATE jobs SET init_from = 'j1' WHERE id = 'j2'")
     engine.dispose()
+    command.upgrade(cfg, "0004")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # j1 stopped early and kept epoch 1's weights and metrics; j2 ran 3 epochs
+        conn.execute(insert(tables["epochs"]), row(tables["epochs"], id=2, job_id="j1", epoch=2, loss=0.25, metrics={},
+                                                  grad_norms={}, weight_norms={}))
+        conn.exec_driver_sql("""UPDATE jobs SET epochs_done = 2, stop_reason = 'early_stopping',
+                                metrics = '{"loss": 0.5}' WHERE id = 'j1'""")
+        conn.exec_driver_sql("""UPDATE jobs SET epochs_done = 3, metrics = '{"loss": 0.1}' WHERE id = 'j2'""")
+    engine.dispose()
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -122,7 +132,10 @@ def test_upgrading_a_filled_database_keeps_every_row(tmp_path, backend, request)
                   for name in ("datasets", "jobs", "epochs", "weights")}
         jobs = MetaData()
         jobs.reflect(conn, only=["jobs"])
-        lineage = dict(conn.execute(select(jobs.tables["jobs"].c.id, jobs.tables["jobs"].c.fine_tuned_from)).all())
+        t = jobs.tables["jobs"]
+        lineage = dict(conn.execute(select(t.c.id, t.c.fine_tuned_from)).all())
+        metrics_epoch = dict(conn.execute(select(t.c.id, t.c.metrics_epoch)).all())
     engine.dispose()
-    assert counts == {"datasets": 1, "jobs": 2, "epochs": 1, "weights": 1}
+    assert counts == {"datasets": 1, "jobs": 2, "epochs": 2, "weights": 1}
     assert lineage == {"j1": None, "j2": "j1"}  # 0004 keeps the parent of a fine-tune
+    assert metrics_epoch == {"j1": 1, "j2": 3}  # 0005: the epoch the metrics come from

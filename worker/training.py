@@ -232,8 +232,9 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
     with attempt.write() as (session, job):
         if weights is not None:
             save_weights(session, job.id, weights)
-        if metrics_epoch is not None:
-            job.metrics = metrics_of_epoch(session, job.id, metrics_epoch) or job.metrics
+        restored = metrics_of_epoch(session, job.id, metrics_epoch) if metrics_epoch is not None else None
+        if restored is not None:
+            job.metrics, job.metrics_epoch = restored, metrics_epoch
         job.status, job.stop_reason, job.error, job.finished_at = status, stop_reason, error, utcnow()
         session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
     JOBS_FINISHED.labels(status).inc()

@@ -107,7 +107,9 @@ class Job(Base):
     training_spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     total_epochs: Mapped[int] = mapped_column(Integer)
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
-    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the latest epoch's
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the epoch whose numbers `metrics` holds: the latest, or the best one early stopping restored
+    metrics_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -309,6 +309,7 @@ def test_restored_best_weights_come_with_that_epochs_metrics(client, sessions, f
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]
     assert job["metrics"]["loss"] == epochs[0]["loss"] != epochs[-1]["loss"]
     assert job["metrics"]["val_accuracy"] == epochs[0]["val_accuracy"]
+    assert job["metrics_epoch"] == 1  # says which epoch, where the curves run on to epoch 4
 
 
 # -- a job stopped between or early in attempts keeps one consistent state ----------------------
@@ -322,8 +323,9 @@ def assert_describes_epoch(client, sessions, job_id, epoch: int) -> None:
         assert s.get(Checkpoint, job_id) is None
     weights = client.get(f"/v1/jobs/{job_id}/weights")
     if epoch == 0:
-        assert job["metrics"] is None and weights.status_code == 409
+        assert job["metrics"] is None and job["metrics_epoch"] is None and weights.status_code == 409
         return
+    assert job["metrics_epoch"] == epoch
     last = client.get(f"/v1/jobs/{job_id}/epochs").get_json()["epochs"][-1]
     assert job["metrics"]["loss"] == last["loss"] and job["metrics"]["val_loss"] == last["val_loss"]
     stored = weights.get_json()["weights"]
