@@ -735,13 +735,16 @@ def in_network_order(spec: dict[str, Any], weights: dict[str, np.ndarray]) -> di
 
 
 @bp.post("/<job_id>/predict")
-@doc("Predict with a succeeded job", body=PredictRequest, response=PredictOut, errors=(404, 409), tag=TAG)
+@doc("Predict with a finished job's weights", body=PredictRequest, response=PredictOut, errors=(404, 409), tag=TAG,
+     description="A succeeded job, or one cancelled (or stopped by the time limit) after an epoch, with the weights "
+                 "it kept, as `init_from` and the weights route take them. 409 `job_not_finished` while it "
+                 "trains, `no_weights` when it ended with none.")
 def predict_job(job_id: str):
     body = parse(PredictRequest, read_json_body())
     with ext()["sessions"]() as session:
         job = load_job(session, job_id)
-        if job.status != JobStatus.SUCCEEDED:
-            raise ApiError(409, "job_not_finished", f"job {job_id} is {job.status}; predict needs a "
-                           "succeeded job", job_status=job.status)
+        # a run cancelled once it was good enough is served as it is fine-tuned from: its weights
+        if job.status not in JobStatus.TERMINAL or not weight_shapes(session, job.id):
+            raise no_weights(job)
         model = ext()["models"].get(session, job)
     return {**answer(model, body), "job_id": job_id}

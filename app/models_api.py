@@ -166,8 +166,10 @@ def _register_once(body: ModelRegister) -> dict[str, Any]:
         model = lock_model(session, body.name)
         job = load_job(session, body.job_id)
         if job.status != JobStatus.SUCCEEDED:
-            raise ApiError(409, "job_not_finished", f"job {job.id} is {job.status}; only a succeeded job can be "
-                           "registered", job_status=job.status)
+            # a job that ended otherwise has finished: it can be predicted with, not registered
+            code = "job_not_succeeded" if job.status in JobStatus.TERMINAL else "job_not_finished"
+            raise ApiError(409, code, f"job {job.id} is {job.status}; only a succeeded job can be registered",
+                           job_status=job.status)
         if model is None:
             # a concurrent first registration of this name fails the (tenant, name) unique constraint
             model = RegisteredModel(tenant=current_tenant(), name=body.name)
@@ -191,7 +193,8 @@ def _register_once(body: ModelRegister) -> dict[str, Any]:
                  "model; `latest` points at the newest at once, and the optional `aliases` are moved to the "
                  "new version in the same transaction. Registering the same job twice makes two versions. "
                  "Answers 201 with a Location. 404 `job_not_found` for an unknown job (or another tenant's), "
-                 "409 `job_not_finished` unless the job succeeded. Send an Idempotency-Key to retry safely.")
+                 "409 `job_not_finished` while the job trains, `job_not_succeeded` when it failed or was "
+                 "cancelled. Send an Idempotency-Key to retry safely.")
 @idempotent
 def register_model():
     body = parse(ModelRegister, read_json_body())

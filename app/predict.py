@@ -1,5 +1,5 @@
 """Predictions from a stored job: the network is rebuilt once and kept in a cache bounded in
-bytes, because a succeeded job's weights never change."""
+bytes, because a finished job's weights never change."""
 
 from __future__ import annotations
 

@@ -1019,3 +1019,24 @@ def test_openapi_request_schemas_are_the_validating_models(client):
     assert body["schema"] == {"$ref": "#/components/schemas/JobCreate"}
     example = schema["examples"][0]
     assert submit(client, example).status_code == 202  # the documented example is accepted
+
+
+def test_a_job_cancelled_after_epochs_predicts_with_the_weights_it_kept(client, sessions):
+    """Cancelled once it was good enough: its weights could be downloaded and fine-tuned from, but
+    predict answered 409 `job_not_finished` (for a job that had finished)."""
+    job_id = trained_job(client, sessions, iris_job(epochs=5))
+    set_job(sessions, job_id, status=JobStatus.CANCELLED, stop_reason="cancelled")
+    x, _ = iris()
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x[:3].tolist()})
+    assert resp.status_code == 200, resp.get_json()
+    assert len(resp.get_json()["predictions"]) == 3
+    # the registry keeps to succeeded jobs, and says why with a code of its own
+    body = problem(client.post("/v1/models", json={"name": "m", "job_id": job_id}), 409, "job_not_succeeded")
+    assert body["job_status"] == "cancelled"
+    # a job that ended with no weights, and one still training
+    failed = queued_job(client)
+    set_job(sessions, failed, status=JobStatus.FAILED, error="boom")
+    problem(client.post(f"/v1/jobs/{failed}/predict", json={"inputs": x[:1].tolist()}), 409, "no_weights")
+    running = queued_job(client)
+    set_job(sessions, running, status=JobStatus.RUNNING, started_at=utcnow())
+    problem(client.post(f"/v1/jobs/{running}/predict", json={"inputs": x[:1].tolist()}), 409, "job_not_finished")

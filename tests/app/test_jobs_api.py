@@ -117,8 +117,9 @@ def test_predict_and_weights_wait_for_success(client):
         assert resp.get_json()["code"] == "job_not_finished"
     # cancelled before an epoch ended: finished, with nothing stored ("not finished" was false)
     assert client.post(f"/v1/jobs/{job_id}/cancel").get_json()["status"] == "cancelled"
-    resp = client.get(f"/v1/jobs/{job_id}/weights")
-    assert resp.status_code == 409 and resp.get_json()["code"] == "no_weights", resp.get_json()
+    for resp in (client.get(f"/v1/jobs/{job_id}/weights"),
+                 client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[0, 0, 0, 0]]})):
+        assert resp.status_code == 409 and resp.get_json()["code"] == "no_weights", resp.get_json()
     resp = client.post("/v1/jobs", json={**iris_job(epochs=1), "init_from": job_id})
     assert resp.status_code == 409 and resp.get_json()["code"] == "no_weights", resp.get_json()
     assert resp.get_json()["errors"][0]["path"] == "init_from"
