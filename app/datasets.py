@@ -178,8 +178,9 @@ MAX_CLASSES = 1000
 FEATURE_DTYPES = ("float32", "float64", "uint8")  # kept as uploaded; other numbers become float64
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-NPZ_KEYS = {"features": "features", "x": "features", "targets": "targets", "y": "targets",
-            "feature_names": "feature_names"}
+# x and y in either case: np.savez(f, X=X, y=y) is scikit-learn's habit
+NPZ_KEYS = {"features": "features", "x": "features", "X": "features", "targets": "targets", "y": "targets",
+            "Y": "targets", "feature_names": "feature_names"}
 
 
 def _cell_problem(cell: str) -> str | None:
@@ -389,7 +390,7 @@ ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeE
 
 
 def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str, np.ndarray]:
-    """A dataset .npz: `features` and `targets` (or `x` and `y`), optionally `feature_names`.
+    """A dataset .npz: `features` and `targets` (or `x`/`X` and `y`), optionally `feature_names`.
     Uncompressed sizes are checked against `max_bytes`, and each array's header against the
     dataset limits, before any array is inflated."""
     try:
@@ -404,7 +405,7 @@ def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str
             key = NPZ_KEYS.get(name)
             if key is None or not info.filename.endswith(".npy"):
                 raise _npy_problem(part, f"holds {info.filename!r}; a dataset .npz holds the arrays `features` "
-                                         "and `targets` (or `x` and `y`), optionally `feature_names`")
+                                         "and `targets` (or `x`/`X` and `y`), optionally `feature_names`")
             if key in found:
                 raise _npy_problem(part, f"holds both {found[key].filename!r} and {info.filename!r}")
             found[key] = info

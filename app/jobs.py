@@ -251,11 +251,13 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             check_dataset_limits(features.shape[0], features[0].size, "dataset.features")
             targets, labels = parse_targets(body.dataset.targets, "dataset.targets")
             check_dataset_fits(features, targets, net.input_shape)
-            features = as_model_dtype(features, net.dtype, "dataset.features")
+            # checked against the model's dtype, but stored as given (float64), as an upload is: a
+            # later float64 job on this dataset_id must not train on float32-rounded values
+            as_model_dtype(features, net.dtype, "dataset.features")
+            _check_same_classes(session, body.init_from, labels, "dataset.targets")
             _check_training_fits(net, training, targets, labels, "dataset.targets")
             if net.classification and targets.ndim == 1:  # class indices or labels: as an upload's
                 check_class_count(targets, labels, "dataset.targets")
-            _check_same_classes(session, body.init_from, labels, "dataset.targets")
             names = body.dataset.feature_names
             check_names(names, int(features[0].size), "dataset.feature_names")
             ds = create_dataset(session, features, targets, names, labels,
@@ -274,8 +276,8 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 as_model_dtype(features, net.dtype, "dataset_id", name="features")
             else:
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
-            _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
             _check_same_classes(session, body.init_from, ds.class_labels, "dataset_id")
+            _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
         check_training_cost(net, ds.n_samples, training["batch_size"], training["epochs"])
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
@@ -320,7 +322,8 @@ def _check_training_fits(net: Network, training: dict[str, Any], targets: np.nda
     try:
         y = net.loss.prepare_targets(targets, net.output_shape, net.dtype)
     except ValueError as exc:
-        raise validation_error([{"path": path, "message": str(exc)}]) from None
+        raise validation_error([{"path": path, "message": str(exc) + _numbers_as_labels_hint(net, targets, labels)}]
+                               ) from None
     validation = training["validation_split"] > 0
     if validation:
         train_idx, val_idx = validation_split(y, training, net.classification)  # the worker's split, exactly
@@ -332,6 +335,18 @@ def _check_training_fits(net: Network, training: dict[str, Any], targets: np.nda
         Trainer(net, training).check_metric_names(validation)
     except SpecError as exc:
         raise validation_error(exc.errors) from None
+
+
+def _numbers_as_labels_hint(net: Network, targets: np.ndarray, labels: list[Any] | None) -> str:
+    """Numbers are class indices, not labels: wine's classes 1..3 (or {0, 5, 10}) are refused
+    for a 3-unit output, where scikit-learn would take them as labels. Say how to send them."""
+    if labels is not None or not net.classification or targets.dtype.kind not in "iuf" or targets.size == 0:
+        return ""
+    units = 2 if net.spec["loss"] == "binary_crossentropy" else net.class_count
+    if targets.min() >= 0 and targets.max() < units:
+        return ""
+    return ('; numbers are read as class indices (0..k-1): send class labels as strings, e.g. "1", '
+            '"2", "3", to have them mapped to the output units in sorted order')
 
 
 def _parse_time(value: str, path: str) -> datetime:

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits, load_wine
+from sklearn.datasets import load_digits, load_iris, load_wine
 from sqlalchemy import func, select
 
 from core.db import Dataset, Job
@@ -145,6 +145,14 @@ def test_npz_upload_keeps_dtype_and_names(client):
     assert body["shape"] == [178, 13] and body["dtype"] == "float32"
     assert body["feature_names"] == load_wine().feature_names
     assert body["class_counts"] == {"0": 59, "1": 71, "2": 48}
+
+
+def test_npz_with_scikit_learns_capital_x(client):
+    x, y = load_iris(return_X_y=True)
+    body = created(upload(client, npz_bytes(X=x, y=y), "iris.npz"))
+    assert body["shape"] == [150, 4]
+    resp = upload(client, npz_bytes(X=x, x=x, y=y), "iris.npz")  # one name for features, not two
+    assert resp.status_code == 422 and "holds both" in resp.get_json()["errors"][0]["message"]
 
 
 def test_npz_with_x_y_big_endian_and_string_labels(client, sessions):
@@ -436,7 +444,7 @@ def test_unknown_and_other_tenants_datasets_are_404(client, sessions):
 def test_inline_job_dataset_is_listed_with_its_tenant_and_targets(client):
     job = client.post("/v1/jobs", json=iris_job(epochs=1)).get_json()
     ds = client.get(f"/v1/datasets/{job['dataset_id']}").get_json()
-    assert ds["source"] == "inline" and ds["dtype"] == "float32"
+    assert ds["source"] == "inline" and ds["dtype"] == "float64"  # as given, as an upload keeps it
     assert ds["target_kind"] == "classes" and ds["class_counts"] == {"0": 50, "1": 50, "2": 50}
 
 

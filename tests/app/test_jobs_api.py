@@ -410,3 +410,46 @@ def test_a_dataset_name_is_not_empty(client):
     x, y = iris()
     resp = client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist(), "name": ""})
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == "name"
+
+
+def test_an_inline_dataset_is_stored_as_given_not_in_the_models_dtype(client, sessions):
+    """A float32 job stored its inline data as float32: a float64 job on the same dataset_id then
+    trained on rounded values (123456789.123 became 123456792)."""
+    body = iris_job(epochs=1)
+    body["dataset"]["features"][0][0] = 123456789.123
+    job = client.get(f"/v1/jobs/{submit(client, body).get_json()['id']}").get_json()
+    ds = client.get(f"/v1/datasets/{job['dataset_id']}").get_json()
+    assert ds["dtype"] == "float64"
+    with sessions() as s:
+        from core.store import dataset_arrays
+
+        features, _ = dataset_arrays(s.get(Dataset, job["dataset_id"]))
+    assert features[0, 0] == 123456789.123
+
+
+def test_numbers_given_as_class_labels_are_told_to_come_as_strings(client):
+    """Wine's classes 1..3 for three softmax units: refused, as numbers are class indices; the
+    message now says how to send them as labels."""
+    body = iris_job(epochs=1)
+    body["dataset"]["targets"] = [t + 1 for t in body["dataset"]["targets"]]
+    resp = submit(client, body)
+    assert resp.status_code == 422
+    message = resp.get_json()["errors"][0]["message"]
+    assert "0..2" in message and "as strings" in message, message
+    body["dataset"]["targets"] = [str(t) for t in body["dataset"]["targets"]]
+    assert submit(client, body).status_code == 202
+
+
+def test_fine_tuning_on_fewer_classes_names_the_parents_labels(client, sessions):
+    labels = ["setosa", "versicolor", "virginica"]
+    body = iris_job(epochs=2)
+    body["dataset"]["targets"] = [labels[t] for t in body["dataset"]["targets"]]
+    parent = trained_job(client, sessions, body)
+    child = iris_job(epochs=1)
+    keep = [i for i, t in enumerate(child["dataset"]["targets"]) if t != 1]
+    child["dataset"]["features"] = [child["dataset"]["features"][i] for i in keep]
+    child["dataset"]["targets"] = [labels[child["dataset"]["targets"][i]] for i in keep]
+    resp = submit(client, {**child, "init_from": parent})
+    assert resp.status_code == 422
+    message = resp.get_json()["errors"][0]["message"]
+    assert "'versicolor'" in message and f"init_from job {parent}" in message, message
