@@ -44,11 +44,14 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         # predictions at once: a quarter of the threads, so that streams and predictions
         # together still leave threads for everything else, /livez included
         "predictions": threading.BoundedSemaphore(max(1, settings.web_threads // 4)),
+        # large JSON bodies parsed at once (schemas.LARGE_JSON_BYTES): memory, not CPU, is the bound
+        "large_bodies": threading.BoundedSemaphore(max(1, settings.web_threads // 4)),
         "models": ModelCache(max_bytes=int(settings.predict_cache_mb * 2**20)),  # networks for predict
     }
     if not logging.getLogger().handlers:
         configure_logging(settings.log_level, settings.log_format)
     register_error_handlers(app)
+    release_large_body_slots(app)
     refuse_nul(app)
     init_request_ids(app)
     init_http_metrics(app)
@@ -67,6 +70,19 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     for blueprint in (jobs_bp, datasets_bp, models_bp, health_bp, metrics_bp, openapi_bp, dashboard_bp):
         app.register_blueprint(blueprint)
     return app
+
+
+def release_large_body_slots(app: Flask) -> None:
+    """A request that parsed a large body (schemas.hold_large_body_slot) gives its slot back when
+    it ends, however it ends."""
+
+    @app.teardown_request
+    def _release(_exc):
+        from flask import g
+
+        slots = g.pop("large_body_slot", None)
+        if slots is not None:
+            slots.release()
 
 
 def refuse_nul(app: Flask) -> None:

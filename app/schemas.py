@@ -364,6 +364,8 @@ def read_json_body() -> Any:
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # a chunked body is cut at the limit rather than refused; reaching it means more was sent
         raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+    if len(raw) > LARGE_JSON_BYTES:
+        hold_large_body_slot()
     repeated = False
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -396,6 +398,27 @@ def read_json_body() -> Any:
         path = _nul_path(doc)
         raise validation_error([{"path": path, "message": "must not contain NUL characters (\\u0000)"}])
     return doc
+
+
+# A JSON document takes 8-20 times its size once parsed (a Python float and a list slot per
+# number): 60 MB of numbers peaked at 490 MB, short integers at over 1 GB. Bodies above this size
+# are parsed a few at a time per process (a quarter of its threads, as predictions).
+LARGE_JSON_BYTES = 8 * 2**20
+LARGE_BODY_WAIT_SECONDS = 30.0
+
+
+def hold_large_body_slot() -> None:
+    """One of the process's slots for parsing a large body, held until the request ends (the
+    parsed document lives that long): waited for, up to LARGE_BODY_WAIT_SECONDS, then a 503."""
+    from flask import current_app, g
+
+    slots = current_app.extensions["backprop"]["large_bodies"]
+    if not slots.acquire(timeout=LARGE_BODY_WAIT_SECONDS):
+        raise ApiError(503, "too_many_large_requests", "this API process is reading as many large request "
+                       f"bodies (over {LARGE_JSON_BYTES // 2**20} MB) as it may at once; try again in a moment, "
+                       "or upload large datasets as CSV or .npz (POST /v1/datasets), which are read a block "
+                       "at a time", headers={"Retry-After": "5"})
+    g.large_body_slot = slots
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
