@@ -67,12 +67,14 @@ const sleep = (ms, signal) => new Promise(resolve => {
 });
 
 /** Reads /v1/jobs/{id}/events with fetch() - EventSource cannot send the key - and calls
- * onEvent(name, data) per Server-Sent Event. Resolves when the server ends the stream. */
-async function readEvents(jobId, after, signal, onEvent) {
+ * onEvent(name, data) per Server-Sent Event, onOpen() once the server has accepted the stream.
+ * Resolves when the server ends the stream. */
+async function readEvents(jobId, after, signal, onEvent, onOpen = () => {}) {
   const resp = await fetch(`/v1/jobs/${enc(jobId)}/events?after=${after}`,
                            {signal, headers: headers({Accept: 'text/event-stream'})});
   if (!resp.ok) throw await failure(resp);
-  if (!resp.body) throw new Error('this browser cannot stream responses');
+  if (!resp.body) throw new StreamUnsupported('this browser cannot stream responses');
+  onOpen();
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   for (;;) {
@@ -93,12 +95,26 @@ async function readEvents(jobId, after, signal, onEvent) {
   }
 }
 
+class StreamUnsupported extends Error {}
+
+/** Whether following should give up on this error: the job is gone (404) or the key is wanted
+ * or refused (401). Anything else - fetch's TypeError when the API cannot be reached, a 5xx, 429
+ * or 503, a stream cut short - is a moment's outage, and is retried. */
+const fatal = err => err instanceof ApiError && (err.status === 401 || err.status === 404);
+
+/** Pauses between attempts while the API does not answer: 1, 2, 4, then every 8 s. */
+export const RETRY_DELAYS = [1000, 2000, 4000, 8000];
+
 /** Live updates of one job from epoch `after` on: onEpoch(record) for each new epoch,
- * onStatus(job) when the job changes, onMode('stream' | 'poll') to say how. Streams the
- * SSE endpoint; if streaming fails (or is turned off), polls /epochs?after=N and the job
- * every second.
- * Stops by itself at a terminal status; returns a function that stops it sooner. */
-export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, onError = () => {}}) {
+ * onStatus(job) when the job changes, onMode(mode, detail) to say how: 'stream', 'poll', or
+ * 'reconnecting' (with the pause before the next try, in ms) while the API does not answer.
+ * Streams the SSE endpoint; if streaming is not possible (or turned off) while the API itself
+ * answers, polls /epochs?after=N and the job every second. An outage - the stream or a poll
+ * failing on the network, or a 5xx, 429 or 503 - is ridden out with pauses of 1, 2, 4 and 8 s
+ * (then 8 s on), after which it streams (or polls) again from the last epoch it saw.
+ * Stops by itself at a terminal status, or for good on a 401 or 404 (onError(err) is called);
+ * onEnd() is called whenever it stops by itself. Returns a function that stops it sooner. */
+export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, onError = () => {}, onEnd = () => {}}) {
   const ctl = new AbortController();
   const signal = ctl.signal;
   let last = after, finished = false;
@@ -107,38 +123,63 @@ export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, o
     onStatus(job);
     if (TERMINAL.includes(job.status) || job.status === 'deleted') finished = true;
   };
+  const onEvent = (name, data) => { if (name === 'epoch') epoch(data); else if (name === 'status') status(data); };
 
-  async function stream() {
-    onMode('stream');
-    for (let tries = 0; !finished && !signal.aborted && tries < 5; tries++) {
-      await readEvents(jobId, last, signal, (name, data) => {
-        if (name === 'epoch') epoch(data); else if (name === 'status') status(data);
-      });
-      if (!finished) await sleep(1000, signal);  // the server closed early: reconnect
-    }
-  }
-
-  async function poll() {
-    onMode('poll');
-    while (!finished && !signal.aborted) {
-      (await epochsAfter(jobId, last, signal)).forEach(epoch);
-      status(await api(`/v1/jobs/${enc(jobId)}`, {signal}));
-      if (!finished) await sleep(1000, signal);
-    }
+  async function pollOnce() {
+    (await epochsAfter(jobId, last, signal)).forEach(epoch);
+    status(await api(`/v1/jobs/${enc(jobId)}`, {signal}));
   }
 
   (async () => {
+    // localStorage 'backprop.live' = 'poll' skips streaming (e.g. behind a proxy that buffers)
+    let streaming = true;
+    try { streaming = localStorage.getItem('backprop.live') !== 'poll'; } catch { /* no storage */ }
+    let failures = 0, earlyEnds = 0;
+    const answered = () => { failures = 0; };
     try {
-      // localStorage 'backprop.live' = 'poll' skips streaming (e.g. behind a proxy that buffers)
-      if (localStorage.getItem('backprop.live') === 'poll') throw new Error('streaming turned off');
-      await stream();
+      while (!finished && !signal.aborted) {
+        try {
+          if (streaming) {
+            let opened = false;
+            try {
+              await readEvents(jobId, last, signal, onEvent, () => { opened = true; answered(); onMode('stream'); });
+            } catch (err) {
+              if (signal.aborted || fatal(err)) throw err;
+              if (opened) throw err;  // the stream broke: an outage, retried as one
+              // the stream was refused or cannot be read: if the API answers otherwise, poll
+              await pollOnce();
+              answered();
+              streaming = false;
+              onMode('poll');
+              if (!finished) await sleep(1000, signal);
+              continue;
+            }
+            // the server ended the stream before the job ended: reconnect after a pause; a
+            // server that keeps doing so (a proxy cutting streams short) is polled instead
+            if (!finished) {
+              if (++earlyEnds >= 5) { streaming = false; onMode('poll'); }
+              await sleep(1000, signal);
+            }
+          } else {
+            await pollOnce();
+            answered();
+            onMode('poll');
+            if (!finished) await sleep(1000, signal);
+          }
+        } catch (err) {
+          if (signal.aborted) return;
+          if (fatal(err)) throw err;
+          const pause = RETRY_DELAYS[Math.min(failures, RETRY_DELAYS.length - 1)];
+          failures++;
+          console.warn(`live updates: ${err.message || err}; retrying in ${pause / 1000} s`);
+          onMode('reconnecting', pause);
+          await sleep(pause, signal);
+        }
+      }
     } catch (err) {
-      if (signal.aborted || err.status === 401 || err.status === 404) { if (!signal.aborted) onError(err); return; }
-      try { await poll(); } catch (err2) { if (!signal.aborted) onError(err2); }
-      return;
-    }
-    if (!finished && !signal.aborted) {
-      try { await poll(); } catch (err) { if (!signal.aborted) onError(err); }
+      if (!signal.aborted) onError(err);
+    } finally {
+      if (!signal.aborted) onEnd();
     }
   })();
   return () => ctl.abort();

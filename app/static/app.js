@@ -2,7 +2,7 @@
 // Pages are built with DOM calls and textContent only (API data is never parsed as HTML).
 
 import {api, ApiError, apiKey, enc, epochsAfter, followJob, onUnauthorized, TERMINAL} from './api.js';
-import {fmt, heatmap, histogram, LineChart, PALETTE, stats} from './charts.js';
+import {fmt, heatmap, histogram, layerStyle, LineChart, PALETTE, stats} from './charts.js';
 
 // ---------- DOM helpers ----------
 
@@ -148,10 +148,18 @@ const EXAMPLE_JOB = {
   dataset: {features: [[0, 0], [0, 1], [1, 0], [1, 1]], targets: [0, 1, 1, 0]},
 };
 
-function metricCell(m, name) {
+function metricCell(m, name, prefix = '') {
   if (!m || m[name] == null) return '–';
   const val = m[`val_${name}`];
-  return h('span', {}, fmt(m[name]), val != null ? h('small', {class: 'muted'}, ` (val ${fmt(val)})`) : null);
+  return h('span', {}, prefix, fmt(m[name]), val != null ? h('small', {class: 'muted'}, ` (val ${prefix}${fmt(val)})`) : null);
+}
+
+/** The "Accuracy / R²" column: a classifier's accuracy, or a regression's R² marked as such. */
+const SCORE_HEADER = 'Accuracy / R²';
+function scoreCell(m) {
+  if (m && m.accuracy != null) return metricCell(m, 'accuracy');
+  if (m && m.r2 != null) return h('span', {title: 'coefficient of determination (regression)'}, metricCell(m, 'r2', 'R² '));
+  return '–';
 }
 
 async function jobsPage(ctx, root, query) {
@@ -167,7 +175,7 @@ async function jobsPage(ctx, root, query) {
       dataset ? h('span', {class: 'chip'}, `dataset ${shortId(dataset)} `, h('a', {href: '#/jobs', title: 'show all jobs'}, '×')) : null),
     submitForm(),
     h('div', {class: 'table-wrap'}, h('table', {id: 'jobs-table'},
-      h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Loss', 'Accuracy', 'Model', 'Created'].map(c => h('th', {}, c)))),
+      h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Loss', SCORE_HEADER, 'Model', 'Created'].map(c => h('th', {}, c)))),
       tbody)),
     more, status);
 
@@ -182,8 +190,8 @@ async function jobsPage(ctx, root, query) {
       h('td', {}, jobLink(job.id)),
       h('td', {}, badge(job.status)),
       h('td', {}, progressBar(job)),
-      h('td', {}, metricCell(job.metrics, 'loss')),
-      h('td', {}, metricCell(job.metrics, 'accuracy') !== '–' ? metricCell(job.metrics, 'accuracy') : metricCell(job.metrics, 'r2')),
+      h('td', {class: 'num'}, metricCell(job.metrics, 'loss')),
+      h('td', {class: 'num score'}, scoreCell(job.metrics)),
       h('td', {class: 'arch'}, architecture(job.model)),
       h('td', {}, when(job.created_at)))));
     if (!page.jobs.length) {
@@ -219,6 +227,30 @@ function submitForm() {
 
 // ---------- one job ----------
 
+const REGRESSION_LOSSES = ['mse', 'mean_squared_error', 'mae', 'mean_absolute_error', 'huber'];
+const isRegression = model => REGRESSION_LOSSES.includes(String((model && model.loss) || '').toLowerCase());
+const setText = (el, text) => { if (el.textContent !== text) el.textContent = text; };
+
+/** What a chart says while it has no epoch to draw, by the job's status. */
+function emptyText(job) {
+  switch (job.status) {
+    case 'queued': return 'Waiting for the job to start…';
+    case 'failed': return 'No epochs recorded: the job failed before its first epoch ended — see the error above';
+    case 'cancelled': return 'No epochs recorded: the job was cancelled before its first epoch ended';
+    case 'cancelling': return 'Cancelling…';
+    case 'succeeded': return 'No epochs recorded';
+    default: return 'Waiting for the first epoch…';
+  }
+}
+
+const MODES = {
+  stream: 'live (streaming events)',
+  poll: 'live (polling every second)',
+  paused: 'paused while the tab is hidden',
+  reconnecting: 'reconnecting… (the API does not answer; retrying)',
+  stopped: 'not following live updates (see the error below)',
+};
+
 async function jobPage(ctx, root, jobId) {
   const path = `/v1/jobs/${enc(jobId)}`;
   let job = await api(path, {signal: ctx.signal});
@@ -230,6 +262,7 @@ async function jobPage(ctx, root, jobId) {
   // would shift the rest of its curve onto earlier epochs. The objects have no prototype, so
   // that a layer named "constructor" or "__proto__" is just a name.
   const xs = [], metric = Object.create(null), grads = Object.create(null), wnorms = Object.create(null);
+  const layerIndex = new Map();  // layer name -> its colour and pattern's index, in model order
   const add = (cols, entries) => {
     for (const [k, v] of entries) {
       const col = cols[k] ||= new Array(xs.length - 1).fill(null);
@@ -245,11 +278,21 @@ async function jobPage(ctx, root, jobId) {
     add(metric, metricsOf(rec));
     add(grads, Object.entries(rec.grad_norms || {}));
     add(wnorms, Object.entries(rec.weight_norms || {}));
+    for (const name of [...Object.keys(rec.weight_norms || {}), ...Object.keys(rec.grad_norms || {})]) {
+      if (!layerIndex.has(name)) layerIndex.set(name, layerIndex.size);
+    }
   };
   history.forEach(push);
+  const lastEpoch = () => (xs.length ? xs[xs.length - 1] : (job.progress || {}).epoch || 0);
+  /** The epoch whose numbers job.metrics holds (null or missing: the latest). */
+  const metricsEpoch = () => (job.metrics_epoch == null ? lastEpoch() : job.metrics_epoch);
+  const restored = () => metricsEpoch() < lastEpoch();
+  const restoredWhy = () => (job.stop_reason === 'early_stopping' ? 'the best epoch, whose weights were restored (early stopping)'
+    : 'the epoch whose weights were kept');
 
   const head = h('div', {class: 'job-head'});
   const lossBox = h('div', {id: 'chart-loss'});
+  const lrBox = h('div', {id: 'chart-lr'});
   const accBox = h('div', {id: 'chart-accuracy'});
   const accTitle = h('h3', {}, 'Accuracy');
   const gradBox = h('div', {id: 'chart-grads'});
@@ -257,6 +300,8 @@ async function jobPage(ctx, root, jobId) {
   const flags = h('div', {id: 'grad-flags'});
   const weights = h('div', {id: 'weights', class: 'weights'}, h('p', {class: 'muted'}, 'Weights are stored when training ends.'));
   const predict = h('div', {id: 'predict'});
+  const layerHint = 'Each layer has its own colour; past the 12th layer the colours come round again with a ' +
+    'dotted, dash-dot or long-dashed line (the legend shows each one).';
   root.append(
     h('p', {}, h('a', {href: '#/jobs'}, '← All jobs')),
     head,
@@ -264,41 +309,120 @@ async function jobPage(ctx, root, jobId) {
       h('section', {class: 'card'},
         h('div', {class: 'title-row'}, h('h3', {}, 'Loss'),
           h('label', {class: 'toggle small'}, h('input', {type: 'checkbox', id: 'loss-log', onchange: ev => charts.loss.setLogY(ev.target.checked)}), ' log scale')),
-        h('p', {class: 'hint'}, 'Training loss (solid) and validation loss (dashed), per epoch. Validation rising while training falls means overfitting.'), lossBox),
-      h('section', {class: 'card'}, accTitle, h('p', {class: 'hint'}, 'On the training data (solid) and the held-out validation data (dashed).'), accBox)),
+        h('p', {class: 'hint'}, 'Training loss (solid) and validation loss (dashed, only when the job holds out validation data), per epoch. Validation rising while training falls means overfitting.'), lossBox,
+        h('h4', {class: 'sub'}, 'Learning rate'),
+        h('p', {class: 'hint'}, 'The learning rate of each epoch (log scale): a schedule (lr_schedule) changes it; a flat line means it stayed the same.'), lrBox),
+      h('section', {class: 'card'}, accTitle, h('p', {class: 'hint'}, 'On the training data (solid) and, when the job holds out validation data, on that (dashed).'), accBox)),
     h('div', {class: 'grid2'},
       card('Gradient norm per layer (log scale)',
-        h('p', {class: 'hint'}, 'The average size (L2 norm) of each layer\'s gradient per batch. A layer far below the others is barely learning (vanishing gradients); values that grow by orders of magnitude mean unstable updates (exploding gradients). Measured before clip_norm; frozen layers have none.'),
+        h('p', {class: 'hint'}, 'The average size (L2 norm) of each layer\'s gradient per batch. A layer far below the others is barely learning (vanishing gradients); values that grow by orders of magnitude mean unstable updates (exploding gradients). Measured before clip_norm; frozen layers have none. ', layerHint),
         gradBox, flags),
-      card('Weight norm per layer', h('p', {class: 'hint'}, 'The size (L2 norm) of each layer\'s weights after each epoch.'), wnormBox)),
+      card('Weight norm per layer', h('p', {class: 'hint'}, 'The size (L2 norm) of each layer\'s weights after each epoch. ', layerHint), wnormBox)),
     card('Weights', weights),
     card('Predict', predict),
     card('Spec', h('pre', {id: 'spec', class: 'spec'}, JSON.stringify({model: job.model, training: job.training,
       dataset_id: job.dataset_id, init_from: job.init_from, freeze: job.freeze}, null, 2))));
 
   const charts = {
-    loss: new LineChart(lossBox),
-    acc: new LineChart(accBox),
-    grads: new LineChart(gradBox, {logY: true}),
-    wnorms: new LineChart(wnormBox),
+    loss: new LineChart(lossBox, {title: 'Loss per epoch', empty: emptyText(job)}),
+    lr: new LineChart(lrBox, {title: 'Learning rate per epoch', logY: true, height: 130, empty: emptyText(job)}),
+    acc: new LineChart(accBox, {title: 'Accuracy per epoch', empty: emptyText(job)}),
+    grads: new LineChart(gradBox, {logY: true, title: 'Gradient norm per layer per epoch', empty: emptyText(job)}),
+    wnorms: new LineChart(wnormBox, {title: 'Weight norm per layer per epoch', empty: emptyText(job)}),
   };
   ctx.onDispose(() => Object.values(charts).forEach(c => c.resize.disconnect()));
+  // a validation series only when its metric was recorded (the job has validation data)
   const pair = (name, label, color) => [
     {name: label, xs, ys: metric[name] || [], color},
-    {name: `validation ${label}`, xs, ys: metric[`val_${name}`] || [], color, dashed: true}];
-  const layerSeries = by => Object.entries(by).map(([name, ys], i) => ({name, xs, ys, color: PALETTE[i % PALETTE.length]}));
+    ...(metric[`val_${name}`] ? [{name: `validation ${label}`, xs, ys: metric[`val_${name}`], color, dashed: true}] : [])];
+  const styleOf = name => layerStyle(layerIndex.has(name) ? layerIndex.get(name) : layerIndex.size);
+  const layerSeries = by => Object.entries(by).map(([name, ys]) => ({name, xs, ys, ...styleOf(name)}));
   function redraw() {
+    // classification or regression: from what was recorded, else from the model's loss
+    const regression = metric.accuracy ? false : metric.mae ? true : isRegression(job.model);
+    setText(accTitle, regression ? 'Mean absolute error' : 'Accuracy');
+    charts.acc.opts.title = regression ? 'Mean absolute error per epoch' : 'Accuracy per epoch';
     charts.loss.update(pair('loss', 'loss', PALETTE[0]));
-    const classes = metric.accuracy || !metric.mae;
-    accTitle.textContent = classes ? 'Accuracy' : 'Mean absolute error';
-    charts.acc.update(pair(classes ? 'accuracy' : 'mae', classes ? 'accuracy' : 'MAE', PALETTE[2]));
+    charts.lr.update(metric.lr ? [{name: 'learning rate', xs, ys: metric.lr, color: PALETTE[3]}] : []);
+    charts.acc.update(pair(regression ? 'mae' : 'accuracy', regression ? 'MAE' : 'accuracy', PALETTE[2]));
     charts.grads.update(layerSeries(grads));
     charts.wnorms.update(layerSeries(wnorms));
+    for (const c of Object.values(charts)) {
+      c.setEmpty(emptyText(job));
+      c.setMarker(restored() ? metricsEpoch() : null, `epoch ${metricsEpoch()}, ${job.stop_reason === 'early_stopping' ? 'best' : 'kept'}`);
+    }
   }
 
+  // the head is built once and then updated in place: a focused button keeps its focus, and
+  // only the status line is a live region (announced to screen readers when its words change)
   let mode = '';
+  const el = {
+    status: h('span', {id: 'job-status'}),
+    cancel: h('button', {type: 'button', id: 'cancel', class: 'danger', hidden: true, onclick: cancel}, 'Cancel'),
+    retry: h('button', {type: 'button', id: 'retry', hidden: true, onclick: retry}, 'Retry as a new job'),
+    bar: h('div', {class: 'bar'}),
+    barText: h('span'),
+    eta: h('span', {class: 'muted small', id: 'eta'}),
+    live: h('span', {class: 'muted small', id: 'live-status', role: 'status', 'aria-live': 'polite'}),
+    error: h('div', {class: 'error', id: 'job-error', hidden: true}),
+    metricsEpoch: h('p', {class: 'small metrics-epoch', id: 'metrics-epoch', hidden: true}),
+    metrics: h('div', {class: 'metrics', id: 'job-metrics'}),
+    facts: h('dl', {class: 'facts'}),
+    notices: h('div', {class: 'notices'}),
+  };
+  el.progress = h('div', {class: 'progress'}, el.bar, el.barText);
+  put(head,
+    h('div', {class: 'title-row'},
+      h('h2', {}, 'Job ', h('span', {class: 'mono'}, job.id)), el.status,
+      h('div', {class: 'actions'}, el.cancel, el.retry)),
+    h('div', {class: 'progress-row'}, el.progress, el.eta, el.live),
+    el.error, el.metricsEpoch, el.metrics, el.facts,
+    h('p', {class: 'arch'}, h('small', {class: 'muted'}, 'Model: '), `input ${JSON.stringify(job.model.input_shape)} → ${architecture(job.model)} · loss ${job.model.loss}`),
+    el.notices);
+  const metricValues = new Map();
+  const factValues = new Map();
+
   function renderHead() {
     const active = !TERMINAL.includes(job.status);
+    if (el.status.dataset.status !== job.status) { el.status.dataset.status = job.status; put(el.status, badge(job.status)); }
+    el.cancel.hidden = !(active && job.status !== 'cancelling');
+    el.retry.hidden = !['failed', 'cancelled'].includes(job.status);
+
+    const {epoch, total_epochs: total} = job.progress;
+    const pct = total ? Math.min(100, (100 * epoch) / total) : 0;
+    el.bar.className = `bar status-${job.status}`;
+    el.bar.style.width = `${pct.toFixed(1)}%`;
+    el.progress.title = `${epoch} of ${total} epochs`;
+    setText(el.barText, `${epoch} / ${total}`);
+    setText(el.eta, active && mode !== 'reconnecting' && job.eta_seconds != null ? `about ${duration(job.eta_seconds)} left ·` : '');
+    setText(el.live, active ? MODES[mode] || '' : `${job.status}${job.stop_reason && job.stop_reason !== job.status ? ` (${job.stop_reason.replace(/_/g, ' ')})` : ''}`);
+    el.live.classList.toggle('reconnecting', active && mode === 'reconnecting');
+    el.error.hidden = !job.error;
+    setText(el.error, job.error || '');
+
+    // the latest metrics (or those of the epoch whose weights were kept), the learning rate last
+    const m = job.metrics || {};
+    const shown = Object.entries(m).filter(([k]) => k !== 'lr').map(([k, v]) => [k, fmt(v)]);
+    if (m.lr != null) shown.push(['learning rate', fmt(m.lr)]);
+    const keys = shown.map(([k]) => k).join('\n');
+    if (el.metrics.dataset.keys !== keys) {
+      el.metrics.dataset.keys = keys;
+      metricValues.clear();
+      put(el.metrics, shown.map(([k]) => {
+        const value = h('span', {class: 'value'});
+        metricValues.set(k, value);
+        return h('span', {class: 'metric', dataset: {metric: k}}, h('small', {}, k), value);
+      }));
+    }
+    for (const [k, v] of shown) setText(metricValues.get(k), v);
+    el.metrics.hidden = !shown.length;
+    const last = lastEpoch(), at = metricsEpoch();
+    el.metricsEpoch.hidden = !shown.length || !last;
+    el.metricsEpoch.classList.toggle('restored', restored());
+    setText(el.metricsEpoch, restored()
+      ? `Metrics of epoch ${at} of ${last} — ${restoredWhy()}; the curves below go on to epoch ${last}.`
+      : `Metrics of epoch ${at}${active ? ' (the latest)' : ''}.`);
+
     const facts = [
       ['Dataset', h('a', {href: `#/jobs?dataset=${enc(job.dataset_id)}`, class: 'mono', title: 'jobs on this dataset'}, shortId(job.dataset_id))],
       ['Created', when(job.created_at)],
@@ -309,28 +433,18 @@ async function jobPage(ctx, root, jobId) {
       ...(job.init_from ? [['Fine-tuned from', jobLink(job.init_from)]] : []),
       ...(job.retry_of ? [['Retry of', jobLink(job.retry_of)]] : []),
     ];
-    const m = job.metrics || {};
-    const latest = Object.entries(m).filter(([k]) => k !== 'lr').map(([k, v]) => h('span', {class: 'metric'}, h('small', {}, k), fmt(v)));
-    put(head,
-      h('div', {class: 'title-row'},
-        h('h2', {}, 'Job ', h('span', {class: 'mono'}, job.id)), h('span', {id: 'job-status'}, badge(job.status)),
-        h('div', {class: 'actions'},
-          active && job.status !== 'cancelling' ? h('button', {type: 'button', id: 'cancel', class: 'danger', onclick: cancel}, 'Cancel') : null,
-          ['failed', 'cancelled'].includes(job.status) ? h('button', {type: 'button', onclick: retry}, 'Retry as a new job') : null)),
-      h('div', {class: 'progress-row'}, progressBar(job),
-        h('span', {class: 'muted small'}, active
-          ? [job.eta_seconds != null ? `about ${duration(job.eta_seconds)} left · ` : '', {stream: 'live (streaming events)', poll: 'live (polling every second)', paused: 'paused while the tab is hidden'}[mode] || '']
-          : `${job.status}${job.stop_reason && job.stop_reason !== job.status ? ` (${job.stop_reason.replace(/_/g, ' ')})` : ''}`)),
-      job.error ? h('div', {class: 'error'}, job.error) : null,
-      latest.length ? h('div', {class: 'metrics'}, latest) : null,
-      h('dl', {class: 'facts'}, facts.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v)))),
-      h('p', {class: 'arch'}, h('small', {class: 'muted'}, 'Model: '), `input ${JSON.stringify(job.model.input_shape)} → ${architecture(job.model)} · loss ${job.model.loss}`));
+    for (const [k, v] of facts) {
+      let dd = factValues.get(k);
+      if (!dd) { dd = h('dd'); factValues.set(k, dd); el.facts.append(h('div', {}, h('dt', {}, k), dd)); }
+      const node = nodes([v])[0];
+      if (dd.textContent !== node.textContent || !dd.firstChild) dd.replaceChildren(node);
+    }
   }
   async function cancel() {
-    try { job = await api(`${path}/cancel`, {method: 'POST'}); renderHead(); } catch (err) { head.append(errorBox(err)); }
+    try { job = await api(`${path}/cancel`, {method: 'POST'}); renderHead(); } catch (err) { el.notices.append(errorBox(err)); }
   }
   async function retry() {
-    try { const j = await api(`${path}/retry`, {method: 'POST'}); location.hash = `#/jobs/${enc(j.id)}`; } catch (err) { head.append(errorBox(err)); }
+    try { const j = await api(`${path}/retry`, {method: 'POST'}); location.hash = `#/jobs/${enc(j.id)}`; } catch (err) { el.notices.append(errorBox(err)); }
   }
 
   async function loadFlags() {
@@ -341,12 +455,22 @@ async function jobPage(ctx, root, jobId) {
       : h('p', {class: 'ok small'}, '✓ No vanishing, missing or exploding gradients.'));
   }
 
+  /** Which epoch's weights the Weights card shows. */
+  function weightsNote() {
+    if (!xs.length) return '';
+    const last = lastEpoch();
+    if (restored()) return `These are the weights of epoch ${metricsEpoch()} — ${restoredWhy()} — not those of the last epoch, ${last}.`;
+    return job.status === 'succeeded' ? `These are the weights after the last epoch, ${last}.`
+      : `These are the weights as they were when the job stopped, after epoch ${last}.`;
+  }
+
   let finishedOnce = false;
   function finished() {
     if (finishedOnce) return;
     finishedOnce = true;
+    redraw();
     loadFlags().catch(err => put(flags, errorBox(err)));
-    loadWeights(ctx, path, weights).catch(err => put(weights, errorBox(err)));
+    loadWeights(ctx, path, weights, {note: weightsNote(), styleOf, model: job.model}).catch(err => put(weights, errorBox(err)));
     renderPredict(job, path, predict);
   }
 
@@ -360,7 +484,6 @@ async function jobPage(ctx, root, jobId) {
   const handlers = {
     onEpoch(rec) {
       push(rec);
-      redraw();
       // progress and the latest metrics: the server sends the job itself only when its status
       // changes, so the head is brought up to date from the epochs, at most once a second
       recent.push(rec.duration || 0);
@@ -368,26 +491,32 @@ async function jobPage(ctx, root, jobId) {
       const total = (job.progress || {}).total_epochs || rec.epoch;
       job = {...job, progress: {...(job.progress || {}), epoch: rec.epoch},
              eta_seconds: (total - rec.epoch) * recent.reduce((a, b) => a + b, 0) / recent.length,
-             metrics: Object.fromEntries(metricsOf(rec))};
+             metrics: Object.fromEntries(metricsOf(rec)), metrics_epoch: rec.epoch};
+      redraw();
       if (Date.now() - lastHead > 1000) { lastHead = Date.now(); renderHead(); }
       if (Date.now() - lastFlags > 3000) { lastFlags = Date.now(); loadFlags().catch(() => {}); }
     },
     onStatus(j) {
-      if (j.status === 'deleted') { head.append(h('div', {class: 'error'}, 'This job was deleted.')); return; }
+      if (j.status === 'deleted') { el.notices.append(h('div', {class: 'error'}, 'This job was deleted.')); return; }
       job = j;
       renderHead();
+      redraw();
       if (TERMINAL.includes(job.status)) { stopFollowing(); finished(); }
     },
-    onMode(m) { mode = m; renderHead(); },
-    onError(err) { head.append(errorBox(err)); },
+    onMode(m) { if (m !== mode) { mode = m; renderHead(); } },
+    onError(err) { mode = 'stopped'; renderHead(); el.notices.append(errorBox(err)); },
   };
   // follow only while the tab is visible: an open stream holds one of the API's threads
   let stop = null;
-  const stopFollowing = () => { if (stop) stop(); stop = null; };
+  const stopFollowing = () => { const s = stop; stop = null; if (s) s(); };
   const follow = () => {
-    if (!stop && !document.hidden && !TERMINAL.includes(job.status)) {
-      stop = followJob(jobId, xs.length ? xs[xs.length - 1] : 0, handlers);
-    }
+    if (stop || document.hidden || TERMINAL.includes(job.status)) return;
+    const mine = followJob(jobId, xs.length ? xs[xs.length - 1] : 0, {
+      ...handlers,
+      // following ended for good (a 401 or 404): a later visibility change may follow again
+      onEnd() { if (stop === mine) stop = null; },
+    });
+    stop = mine;
   };
   const onVisibility = () => { if (document.hidden) { stopFollowing(); mode = 'paused'; renderHead(); } else follow(); };
   document.addEventListener('visibilitychange', onVisibility);
@@ -395,7 +524,37 @@ async function jobPage(ctx, root, jobId) {
   follow();
 }
 
-async function loadWeights(ctx, path, box) {
+/** How a layer's kernels are laid out in the heatmaps, by its type. */
+function heatmapHint(type) {
+  const gates = {lstm: '4 gates (input, forget, cell candidate, output)', gru: '3 gates (update, reset, candidate)'}[type];
+  if (gates) {
+    return `The ${type} layer's kernel and recurrent_kernel have one row per gate and unit: ${gates} × units rows, ` +
+      'a block of rows per gate, each holding that gate-unit\'s weights from every input (kernel) or from every unit\'s ' +
+      'previous state (recurrent_kernel).';
+  }
+  if (type === 'simple_rnn') return 'A simple_rnn layer\'s kernel has one row per unit (weights from each input); its recurrent_kernel one row per unit (weights from each unit\'s previous state).';
+  return null;
+}
+
+/** Layer name -> type, named as the server names them: a spec's name, else type_N per type. */
+function layerTypes(model) {
+  const out = new Map(), counts = {};
+  const names = new Set(((model && model.layers) || []).map(l => l.name).filter(Boolean));
+  for (const l of (model && model.layers) || []) {
+    let name = l.name;
+    if (!name) {
+      let n = counts[l.type] || 0;
+      while (names.has(`${l.type}_${n}`)) n++;
+      name = `${l.type}_${n}`;
+      counts[l.type] = n + 1;
+      names.add(name);
+    }
+    out.set(name, l.type);
+  }
+  return out;
+}
+
+async function loadWeights(ctx, path, box, {note = '', styleOf = () => ({color: PALETTE[0]}), model = null} = {}) {
   let doc;
   try {
     doc = await api(`${path}/weights`, {signal: ctx.signal});
@@ -403,27 +562,43 @@ async function loadWeights(ctx, path, box) {
     if (err.status === 409) { put(box, h('p', {class: 'muted'}, 'This job stored no weights.')); return; }
     throw err;
   }
+  const types = layerTypes(model);
   const layers = new Map();
   for (const w of doc.weights) (layers.get(w.layer) || layers.set(w.layer, []).get(w.layer)).push(w);
+  const recurrent = [...layers.keys()].filter(name => heatmapHint(types.get(name) || w0(layers.get(name))));
   put(box,
+    note ? h('p', {id: 'weights-epoch', class: 'weights-epoch'}, note) : null,
     h('p', {class: 'hint'}, 'Histograms show how the learned values are spread (the dashed line is zero). ',
-      'Heatmaps show every value: a kernel has one row per unit of the layer, holding that unit\'s weights from each input; blue is negative, red positive, white near zero.'),
-    h('div', {class: 'layer-grid'}, [...layers].map(([layer, params], li) => h('div', {class: 'layer', dataset: {layer}},
-      h('h4', {}, layer),
-      params.map(p => {
-        const flat = Array.isArray(p.values) ? p.values.flat(Infinity) : [p.values];
-        const s = stats(flat);
-        const cell = h('div', {class: 'param', dataset: {param: p.name}},
-          h('div', {class: 'param-head'}, h('b', {}, p.param), ` ${JSON.stringify(p.shape)}`,
-            h('small', {class: 'muted'}, ` mean ${fmt(s.mean)} · std ${fmt(s.std)} · min ${fmt(s.min)} · max ${fmt(s.max)}`)));
-        if (flat.length >= 2) histogram(cell, flat, {bins: Math.min(40, Math.max(10, Math.round(Math.sqrt(flat.length)))), color: PALETTE[li % PALETTE.length]});
-        // one row per unit (the last axis), holding its weights from every input
-        const units = p.shape.length ? p.shape[p.shape.length - 1] : 1;
-        const rows = Array.from({length: units}, () => new Array(flat.length / units));
-        flat.forEach((v, i) => { rows[i % units][Math.floor(i / units)] = v; });
-        if (flat.length && flat.length <= 512 * 512) heatmap(cell, p.shape.length > 1 ? rows : [flat]);
-        return cell;
-      })))));
+      'Heatmaps show every value: a dense kernel has one row per unit of the layer, holding that unit\'s weights from each input',
+      recurrent.length ? ' (recurrent layers differ: see the note on each)' : '',
+      '; blue is negative, red positive, white near zero. A large heatmap scrolls.'),
+    h('div', {class: 'layer-grid'}, [...layers].map(([layer, params]) => {
+      const hint = heatmapHint(types.get(layer) || w0(params));
+      return h('div', {class: 'layer', dataset: {layer}},
+        h('h4', {}, layer),
+        hint ? h('p', {class: 'hint layer-hint'}, hint) : null,
+        params.map(p => {
+          const flat = Array.isArray(p.values) ? p.values.flat(Infinity) : [p.values];
+          const s = stats(flat);
+          const cell = h('div', {class: 'param', dataset: {param: p.name}},
+            h('div', {class: 'param-head'}, h('b', {}, p.param), ` ${JSON.stringify(p.shape)}`,
+              h('small', {class: 'muted'}, ` mean ${fmt(s.mean)} · std ${fmt(s.std)} · min ${fmt(s.min)} · max ${fmt(s.max)}`)));
+          if (flat.length >= 2) histogram(cell, flat, {bins: Math.min(40, Math.max(10, Math.round(Math.sqrt(flat.length)))), color: styleOf(layer).color});
+          // one row per unit (the last axis; a recurrent layer's: gates x units), holding its weights from every input
+          const units = p.shape.length ? p.shape[p.shape.length - 1] : 1;
+          const rows = Array.from({length: units}, () => new Array(flat.length / units));
+          flat.forEach((v, i) => { rows[i % units][Math.floor(i / units)] = v; });
+          if (flat.length && flat.length <= 512 * 512) heatmap(cell, p.shape.length > 1 ? rows : [flat]);
+          return cell;
+        }));
+    })));
+}
+
+/** A layer's type from its default name ("lstm_0" -> "lstm"), when the spec does not say. */
+function w0(params) {
+  const name = (params[0] && params[0].layer) || '';
+  const m = name.match(/^(lstm|gru|simple_rnn)_\d+$/);
+  return m ? m[1] : '';
 }
 
 /** "[[1,2],[3,4]]", "{"inputs": [...]}" or CSV lines (an optional header line is skipped). */
@@ -487,7 +662,7 @@ function predictionTable(rows, res) {
       return h('tr', {},
         h('td', {}, i + 1),
         h('td', {class: 'mono small'}, inputText.length > 60 ? `${inputText.slice(0, 57)}…` : inputText),
-        h('td', {class: 'prediction'}, typeof p === 'number' ? fmt(p) : JSON.stringify(p)),
+        h('td', {class: 'prediction wrap'}, typeof p === 'number' ? fmt(p) : JSON.stringify(p)),
         probs ? h('td', {}, typeof conf === 'number' ? `${(100 * conf).toFixed(1)}%` : '–') : null);
     })));
 }
@@ -506,7 +681,7 @@ async function datasetsPage(ctx, root) {
   async function load() {
     const page = await api(`/v1/datasets?limit=50${cursor ? `&next=${enc(cursor)}` : ''}`, {signal: ctx.signal});
     tbody.append(...page.datasets.map(d => h('tr', {dataset: {datasetId: d.id}},
-      h('td', {}, d.name || h('span', {class: 'muted'}, '(unnamed)')),
+      h('td', {class: 'wrap'}, d.name || h('span', {class: 'muted'}, '(unnamed)')),
       h('td', {class: 'mono', title: d.id}, shortId(d.id)),
       h('td', {}, d.source),
       h('td', {class: 'mono'}, JSON.stringify(d.shape)),
@@ -546,11 +721,11 @@ async function modelsPage(ctx, root) {
       Object.entries(m.aliases).map(([a, v]) => h('span', {class: 'chip'}, `${a} → v${v}`)),
       h('small', {class: 'muted'}, 'created ', when(m.created_at))),
     h('table', {class: 'versions'},
-      h('thead', {}, h('tr', {}, ['Version', 'Job', 'Status', 'Loss', 'Accuracy', 'Aliases', 'Registered'].map(c => h('th', {}, c)))),
+      h('thead', {}, h('tr', {}, ['Version', 'Job', 'Status', 'Loss', SCORE_HEADER, 'Aliases', 'Registered'].map(c => h('th', {}, c)))),
       h('tbody', {}, m.versions.slice().reverse().map(v => h('tr', {},
         h('td', {}, `v${v.version}`), h('td', {}, jobLink(v.job_id)), h('td', {}, badge(v.job_status)),
-        h('td', {}, metricCell(v.metrics, 'loss')), h('td', {}, metricCell(v.metrics, 'accuracy')),
-        h('td', {}, v.aliases.map(a => h('span', {class: 'chip'}, a))), h('td', {}, when(v.created_at)))))))));
+        h('td', {class: 'num'}, metricCell(v.metrics, 'loss')), h('td', {class: 'num score'}, scoreCell(v.metrics)),
+        h('td', {class: 'wrap'}, v.aliases.map(a => h('span', {class: 'chip'}, a))), h('td', {}, when(v.created_at)))))))));
 }
 
 function registerForm() {

@@ -5,6 +5,7 @@ API key when the server wants one. Screenshots of each step go to test-artifacts
 
 from __future__ import annotations
 
+import signal
 import time
 
 import numpy as np
@@ -305,3 +306,346 @@ def test_api_key_prompt_when_auth_is_on(driver, auth_stack, shots):
     assert "refused" in driver.find_element("id", "key-reason").text
     time.sleep(0.2)
     driver.execute_script("localStorage.clear()")
+
+
+# ---------- live following, focus, live region, chart descriptions ----------
+
+
+def mutations_in(driver, selector: str, seconds: float) -> int:
+    """How many DOM mutations happen inside `selector` (itself included) in `seconds`."""
+    return driver.execute_async_script("""
+        const [selector, ms, done] = arguments;
+        const target = document.querySelector(selector);
+        let n = 0;
+        const observer = new MutationObserver(records => { n += records.length; });
+        observer.observe(target, {subtree: true, childList: true, characterData: true, attributes: true});
+        setTimeout(() => { observer.disconnect(); done(n); }, ms);""", selector, int(seconds * 1000))
+
+
+def test_running_job_keeps_focus_and_one_live_region(driver, stack, shots):
+    """The head was rebuilt every second: a focused Cancel button was destroyed (focus fell to
+    <body>), and <main> was one aria-live region re-announced on every redraw. The charts had
+    no text alternative."""
+    console_errors(driver)  # what earlier tests left in the log
+    status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=50_000, batch_size=4))
+    assert status == 202, job
+    try:
+        open_page(driver, stack, f"/jobs/{job['id']}")
+        wait_for(driver, lambda d: attr_int(d, "#chart-loss canvas", "data-points") > 3, what="the loss curve")
+        wait_for(driver, lambda d: "streaming events" in text(d, "#live-status"), what="live updates")
+
+        driver.execute_script("document.getElementById('cancel').focus()")
+        time.sleep(2.5)  # two head updates at least
+        assert driver.execute_script("return document.activeElement.id") == "cancel"
+
+        live = driver.execute_script("return [...document.querySelectorAll('[aria-live]')].map(e => e.id)")
+        assert live == ["live-status"], live
+        assert attr(driver, "#live-status", "role") == "status"
+        assert mutations_in(driver, "#live-status", 3) == 0  # unchanged words: left alone
+
+        # the charts are images with a description that follows the curve
+        for box in ("#chart-loss", "#chart-accuracy", "#chart-lr", "#chart-grads", "#chart-weight-norms"):
+            assert attr(driver, f"{box} canvas", "role") == "img", box
+        label = wait_for(driver, lambda d: attr(d, "#chart-loss canvas", "aria-label"), what="the chart's label")
+        assert label.startswith("Loss per epoch, epochs 1 to "), label
+        assert "loss " in label and "validation" not in label, label
+        wait_for(driver, lambda d: attr(d, "#chart-loss canvas", "aria-label") != label, timeout=5,
+                 what="the chart's label following the curve")
+        assert "dense_0" in attr(driver, "#chart-grads canvas", "aria-label")
+        shots("focus-kept")
+        assert console_errors(driver) == []
+    finally:
+        stack.request("POST", f"/v1/jobs/{job['id']}/cancel")
+        stack.wait_for_job(job["id"])
+
+
+def test_live_view_rides_out_an_api_restart(driver, stack, shots):
+    """The stream broke when the API went away for a moment, the page fell back to polling, the
+    first failed poll ended the follow for good, and the head went on saying "live"."""
+    console_errors(driver)  # what earlier tests left in the log
+    status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=50_000, batch_size=4))
+    assert status == 202, job
+    try:
+        open_page(driver, stack, f"/jobs/{job['id']}")
+        wait_for(driver, lambda d: "streaming events" in text(d, "#live-status"), what="live updates by streaming")
+        wait_for(driver, lambda d: attr_int(d, "#chart-loss canvas", "data-points") > 3, what="the loss curve")
+
+        stack.stop("api", signal.SIGKILL)  # the worker trains on
+        wait_for(driver, lambda d: "reconnecting" in text(d, "#live-status"), timeout=10,
+                 what="the head saying it reconnects")
+        assert "live" not in text(driver, "#live-status")
+        shots("reconnecting")
+        time.sleep(3)  # a few failed tries, backing off
+        during = attr_int(driver, "#chart-loss canvas", "data-points")
+
+        stack.start("api", "serve")
+        stack.wait_ready()
+        wait_for(driver, lambda d: "live (streaming events)" in text(d, "#live-status"), timeout=20,
+                 what="streaming again once the API answers")
+        wait_for(driver, lambda d: attr_int(d, "#chart-loss canvas", "data-points") > during + 10, timeout=15,
+                 what="the curve growing again, the missed epochs included")
+        xs = driver.execute_script("return document.querySelector('#chart-loss canvas').getAttribute('aria-label')")
+        assert "epochs 1 to" in xs
+        shots("reconnected")
+        # the refused connections are logged by the browser as failed loads; nothing else may be
+        assert console_errors(driver, allow=lambda e: e["source"] == "network") == []
+    finally:
+        if "api" not in stack.procs:
+            stack.start("api", "serve")
+            stack.wait_ready()
+        stack.request("POST", f"/v1/jobs/{job['id']}/cancel")
+        stack.wait_for_job(job["id"])
+    _, epochs = stack.request("GET", f"/v1/jobs/{job['id']}/epochs?limit=10000")
+    assert [e["epoch"] for e in epochs["epochs"]] == list(range(1, len(epochs["epochs"]) + 1))
+
+
+# ---------- what the pages say about regression, validation and layers ----------
+
+
+@pytest.fixture(scope="module")
+def regression(stack):
+    """A regression job (no validation data) with a loss of about 1e24, registered as a model."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=64)) * 1e12
+    body = {"model": {"input_shape": [3], "loss": "mse",
+                      "layers": [{"type": "dense", "units": 1, "name": "house_prices_linear_layer_" * 2}]},
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.01}, "epochs": 5, "batch_size": 16},
+            "dataset": {"features": x.round(4).tolist(), "targets": y.tolist()}}
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    job = stack.wait_for_job(job["id"])
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["metrics"]["loss"] > 1e20 and job["metrics"]["r2"] is not None, job["metrics"]
+    status, version = stack.request("POST", "/v1/models", {"name": "house-prices", "job_id": job["id"]})
+    assert status == 201, version
+    return job
+
+
+def test_r2_is_labelled_as_r2_on_both_pages(driver, stack, regression, shots):
+    """The jobs table showed a regression's R² under "Accuracy"; the models page showed "–"."""
+    console_errors(driver)  # what earlier tests left in the log
+    open_page(driver, stack, "/jobs")
+    row = f'#jobs-table tr[data-job-id="{regression["id"]}"]'
+    wait_for(driver, lambda d: css(d, row), what="the regression job's row")
+    assert "R²" in text(driver, "#jobs-table thead")
+    assert text(driver, f"{row} td.score").startswith("R² "), text(driver, f"{row} td.score")
+
+    open_page(driver, stack, "/models")
+    wait_for(driver, lambda d: css(d, '[data-model="house-prices"] table.versions tbody tr'), what="the model")
+    assert "R²" in text(driver, '[data-model="house-prices"] thead')
+    assert text(driver, '[data-model="house-prices"] tbody td.score').startswith("R² ")
+    shots("models-r2")
+    assert console_errors(driver) == []
+
+
+def test_numbers_badges_and_ids_never_break(driver, stack, seeded, regression, shots):
+    """`overflow-wrap: anywhere` on every cell broke "1.01e+24" into "1.01e+2 / 4" and
+    "succeeded" into "succe / eded" in a narrow window."""
+    console_errors(driver)  # what earlier tests left in the log
+    size = driver.get_window_size()
+    driver.set_window_size(520, 900)
+    try:
+        open_page(driver, stack, "/jobs")
+        wait_for(driver, lambda d: css(d, f'#jobs-table tr[data-job-id="{regression["id"]}"]'), what="the jobs")
+        time.sleep(0.3)
+        broken = driver.execute_script("""
+            const out = [];
+            for (const td of document.querySelectorAll('#jobs-table tbody td:not(.arch):not(.wrap)')) {
+              const walk = document.createTreeWalker(td, NodeFilter.SHOW_TEXT);
+              for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+                if (!node.textContent.trim()) continue;
+                const range = document.createRange();
+                range.selectNodeContents(node);
+                const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                if (lines.size > 1) out.push(node.textContent);
+              }
+            }
+            return out;""")
+        assert broken == [], broken
+        loss = text(driver, f'#jobs-table tr[data-job-id="{regression["id"]}"] td.num')
+        assert "e+2" in loss and "\n" not in loss, loss
+        shots("narrow-jobs")
+    finally:
+        driver.set_window_size(size["width"], size["height"])
+
+    # a user-chosen one-word name still wraps instead of widening the page
+    open_page(driver, stack, f"/jobs/{regression['id']}")
+    wait_for(driver, lambda d: css(d, "#weights canvas.heatmap"), what="the weights")
+    width, window = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window, (width, window)
+    # no validation data: no validation series in the charts or their legends
+    assert attr(driver, "#chart-loss canvas", "data-series-names") == "loss"
+    assert attr(driver, "#chart-accuracy canvas", "data-series-names") == "MAE"
+    assert "validation" not in text(driver, "#chart-loss .legend") + text(driver, "#chart-accuracy .legend")
+
+
+def test_failed_before_the_first_epoch_says_so(driver, stack, shots):
+    """A job that failed before its first epoch said "Waiting for the first epoch…" forever, and
+    a regression job without epochs was titled "Accuracy"."""
+    console_errors(driver)  # what earlier tests left in the log
+    body = {"model": {"input_shape": [2], "loss": "mse", "layers": [{"type": "dense", "units": 1}]},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 1e30}, "epochs": 5, "batch_size": 1},
+            "dataset": {"features": [[1e20, -1e20], [3e20, 2e20]] * 8, "targets": [1e20, -1e20] * 8}}
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    job = stack.wait_for_job(job["id"])
+    assert job["status"] == "failed" and job["progress"]["epoch"] == 0, job
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: "failed before its first epoch" in (attr(d, "#chart-loss canvas", "aria-label") or ""),
+             what="the empty charts saying why")
+    assert "Waiting" not in attr(driver, "#chart-accuracy canvas", "aria-label")
+    assert text(driver, "#chart-accuracy").strip() == "" and "Mean absolute error" in text(driver, "#view")
+    assert driver.execute_script("return document.querySelector('#chart-accuracy').parentElement"
+                                 ".querySelector('h3').textContent") == "Mean absolute error"
+    shots("failed-no-epochs")
+    # the job stored no weights: the page asks, gets a 409 and says so; nothing else may fail
+    assert "stored no weights" in text(driver, "#weights")
+    assert console_errors(driver, allow=lambda e: e["source"] == "network" and " 409 " in e["message"]) == []
+
+
+def test_early_stopping_says_which_epoch_the_numbers_are_from(driver, stack, shots):
+    """The head showed the restored best epoch's metrics next to curves that ran on, without a word."""
+    console_errors(driver)  # what earlier tests left in the log
+    body = iris_job(epochs=30, early_stopping={"monitor": "loss", "min_delta": 100, "patience": 2,
+                                               "restore_best_weights": True})
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    job = stack.wait_for_job(job["id"])
+    assert job["status"] == "succeeded" and job["stop_reason"] == "early_stopping", job
+    assert job["progress"]["epoch"] == 4, job
+    injected = None
+    if job.get("metrics_epoch") is None:
+        # an API that does not send metrics_epoch yet: add it to the page's view of this job (1:
+        # the best epoch, the first, since no later one beats it by min_delta)
+        injected = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
+            const json = Response.prototype.json;
+            Response.prototype.json = async function () {
+              const body = await json.call(this);
+              if (this.url.endsWith('/v1/jobs/JOB_ID') && body && body.metrics_epoch == null) body.metrics_epoch = 1;
+              return body;
+            };""".replace("JOB_ID", job["id"])})["identifier"]
+    else:
+        assert job["metrics_epoch"] == 1, job
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: css(d, "#weights canvas.histogram"), what="the weights")
+    note = text(driver, "#metrics-epoch")
+    assert "epoch 1 of 4" in note and "restored" in note and "early stopping" in note, note
+    assert attr(driver, "#chart-loss canvas", "data-marker") == "1"
+    assert attr(driver, "#chart-accuracy canvas", "data-marker") == "1"
+    assert "epoch 1" in text(driver, "#weights-epoch") and "4" in text(driver, "#weights-epoch")
+    shots("early-stopping")
+    assert console_errors(driver) == []
+    if injected is not None:
+        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": injected})
+
+    # a run that was not stopped early: its metrics are its last epoch's, no marker
+    status, plain = stack.request("POST", "/v1/jobs", iris_job(epochs=3))
+    assert status == 202 and stack.wait_for_job(plain["id"])["status"] == "succeeded"
+    open_page(driver, stack, f"/jobs/{plain['id']}")
+    wait_for(driver, lambda d: attr_int(d, "#chart-loss canvas", "data-points") == 3, what="the curve")
+    assert text(driver, "#metrics-epoch").startswith("Metrics of epoch 3")
+    assert attr(driver, "#chart-loss canvas", "data-marker") is None
+
+
+def test_learning_rate_chart_and_recurrent_heatmaps(driver, stack, shots):
+    """The learning rate was shown nowhere; an LSTM kernel [1, 128] was drawn 3 px wide, and the
+    hint said "one row per unit" of a kernel whose rows are 4 gates x units."""
+    console_errors(driver)  # what earlier tests left in the log
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (32, 4, 1))
+    body = {"model": {"input_shape": [4, 1], "loss": "mse", "layers": [
+                {"type": "lstm", "units": 32}, {"type": "dense", "units": 1}]},
+            "training": {"optimizer": {"type": "adam", "learning_rate": 0.04}, "epochs": 6, "batch_size": 16,
+                         "lr_schedule": {"type": "step", "step_size": 2, "gamma": 0.5}},
+            "dataset": {"features": x.round(3).tolist(), "targets": x.sum(1).round(3).tolist()}}
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    job = stack.wait_for_job(job["id"])
+    assert job["status"] == "succeeded", stack.logs()
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: attr_int(d, "#chart-lr canvas", "data-points") == 6, what="the learning-rate chart")
+    assert attr(driver, "#chart-lr canvas", "data-series-names") == "learning rate"
+    assert "Learning rate per epoch" in attr(driver, "#chart-lr canvas", "aria-label")
+    lr = driver.execute_script("return document.querySelector('#job-metrics [data-metric=\"learning rate\"] .value')"
+                               ".textContent")
+    assert float(lr) == pytest.approx(job["metrics"]["lr"], rel=1e-3)
+
+    wait_for(driver, lambda d: css(d, "#weights canvas.heatmap"), what="the heatmaps")
+    sizes = driver.execute_script("""
+        return [...document.querySelectorAll('#weights canvas.heatmap')].map(c => [
+          c.closest('[data-param]').dataset.param, +c.dataset.rows, +c.dataset.cols,
+          c.getBoundingClientRect().width, c.getBoundingClientRect().height]);""")
+    assert any(name == "lstm_0/kernel" and (rows, cols) == (128, 1) for name, rows, cols, _, _ in sizes), sizes
+    for name, rows, cols, width, height in sizes:
+        assert width >= 6 * cols - 1 and height >= 6 * rows - 1, (name, rows, cols, width, height)
+    hint = text(driver, '#weights [data-layer="lstm_0"] .layer-hint')
+    assert "4 gates" in hint, hint
+    assert not css(driver, '#weights [data-layer="dense_0"] .layer-hint')
+    width, window = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width <= window, (width, window)
+    shots("lr-and-lstm")
+    assert console_errors(driver) == []
+
+
+def test_every_layer_has_its_own_line_style(driver, stack, shots):
+    """With more than 8 layers, layers shared a colour (8 colours, i % 8); 64 are allowed."""
+    console_errors(driver)  # what earlier tests left in the log
+    body = iris_job(epochs=2)
+    body["model"]["layers"] = [{"type": "dense", "units": 3, "activation": "tanh"} for _ in range(63)] + [
+        {"type": "dense", "units": 3, "activation": "softmax"}]
+    status, job = stack.request("POST", "/v1/jobs", body)
+    assert status == 202, job
+    assert stack.wait_for_job(job["id"])["status"] == "succeeded", stack.logs()
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: attr_int(d, "#chart-grads canvas", "data-series") == 64, what="64 gradient series")
+    for box in ("#chart-grads", "#chart-weight-norms"):
+        styles = driver.execute_script("return [...document.querySelectorAll(arguments[0] + ' .legend-item')]"
+                                       ".map(e => [e.textContent, e.dataset.color, e.dataset.dash])", box)
+        assert len(styles) == 64
+        assert len({(color, dash) for _, color, dash in styles}) == 64, styles
+    # the same layer has the same style in both charts
+    assert driver.execute_script("""
+        const style = box => [...document.querySelectorAll(box + ' .legend-item')]
+          .map(e => e.textContent + e.dataset.color + e.dataset.dash).sort().join('|');
+        return style('#chart-grads') === style('#chart-weight-norms');""")
+    assert "dotted" in text(driver, "#view")  # the hint says how later layers are drawn
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    ActionChains(driver).move_to_element(css(driver, "#chart-grads canvas")[0]).perform()  # the readout
+    shots("64-layers")
+    assert console_errors(driver) == []
+
+
+def test_log_axis_ticks_are_few_and_fit(driver, stack):
+    """A log axis over 26 decades had 27 overlapping labels clipped by a fixed margin; one over
+    a fraction of a decade had one label or none."""
+    console_errors(driver)  # what earlier tests left in the log
+    driver.get(stack.url + "/#/datasets")
+    wait_for(driver, lambda d: css(d, "#datasets-table"), what="a page")
+    out = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/ui/static/charts.js').then(m => {
+          // 1 to 1e26, then a quarter of a decade, then a few percent of one
+          const charts = [[1, 1e26], [1.2, 1.6], [0.0031, 0.0033]].map(([lo, hi]) => {
+            const box = document.createElement('div');
+            box.style.width = '500px';
+            document.body.append(box);
+            const chart = new m.LineChart(box, {logY: true, title: 'test'});
+            const xs = Array.from({length: 27}, (_, i) => i + 1);
+            const ys = hi > 100 * lo ? xs.map(i => 10 ** (i - 1)) : xs.map(i => lo + (hi - lo) * (i - 1) / 26);
+            chart.update([{name: 'a', xs, ys}]);
+            return chart;
+          });
+          setTimeout(() => done(charts.map(c => {
+            c.draw();
+            const d = c.canvas.dataset;
+            return [d.yTicks.split('|'), +d.marginLeft, +d.labelWidth];
+          })), 200);
+        }).catch(err => done(String(err)));""")
+    assert isinstance(out, list), out
+    (wide, wide_margin, wide_label), (narrow, _, _), (tiny, _, _) = out
+    assert 2 <= len(wide) <= 7 and ("1e+25" in wide or "1e+24" in wide), wide
+    assert wide_margin >= wide_label + 6, (wide_margin, wide_label)
+    for ticks in (narrow, tiny):
+        assert 2 <= len(ticks) <= 8 and len(set(ticks)) == len(ticks), ticks
