@@ -12,7 +12,7 @@ RUN pip install -e . && useradd --create-home backprop && mkdir /data && chown b
 # run alone (docker run -p 8000:8000 -v backprop:/data IMAGE backprop run: the API and a worker),
 # the image keeps the embedded default's SQLite and file queue in /data, a volume its unprivileged
 # user owns, and serves on every interface of the container (its 127.0.0.1 is unreachable from
-# outside); docker-compose.yml sets its own
+# outside); docker-compose.yml sets the same directory and mounts a tmpfs on it (no anonymous volume)
 ENV BACKPROP_DATA_DIR=/data BACKPROP_HOST=0.0.0.0
 VOLUME /data
 USER backprop

@@ -37,9 +37,12 @@ def alembic_config(url: str | None = None):
 
 
 def serve_command(settings) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--bind", f"{settings.host}:{settings.port}",
+    # an IPv6 address is bound in brackets ([::1]:8000): gunicorn reads "::1:8000" as host "::1:8000"
+    # with no port. Its own lines follow BACKPROP_LOG_LEVEL and (the logger class) BACKPROP_LOG_FORMAT
+    return [sys.executable, "-m", "gunicorn", "--bind", settings.address,
             "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", str(settings.web_threads),
             "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+            "--log-level", settings.log_level.lower(),
             "--logger-class", "core.logs.JsonAccessLogger", "app:create_app()"]
 
 
@@ -58,8 +61,14 @@ def process_env(settings, kind: str) -> dict[str, str]:
 
 
 def worker_command(settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--loglevel", "INFO", "--concurrency", str(settings.worker_concurrency),
+    """Celery's worker, named backprop-PID@HOST: with the default celery@HOST every worker on a
+    host had the same name (in job records and Celery's control commands). PID is the process
+    that runs this, which `backprop worker` then becomes (exec keeps the pid). In JSON mode the
+    banner is left out (--quiet): the worker logs what it says as a JSON line when ready."""
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app",
+            *(["--quiet"] if settings.log_format == "json" else []), "worker",  # --quiet: celery's own option
+            "--hostname", f"backprop-{os.getpid()}@%h",
+            "--loglevel", settings.log_level, "--concurrency", str(settings.worker_concurrency),
             "--queues", "training", "--without-gossip", "--without-mingle", "--without-heartbeat"]
 
 
@@ -179,7 +188,7 @@ def run() -> None:
     procs = [subprocess.Popen(serve_command(settings), env=process_env(settings, "api"), start_new_session=True),
              subprocess.Popen(worker_command(settings), env=process_env(settings, "worker"),
                               start_new_session=True)]
-    click.echo(f"backprop API on http://{settings.host}:{settings.port} "
+    click.echo(f"backprop API on http://{settings.address} "
                f"(data in {settings.data_dir}); Ctrl-C stops it")
     stopping = False
 

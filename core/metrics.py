@@ -5,6 +5,7 @@ and `backprop worker` set it - values are aggregated across processes at scrape 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,11 +22,47 @@ EPOCHS = Counter("backprop_epochs_total", "Training epochs finished")
 JOBS_FINISHED = Counter("backprop_jobs_finished_total", "Jobs a worker ended, by final status", ["status"])
 
 
+# the folders `backprop serve|worker|run` make (core/cli.py process_env): KIND-PID
+SERVER_DIR = re.compile(r"(api|worker)-([0-9]+)")
+
+
 def prepare_multiprocess_dir(path: Path) -> str:
-    """An empty directory for one server's processes (stale files from a previous run removed)."""
+    """An empty directory for one server's processes (stale files from a previous run removed),
+    and the folders of servers that no longer run removed beside it: each start made a new
+    api-PID or worker-PID folder, and nothing removed those of processes that had ended."""
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
+    remove_dead_server_dirs(path.parent, keep=path)
     return str(path)
+
+
+def remove_dead_server_dirs(parent: Path, keep: Path | None = None) -> list[Path]:
+    """Remove parent/api-PID and parent/worker-PID for every PID that no process has (only our
+    own pattern, only directories, never `keep`); the removed folders."""
+    removed = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = SERVER_DIR.fullmatch(entry.name)
+        if not m or entry == keep or entry.is_symlink() or not entry.is_dir() or _pid_alive(int(m.group(2))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process of ours to judge: keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process (or a pid we cannot ask about): keep its folder
+    return True
 
 
 def render(extra_collectors=()) -> bytes:

@@ -67,3 +67,25 @@ def test_the_image_alone_serves_from_a_volume_its_user_owns():
     assert env["BACKPROP_HOST"] == "0.0.0.0" and env["BACKPROP_DATA_DIR"] == "/data"
     assert "chown backprop /data" in text and "VOLUME /data" in text
     assert text.index("chown backprop /data") < text.index("USER backprop")
+
+
+def test_every_long_running_service_restarts():
+    """postgres and redis had no restart policy while api and worker came back by themselves."""
+    services = compose()["services"]
+    for name in ("postgres", "redis", "api", "worker"):
+        assert services[name].get("restart") == "unless-stopped", name
+    assert services["migrate"]["restart"] == "no"  # a one-shot: done once it succeeded
+
+
+def test_compose_keeps_data_where_the_image_declares_its_volume():
+    """compose set BACKPROP_DATA_DIR=/tmp/backprop while the image declares VOLUME /data: every
+    container got an anonymous volume it never used. Now the data directory is the image's, and
+    on a tmpfs (a mount there keeps Docker from making the anonymous volume)."""
+    volume = re.search(r"^VOLUME\s+(\S+)", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert compose()["x-backprop-env"]["BACKPROP_DATA_DIR"] == volume
+    for name in ("migrate", "api", "worker"):
+        service = compose()["services"][name]
+        env = service["environment"]
+        assert env.get("BACKPROP_DATA_DIR", volume) == volume
+        mounts = service.get("tmpfs", []) + [v.split(":")[1] for v in service.get("volumes", []) if ":" in v]
+        assert volume in mounts, f"{name} has nothing mounted on {volume}: Docker makes an anonymous volume"
