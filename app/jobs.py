@@ -759,7 +759,9 @@ def predict_job(job_id: str):
     with ext()["sessions"]() as session:
         job = load_job(session, job_id)
         # a run cancelled once it was good enough is served as it is fine-tuned from: its weights
-        if job.status not in JobStatus.TERMINAL or not weight_shapes(session, job.id):
+        # (looked for only when the model is not cached: a cached one has them)
+        models = ext()["models"]
+        if job.status not in JobStatus.TERMINAL or (job.id not in models and not weight_shapes(session, job.id)):
             raise no_weights(job)
-        model = ext()["models"].get(session, job)
+        model = models.get(session, job)
     return {**answer(model, body), "job_id": job_id}

@@ -404,20 +404,21 @@ def read_json_body() -> Any:
 # number): 60 MB of numbers peaked at 490 MB, short integers at over 1 GB. Bodies above this size
 # are parsed a few at a time per process (a quarter of its threads, as predictions).
 LARGE_JSON_BYTES = 8 * 2**20
-LARGE_BODY_WAIT_SECONDS = 30.0
 
 
 def hold_large_body_slot() -> None:
     """One of the process's slots for parsing a large body, held until the request ends (the
-    parsed document lives that long): waited for, up to LARGE_BODY_WAIT_SECONDS, then a 503."""
+    parsed document lives that long), or a 503 at once: a request waiting for one held a web
+    thread (six 48 MB uploads on four threads kept /livez waiting 16 s). Nothing was done, so
+    the request can be sent again as it is; the Python client does that by itself."""
     from flask import current_app, g
 
     slots = current_app.extensions["backprop"]["large_bodies"]
-    if not slots.acquire(timeout=LARGE_BODY_WAIT_SECONDS):
+    if not slots.acquire(blocking=False):
         raise ApiError(503, "too_many_large_requests", "this API process is reading as many large request "
-                       f"bodies (over {LARGE_JSON_BYTES // 2**20} MB) as it may at once; try again in a moment, "
-                       "or upload large datasets as CSV or .npz (POST /v1/datasets), which are read a block "
-                       "at a time", headers={"Retry-After": "5"})
+                       f"bodies (over {LARGE_JSON_BYTES // 2**20} MB) as it may at once; send it again in a "
+                       "moment, or upload large datasets as CSV or .npz (POST /v1/datasets), which are read a "
+                       "block at a time", headers={"Retry-After": "2"})
     g.large_body_slot = slots
 
 

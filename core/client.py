@@ -34,6 +34,7 @@ from typing import Any
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = ("succeeded", "failed", "cancelled")
 USER_AGENT = "backprop-client/0.1"
+LARGE_BODY_PAUSES = (1, 2, 4, 8, 8)  # seconds between sends refused as 503 too_many_large_requests
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -303,13 +304,26 @@ class Client:
                 raise error_from_response(resp.status, resp.getheader("Content-Type"), resp.read())
         return resp
 
+    def _open_when_read(self, method: str, path: str, **kw):
+        """_open, sent again after 1, 2, 4, 8 and 8 s while the server answers 503
+        too_many_large_requests: it refused to parse a large body for now and did nothing with
+        it, so sending it again is safe, a job submission included."""
+        for pause in LARGE_BODY_PAUSES:
+            try:
+                return self._open(method, path, **kw)
+            except ApiError as exc:
+                if exc.status != 503 or exc.code != "too_many_large_requests":
+                    raise
+                time.sleep(pause)
+        return self._open(method, path, **kw)
+
     def _request(self, method: str, path: str, *, parse: Callable[[Any], Any] | None = None, **kw) -> Any:
         """The answer's JSON, or what `parse` makes of it: an answer it cannot take (a KeyError,
         say, from a server that is not this API) is an ApiError, not a traceback."""
         json_body = kw.pop("json", None)
         if json_body is not None:
             kw["body"], kw["content_type"] = _json_bytes(json_body, f"{method} {path}"), "application/json"
-        with self._open(method, path, **kw) as resp:
+        with self._open_when_read(method, path, **kw) as resp:
             status = resp.status
             try:
                 raw = resp.read()

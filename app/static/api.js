@@ -61,9 +61,12 @@ export async function epochsAfter(jobId, after = 0, signal) {
   }
 }
 
+/** A pause that an abort ends early; its abort listener goes when the pause ends, so that a
+ * page polling every second for hours does not pile them up on the signal. */
 const sleep = (ms, signal) => new Promise(resolve => {
-  const t = setTimeout(resolve, ms);
-  signal.addEventListener('abort', () => { clearTimeout(t); resolve(); }, {once: true});
+  const done = () => { clearTimeout(t); signal.removeEventListener('abort', done); resolve(); };
+  const t = setTimeout(done, ms);
+  signal.addEventListener('abort', done, {once: true});
 });
 
 /** Reads /v1/jobs/{id}/events with fetch() - EventSource cannot send the key - and calls
@@ -141,6 +144,7 @@ export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, o
         try {
           if (streaming) {
             let opened = false;
+            const since = Date.now(), before = last;
             try {
               await readEvents(jobId, last, signal, onEvent, () => { opened = true; answered(); onMode('stream'); });
             } catch (err) {
@@ -154,10 +158,13 @@ export function followJob(jobId, after, {onEpoch, onStatus, onMode = () => {}, o
               if (!finished) await sleep(1000, signal);
               continue;
             }
-            // the server ended the stream before the job ended: reconnect after a pause; a
-            // server that keeps doing so (a proxy cutting streams short) is polled instead
+            // the server ended the stream before the job ended: reconnect after a pause. The API
+            // ends every stream after a few minutes; one that keeps ending within seconds having
+            // sent nothing (a proxy cutting streams short) is polled instead
             if (!finished) {
-              if (++earlyEnds >= 5) { streaming = false; onMode('poll'); }
+              const early = Date.now() - since < 10000 && last === before;
+              earlyEnds = early ? earlyEnds + 1 : 0;
+              if (earlyEnds >= 5) { streaming = false; onMode('poll'); }
               await sleep(1000, signal);
             }
           } else {

@@ -470,8 +470,10 @@ async function jobPage(ctx, root, jobId) {
     finishedOnce = true;
     redraw();
     loadFlags().catch(err => put(flags, errorBox(err)));
-    loadWeights(ctx, path, weights, {note: weightsNote(), styleOf, model: job.model}).catch(err => put(weights, errorBox(err)));
-    renderPredict(job, path, predict);
+    // predictions use the weights a finished job kept: a cancelled one's too, none for a job that kept none
+    loadWeights(ctx, path, weights, {note: weightsNote(), styleOf, model: job.model})
+      .then(kept => renderPredict(job, path, predict, kept))
+      .catch(err => put(weights, errorBox(err)));
   }
 
   renderHead();
@@ -497,7 +499,14 @@ async function jobPage(ctx, root, jobId) {
       if (Date.now() - lastFlags > 3000) { lastFlags = Date.now(); loadFlags().catch(() => {}); }
     },
     onStatus(j) {
-      if (j.status === 'deleted') { el.notices.append(h('div', {class: 'error'}, 'This job was deleted.')); return; }
+      if (j.status === 'deleted') {  // nothing left to follow, now or when the tab is shown again
+        gone = true;
+        stopFollowing();
+        mode = 'stopped';
+        renderHead();
+        el.notices.append(h('div', {class: 'error'}, 'This job was deleted.'));
+        return;
+      }
       job = j;
       renderHead();
       redraw();
@@ -507,10 +516,10 @@ async function jobPage(ctx, root, jobId) {
     onError(err) { mode = 'stopped'; renderHead(); el.notices.append(errorBox(err)); },
   };
   // follow only while the tab is visible: an open stream holds one of the API's threads
-  let stop = null;
+  let stop = null, gone = false;
   const stopFollowing = () => { const s = stop; stop = null; if (s) s(); };
   const follow = () => {
-    if (stop || document.hidden || TERMINAL.includes(job.status)) return;
+    if (stop || gone || document.hidden || TERMINAL.includes(job.status)) return;
     const mine = followJob(jobId, xs.length ? xs[xs.length - 1] : 0, {
       ...handlers,
       // following ended for good (a 401 or 404): a later visibility change may follow again
@@ -518,7 +527,10 @@ async function jobPage(ctx, root, jobId) {
     });
     stop = mine;
   };
-  const onVisibility = () => { if (document.hidden) { stopFollowing(); mode = 'paused'; renderHead(); } else follow(); };
+  const onVisibility = () => {
+    if (gone || TERMINAL.includes(job.status)) return;
+    if (document.hidden) { stopFollowing(); mode = 'paused'; renderHead(); } else follow();
+  };
   document.addEventListener('visibilitychange', onVisibility);
   ctx.onDispose(() => { document.removeEventListener('visibilitychange', onVisibility); stopFollowing(); });
   follow();
@@ -559,7 +571,7 @@ async function loadWeights(ctx, path, box, {note = '', styleOf = () => ({color: 
   try {
     doc = await api(`${path}/weights`, {signal: ctx.signal});
   } catch (err) {
-    if (err.status === 409) { put(box, h('p', {class: 'muted'}, 'This job stored no weights.')); return; }
+    if (err.status === 409) { put(box, h('p', {class: 'muted'}, 'This job stored no weights.')); return false; }
     throw err;
   }
   const types = layerTypes(model);
@@ -592,6 +604,7 @@ async function loadWeights(ctx, path, box, {note = '', styleOf = () => ({color: 
           return cell;
         }));
     })));
+  return true;
 }
 
 /** A layer's type from its default name ("lstm_0" -> "lstm"), when the spec does not say. */
@@ -618,9 +631,15 @@ export function parseRows(text) {
   return rows.map(r => r.map(Number));
 }
 
-function renderPredict(job, path, box) {
-  if (job.status !== 'succeeded') {
-    put(box, h('p', {class: 'muted'}, 'Predictions are available once the job has succeeded.'));
+/** `kept`: whether the finished job stored weights (unknown, undefined, until they are loaded). */
+function renderPredict(job, path, box, kept) {
+  if (!TERMINAL.includes(job.status) || kept === undefined) {
+    put(box, h('p', {class: 'muted'}, TERMINAL.includes(job.status) ? 'Loading the weights…'
+      : 'Predictions are available once the job has finished.'));
+    return;
+  }
+  if (!kept) {
+    put(box, h('p', {class: 'muted'}, 'This job kept no weights to predict with.'));
     return;
   }
   const width = job.model.input_shape.reduce((a, b) => a * b, 1);

@@ -34,7 +34,8 @@ function fit(canvas, cssHeight) {
 
 /** About n round tick values covering [lo, hi]. */
 export function niceTicks(lo, hi, n = 5) {
-  if (!(hi > lo)) return [lo];
+  // a range a few float steps wide (losses equal to 1e-16): steps that would not move v
+  if (!(hi - lo > Math.max(Math.abs(lo), Math.abs(hi)) * 1e-12)) return [lo];
   const raw = (hi - lo) / n, mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map(m => m * mag).find(s => s >= raw) || 10 * mag;
   const out = [];
@@ -136,7 +137,7 @@ export class LineChart {
       return k < 0 ? `${s.name}: none` : `${s.name} ${fmt(s.ys[k])}${s.xs[k] !== last ? ` (epoch ${s.xs[k]})` : ''}`;
     });
     const epochs = first === last ? `epoch ${first}` : `epochs ${first} to ${last}`;
-    const marker = this.marker ? `; marked: ${this.marker.label || 'epoch'} ${this.marker.x}` : '';
+    const marker = this.marker ? `; marked: ${this.marker.label || `epoch ${this.marker.x}`}` : '';
     return `${what}, ${epochs}. Latest values at epoch ${last}: ${latest.join('; ')}${marker}.`;
   }
 

@@ -193,6 +193,11 @@ class FakeApi(BaseHTTPRequestHandler):
                 return self.send(503, {"status": 503, "code": "too_many_predictions", "detail": "busy"},
                                  "application/problem+json")
             return self.send(200, {"predictions": [r[0] for r in body["inputs"]], "job_id": "busy"})
+        if self.path == "/v1/datasets" and body.get("name") == "crowded":  # no large-body slot free, twice
+            FakeApi.busy += 1
+            if FakeApi.busy <= 2:
+                return self.send(503, {"status": 503, "code": "too_many_large_requests", "detail": "busy"},
+                                 "application/problem+json")
         if self.path == "/v1/datasets":  # a JSON upload: the dataset it makes, named as asked
             return self.send(201, {"id": "d1", "name": body.get("name"), "source": "json",
                                    "n_samples": len(body["features"]), "shape": [len(body["features"]), 1]})
@@ -368,6 +373,19 @@ def test_predict_halves_for_the_compute_limit_and_waits_out_a_busy_server(fake_a
     with pytest.raises(ApiError) as err:
         Client(fake_api).predict("busy", rows[:3], busy_retries=3)
     assert err.value.status == 503 and err.value.code == "too_many_predictions"
+
+
+def test_a_large_body_the_server_cannot_parse_now_is_sent_again(fake_api, monkeypatch):
+    """503 too_many_large_requests: the server parsed nothing, so the same request goes again."""
+    slept = []
+    monkeypatch.setattr("core.client.time.sleep", slept.append)
+    ds = Client(fake_api).upload_dataset({"features": [[1.0], [2.0]], "targets": [0, 1]}, name="crowded")
+    assert ds.id == "d1" and slept == [1, 2]
+    assert [path for method, path, _ in FakeApi.requests if method == "POST"] == ["/v1/datasets"] * 3
+    FakeApi.busy = -10  # busy for longer than the client waits: the 503 is raised
+    with pytest.raises(ApiError) as err:
+        Client(fake_api).upload_dataset({"features": [[1.0], [2.0]], "targets": [0, 1]}, name="crowded")
+    assert err.value.code == "too_many_large_requests"
 
 
 # --- defects found in review ----------------------------------------------------------------------

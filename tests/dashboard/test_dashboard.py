@@ -170,8 +170,39 @@ def test_live_curves_grow_while_training_and_cancel(driver, stack, shots):
     assert job["status"] == "cancelled"
     assert attr_int(driver, "#chart-loss canvas", "data-points") > polled
     wait_for(driver, lambda d: css(d, "#weights canvas.histogram"), what="the cancelled job's last weights")
+    # the weights it kept predict, as the API allows (the page offered no form but for succeeded jobs)
+    box = wait_for(driver, lambda d: css(d, "#predict-input"), what="the cancelled job's predict form")[0]
+    box.send_keys("[[5.1, 3.5, 1.4, 0.2]]")
+    driver.find_element("css selector", "#predict-form button").click()
+    wait_for(driver, lambda d: len(css(d, "#predict-output tbody tr")) == 1, what="a prediction with the kept weights")
     shots("cancelled")
     assert console_errors(driver) == []
+
+
+def test_streams_the_server_ends_on_schedule_are_resumed_not_given_up(driver, stack):
+    """The API ends every event stream after a few minutes (SSE_MAX_SECONDS) and the page picks it
+    up again; five such ends counted as a proxy cutting streams short, and the page polled for
+    the rest of the run. Streams that each delivered an epoch are resumed as streams."""
+    driver.get(stack.url + "/#/datasets")
+    wait_for(driver, lambda d: css(d, "#datasets-table"), what="a page")
+    out = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        let epoch = 0, streams = 0;
+        const real = window.fetch;
+        window.fetch = async (url, init) => {
+          if (!String(url).includes('/events')) return real(url, init);
+          streams++;  // a stream that sends one epoch, then ends as the server's time limit does
+          return new Response(`event: epoch\ndata: {"epoch": ${++epoch}}\n\n`,
+                              {status: 200, headers: {'Content-Type': 'text/event-stream'}});
+        };
+        import('/ui/static/api.js').then(m => {
+          const modes = [];
+          const stop = m.followJob('no-such-job', 0, {onEpoch() {}, onStatus() {}, onMode: mode => modes.push(mode),
+                                                      onError: err => modes.push(`error ${err.message}`)});
+          setTimeout(() => { stop(); window.fetch = real; done({streams, modes: [...new Set(modes)]}); }, 7500);
+        }).catch(err => done(String(err)));""")
+    assert isinstance(out, dict), out
+    assert out["streams"] >= 6 and out["modes"] == ["stream"], out
 
 
 def test_layers_named_like_object_properties_are_just_names(driver, stack, shots):
@@ -514,19 +545,7 @@ def test_early_stopping_says_which_epoch_the_numbers_are_from(driver, stack, sho
     job = stack.wait_for_job(job["id"])
     assert job["status"] == "succeeded" and job["stop_reason"] == "early_stopping", job
     assert job["progress"]["epoch"] == 4, job
-    injected = None
-    if job.get("metrics_epoch") is None:
-        # an API that does not send metrics_epoch yet: add it to the page's view of this job (1:
-        # the best epoch, the first, since no later one beats it by min_delta)
-        injected = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": """
-            const json = Response.prototype.json;
-            Response.prototype.json = async function () {
-              const body = await json.call(this);
-              if (this.url.endsWith('/v1/jobs/JOB_ID') && body && body.metrics_epoch == null) body.metrics_epoch = 1;
-              return body;
-            };""".replace("JOB_ID", job["id"])})["identifier"]
-    else:
-        assert job["metrics_epoch"] == 1, job
+    assert job["metrics_epoch"] == 1, job  # the best epoch: no later one beats it by min_delta
     open_page(driver, stack, f"/jobs/{job['id']}")
     wait_for(driver, lambda d: css(d, "#weights canvas.histogram"), what="the weights")
     note = text(driver, "#metrics-epoch")
@@ -534,10 +553,10 @@ def test_early_stopping_says_which_epoch_the_numbers_are_from(driver, stack, sho
     assert attr(driver, "#chart-loss canvas", "data-marker") == "1"
     assert attr(driver, "#chart-accuracy canvas", "data-marker") == "1"
     assert "epoch 1" in text(driver, "#weights-epoch") and "4" in text(driver, "#weights-epoch")
+    described = attr(driver, "#chart-loss canvas", "aria-label")
+    assert "marked: epoch 1, best" in described and "best 1" not in described, described
     shots("early-stopping")
     assert console_errors(driver) == []
-    if injected is not None:
-        driver.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": injected})
 
     # a run that was not stopped early: its metrics are its last epoch's, no marker
     status, plain = stack.request("POST", "/v1/jobs", iris_job(epochs=3))
@@ -649,3 +668,12 @@ def test_log_axis_ticks_are_few_and_fit(driver, stack):
     assert wide_margin >= wide_label + 6, (wide_margin, wide_label)
     for ticks in (narrow, tiny):
         assert 2 <= len(ticks) <= 8 and len(set(ticks)) == len(ticks), ticks
+    # losses a few float steps apart (1, 1 - 2e-16, 1 - 4e-16): the tick loop's step did not
+    # move its value, and the page hung, on linear and log axes alike
+    out = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        import('/ui/static/charts.js').then(m => done([
+          m.niceTicks(0.5, 0.5000000000000001).length,
+          m.logTicks(Math.log10(0.9999999999999996) - 1e-17, 1e-17).length,
+        ])).catch(err => done(String(err)));""")
+    assert isinstance(out, list) and all(1 <= n <= 8 for n in out), out
