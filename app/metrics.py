@@ -21,6 +21,10 @@ bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
 
 
+def scrape_error(value: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily("backprop_jobs_scrape_error", "1 when the jobs could not be read", value=value)
+
+
 class JobsCollector:
     """Jobs by status (all tenants) and the number waiting for a worker."""
 
@@ -34,11 +38,12 @@ class JobsCollector:
                 counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
         except SQLAlchemyError:  # the HTTP metrics are still worth a scrape; this says why jobs are missing
             log.warning("metrics: the database does not answer", exc_info=True)
-            yield GaugeMetricFamily("backprop_jobs_scrape_error", "1 when the jobs could not be read", value=1)
+            yield scrape_error(1)
             return
         for status in JobStatus.ALL:
             jobs.add_metric([status], counts.get(status, 0))
         yield jobs
+        yield scrape_error(0)  # always there, so that an alert on it need not test that it exists
         yield GaugeMetricFamily("backprop_queue_depth", "Jobs queued and not yet picked up by a worker",
                                 value=counts.get(JobStatus.QUEUED, 0))
 

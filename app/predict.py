@@ -128,10 +128,8 @@ def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str,
         check_predict_size(len(rows), net, path, limits)
     x = numeric_array(rows, path, min_ndim=2)
     if x.shape[1:] != net.input_shape:
-        raise ApiError(422, "validation_error",
-                       f"{path}: expected rows of shape {list(net.input_shape)}, got {list(x.shape[1:])}",
-                       errors=[{"path": path, "message": f"expected shape (n, {', '.join(map(str, net.input_shape))}),"
-                                                         f" got {tuple(x.shape)}"}])
+        raise validation_error([{"path": path, "message": f"expected rows of shape {list(net.input_shape)}, "
+                                                          f"got {list(x.shape[1:])}"}])
     x = as_model_dtype(x, net.dtype, path)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is answered just below
         out = net.forward(x)

@@ -660,7 +660,7 @@ def _json_rows(path: Path, dataset) -> list:
 @with_client
 def predict(client: Client, job_id: str, input_path: Path, output: Path | None, as_json: bool,
             header_row: bool | None) -> None:
-    """Predict with a succeeded job; prints one prediction per line."""
+    """Predict with a finished job's weights (succeeded, or cancelled after an epoch); one prediction a line."""
     # the job's training data, fetched only when needed: its feature names and class labels
     dataset = functools.cache(lambda: client.get_dataset(client.get_job(job_id).dataset_id))
     if input_path.suffix.lower() == ".json":

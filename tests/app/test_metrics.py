@@ -31,6 +31,7 @@ def test_metrics_count_requests_jobs_and_predictions(client, sessions):
     m = samples(client)
     assert m[("backprop_jobs", (("status", "queued"),))] == 1
     assert m[("backprop_jobs", (("status", "succeeded"),))] == 1
+    assert m[("backprop_jobs_scrape_error", ())] == 0  # present when all is well, for alerts on it
     assert m[("backprop_queue_depth", ())] == 1
     posted = ("backprop_http_requests_total", (("method", "POST"), ("route", "/v1/jobs"), ("status", "202")))
     assert m[posted] >= 2

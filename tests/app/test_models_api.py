@@ -164,6 +164,7 @@ def test_predict_rejects_wrong_shapes_and_non_finite_numbers(client, sessions):
     body = problem(client.post("/v1/models/iris/predict", json={"instances": [[1, 2, 3]]}), 422, "validation_error")
     assert "expected rows of shape [4], got [3]" in body["detail"]
     assert body["errors"][0]["path"] == "instances" and "expected" in body["errors"][0]["message"]
+    assert body["detail"] == f"instances: {body['errors'][0]['message']}"  # as every 422: path: message
     body = problem(client.post("/v1/models/iris/versions/1/predict", json={"inputs": [1, 2, 3, 4]}),
                    422, "validation_error")
     assert body["errors"][0]["path"] == "inputs"
