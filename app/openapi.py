@@ -15,7 +15,9 @@ from .errors import validation_error
 
 bp = Blueprint("openapi", __name__)
 
-ERROR_STATUSES = {400: "Malformed request", 401: "Missing or invalid API key", 404: "Not found",
+ERROR_STATUSES = {400: "Malformed request", 401: "Missing or invalid API key",
+                  403: "With authentication off: addressed to a host that is not a loopback name, or a change "
+                       "sent from another site's page", 404: "Not found",
                   405: "Method not allowed", 409: "Conflict with the resource's state",
                   413: "Request body too large", 415: "Unsupported media type",
                   422: "Validation failed; `errors` lists {path, message}", 429: "Rate limited",
@@ -158,6 +160,8 @@ def build_document(app: Flask) -> dict[str, Any]:
                 statuses |= {422, 429}  # a query parameter the route does not take; the per-key rate limit
                 if auth_enabled:
                     statuses.add(401)
+            if not auth_enabled:
+                statuses.add(403)  # every route: auth.refuse_other_sites (forbidden_host, cross_origin)
             if meta["body"] is not None or meta["raw_body"] is not None:
                 statuses |= {400, 413, 415, 422}
             if meta["query"] is not None:

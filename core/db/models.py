@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -95,6 +96,12 @@ class Dataset(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (
+        # a tenant's listing, newest first, and its keyset pages: one index range, no sort
+        Index("ix_jobs_tenant_created_at_id", "tenant", "created_at", "id"),
+        # a tenant's jobs by status (the active-jobs limit, status filters)
+        Index("ix_jobs_tenant_status", "tenant", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant: Mapped[str] = mapped_column(String(64), index=True, default=DEFAULT_TENANT)
@@ -116,7 +123,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # fine-tuning: start from this job's weights, with these top-level layers frozen
-    init_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True)
+    # indexed: deleting a job sets this to NULL in the jobs fine-tuned from it (a scan of all jobs)
+    init_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True,
+                                                  index=True)
     freeze: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     # init_from as submitted: kept when that job is deleted (init_from is then cleared), so that
     # a retry is never a fine-tune silently started from random weights

@@ -1,10 +1,15 @@
 """Engine and session factory. SQLite gets WAL and a busy timeout so the API and the workers
-can read and write the same file concurrently, and every transaction begins IMMEDIATE: SQLite
-has no SELECT ... FOR UPDATE, so this is what makes a read-then-write transaction (claiming a
-job, the attempt fence, registrations) atomic there, as row locks make it on PostgreSQL."""
+can read and write the same file concurrently, and every writing transaction (`sessions.begin()`)
+begins IMMEDIATE: SQLite has no SELECT ... FOR UPDATE, so this is what makes a read-then-write
+transaction (claiming a job, the attempt fence, registrations) atomic there, as row locks make
+it on PostgreSQL. Reading sessions (`sessions()`) begin DEFERRED: in WAL mode a reader then
+blocks no one, where an IMMEDIATE one held the write lock for as long as it read (a 4-second
+history request stalled the worker's epoch writes and made other requests time out)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -31,8 +36,8 @@ def make_engine(url: str, **kwargs) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(conn):
+            conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get(BEGIN_OPTION, 'IMMEDIATE')}")
 
         return engine
     if url.startswith("postgresql"):  # a server that accepts and never answers must not hang a request
@@ -40,5 +45,26 @@ def make_engine(url: str, **kwargs) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+BEGIN_OPTION = "sqlite_begin"  # an execution option read by the SQLite engine's "begin" listener
+
+
+class Sessions(sessionmaker):
+    """`sessions()` for reading, `sessions.begin()` for writing (the convention everywhere):
+    on SQLite the first begins DEFERRED, the second IMMEDIATE; on PostgreSQL they are the same."""
+
+    def __init__(self, engine: Engine):
+        super().__init__(engine, expire_on_commit=False)
+        self.reader = engine.execution_options(**{BEGIN_OPTION: "DEFERRED"})
+
+    def __call__(self, **kw) -> Session:
+        kw.setdefault("bind", self.reader)
+        return super().__call__(**kw)
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        with super().__call__() as session, session.begin():
+            yield session
+
+
+def make_sessionmaker(engine: Engine) -> Sessions:
+    return Sessions(engine)

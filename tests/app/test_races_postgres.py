@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import delete, select, text
@@ -178,3 +179,47 @@ def test_concurrent_submits_stay_within_the_active_jobs_limit(pg_app):
     for t in threads:
         t.join(60)
     assert sorted(codes) == [202] * 3 + [429] * 5, codes
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_job_pages_walk_every_job_once_with_tied_timestamps(backend, request, client):
+    """The cursor is a row-value comparison (created_at, id) < (at, id) now, which the listing
+    index serves as one range; jobs created in the same instant must still come once each."""
+    app = request.getfixturevalue("pg_app") if backend == "postgres" else client.application
+    sessions = app.extensions["backprop"]["sessions"]
+    with sessions.begin() as session:
+        ds = Dataset(tenant="default", n_samples=1, feature_shape=[1], feature_dtype="float64", features=b"\0" * 8,
+                     target_shape=[], target_dtype="float64", targets=b"\0" * 8, checksum="x")
+        session.add(ds)
+        session.flush()
+        at = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)]
+        session.add_all(Job(tenant="default", dataset_id=ds.id, model_spec={}, training_spec={}, total_epochs=1,
+                            created_at=at[i % 2]) for i in range(25))
+    test_client = app.test_client()
+    seen, cursor = [], None
+    while True:
+        body = test_client.get("/v1/jobs?limit=4" + (f"&next={cursor}" if cursor else "")).get_json()
+        seen += [(j["created_at"], j["id"]) for j in body["jobs"]]
+        cursor = body["next"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 25
+    assert seen == sorted(seen, reverse=True)  # newest first, ties by id
+
+
+def test_a_deep_job_page_is_one_index_range_on_postgres(pg_app):
+    """The OR form of the cursor was a filter over every job before the cursor: 84 ms for a page
+    98,000 jobs deep against 19 ms for the first. The row-value form is an index condition."""
+    from sqlalchemy.dialects import postgresql
+
+    from app.pagination import newest_first
+
+    stmt = newest_first(select(Job).where(Job.tenant == "default"), Job, 50,
+                        "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxhYmM")  # "2026-01-01T00:00:00+00:00|abc"
+    sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+    with pg_app.extensions["backprop"]["engine"].connect() as conn:
+        conn.execute(text("SET enable_seqscan = off"))  # the plan the index allows, whatever the table's size
+        plan = "\n".join(row[0] for row in conn.execute(text("EXPLAIN " + sql)))
+    assert "ix_jobs_tenant_created_at_id" in plan, plan
+    index_cond = "\n".join(line for line in plan.splitlines() if "Index Cond" in line)
+    assert "created_at" in index_cond and "Filter" not in plan, plan
