@@ -50,6 +50,12 @@ export async function api(path, {method = 'GET', body, signal} = {}) {
 
 export const enc = encodeURIComponent;
 
+/** A job's whole curve in at most `maxPoints` epochs (first and last kept): {epochs, total,
+ * downsampled}. A long run's every epoch would be tens of MB for the page to draw. */
+export async function epochCurve(jobId, maxPoints, signal) {
+  return api(`/v1/jobs/${enc(jobId)}/epochs?max_points=${maxPoints}`, {signal});
+}
+
 /** Every recorded epoch of a job after `after`, following the API's pages. */
 export async function epochsAfter(jobId, after = 0, signal) {
   const out = [];

@@ -1,7 +1,7 @@
 // app.js - the dashboard's pages, routed by the URL's hash: #/jobs, #/jobs/ID, #/datasets, #/models.
 // Pages are built with DOM calls and textContent only (API data is never parsed as HTML).
 
-import {api, ApiError, apiKey, enc, epochsAfter, followJob, onUnauthorized, TERMINAL} from './api.js';
+import {api, ApiError, apiKey, enc, epochCurve, followJob, onUnauthorized, TERMINAL} from './api.js';
 import {fmt, heatmap, histogram, layerStyle, LineChart, PALETTE, stats} from './charts.js';
 
 // ---------- DOM helpers ----------
@@ -251,10 +251,14 @@ const MODES = {
   stopped: 'not following live updates (see the error below)',
 };
 
+const CURVE_POINTS = 2000;  // a chart is at most about as many pixels wide
+
 async function jobPage(ctx, root, jobId) {
   const path = `/v1/jobs/${enc(jobId)}`;
   let job = await api(path, {signal: ctx.signal});
-  const history = await epochsAfter(jobId, 0, ctx.signal);
+  // the curve so far in at most CURVE_POINTS epochs; live epochs are then added one by one
+  const curve = await epochCurve(jobId, CURVE_POINTS, ctx.signal);
+  const history = curve.epochs;
   if (ctx.signal.aborted) return;
 
   // epochs as columns: xs and one array per metric / per layer, aligned with xs. A value that
@@ -379,6 +383,11 @@ async function jobPage(ctx, root, jobId) {
     el.error, el.metricsEpoch, el.metrics, el.facts,
     h('p', {class: 'arch'}, h('small', {class: 'muted'}, 'Model: '), `input ${JSON.stringify(job.model.input_shape)} → ${architecture(job.model)} · loss ${job.model.loss}`),
     el.notices);
+  if (curve.downsampled) {
+    el.notices.append(h('p', {class: 'muted small', id: 'curve-note'}, `The curves show ${history.length} of the ` +
+      `${curve.total} epochs recorded when the page opened, evenly spread, the first and the last included (GET ` +
+      '/epochs?max_points); the epochs after those are added one by one. Every epoch: GET /v1/jobs/ID/epochs.'));
+  }
   const metricValues = new Map();
   const factValues = new Map();
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
+import app.jobs
 from core.db import Checkpoint, Dataset, EpochRecord, IdempotencyRecord, Job, JobStatus, WeightArray
 from core.db.models import utcnow
 from tests.data import iris, iris_job
@@ -460,6 +461,33 @@ def test_max_points_downsamples_keeping_first_and_last(client, sixty):
     for query, count in (("?limit=5&max_points=10", 10), ("?limit=5&max_points=300", 60)):
         page = epochs(client, sixty, query)
         assert len(page["epochs"]) == count and page["next_after"] is None, query
+
+
+def test_max_points_reads_only_the_epochs_it_answers(app, client, sixty):
+    """It read every epoch with its JSON columns, then kept max_points of them: 3-4 s for a
+    100,000-epoch job. Only the epoch numbers are read whole now."""
+    from sqlalchemy import event
+
+    statements = []
+    engine = app.extensions["backprop"]["engine"]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        page = epochs(client, sixty, "?max_points=7")
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert len(page["epochs"]) == 7
+    full_rows = [s for s in statements if "epochs.grad_norms" in s]
+    assert full_rows and all(" IN (" in s for s in full_rows), full_rows
+
+
+def test_an_event_stream_catches_up_in_batches(client, sessions, monkeypatch):
+    """A long history went out of one query holding every epoch (27 MB and 5 s for 100,000)."""
+    monkeypatch.setattr(app.jobs, "SSE_BATCH", 2)
+    job_id = trained_job(client, sessions, iris_job(epochs=5))
+    text = client.get(f"/v1/jobs/{job_id}/events").get_data(as_text=True)
+    assert [line for line in text.splitlines() if line.startswith("id:")] == [f"id: {n}" for n in range(1, 6)]
+    assert text.count("event: status") == 1 and '"status":"succeeded"' in text.rstrip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("query, path", [

@@ -677,3 +677,17 @@ def test_log_axis_ticks_are_few_and_fit(driver, stack):
           m.logTicks(Math.log10(0.9999999999999996) - 1e-17, 1e-17).length,
         ])).catch(err => done(String(err)));""")
     assert isinstance(out, list) and all(1 <= n <= 8 for n in out), out
+
+
+def test_a_long_run_opens_with_its_curve_thinned(driver, stack):
+    """The page read every epoch of a job before drawing it: ten pages of 10,000 epochs and 35 MB
+    for a 100,000-epoch run. It reads the curve in at most 2,000 epochs, and says so."""
+    console_errors(driver)  # what earlier tests left in the log
+    status, job = stack.request("POST", "/v1/jobs", iris_job(epochs=2500, batch_size=150))
+    assert status == 202, job
+    assert stack.wait_for_job(job["id"], timeout=120)["status"] == "succeeded", stack.logs()
+    open_page(driver, stack, f"/jobs/{job['id']}")
+    wait_for(driver, lambda d: attr_int(d, "#chart-loss canvas", "data-points") == 2000, what="the thinned curve")
+    note = text(driver, "#curve-note")
+    assert "2000 of the 2500 epochs" in note, note
+    assert console_errors(driver) == []
