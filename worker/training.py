@@ -138,19 +138,28 @@ class EpochWriter:
         self.attempt, self.settings = attempt, settings
         self.pending: list[dict[str, Any]] = []
         self.last_flush = self.last_checkpoint = time.monotonic()
-        self.last_weights: dict | None = None
+        self.last_snapshot = None  # trainer.net.snapshot() after the last finished epoch
+        self.restored_weights: dict | None = None  # from a checkpoint, before any epoch of this attempt
+        self.net = None
 
     def on_epoch(self, record: dict[str, Any], trainer: Trainer) -> None:
         EPOCH_DURATION.observe(record["duration"])
         EPOCHS.inc()
         self.pending.append(record)
-        self.last_weights = trainer.net.get_weights()  # what a cancelled job keeps
+        self.net, self.last_snapshot = trainer.net, trainer.net.snapshot()  # what a cancelled job keeps
         now = time.monotonic()
         if record["duration"] > LONG_EPOCH_SECONDS or now - self.last_checkpoint >= self.settings.checkpoint_seconds:
             meta, arrays = trainer.state(history=False)
             self.flush(checkpoint=(record["epoch"], arrays_to_npz(arrays, meta)))
         elif now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
+
+    @property
+    def last_weights(self) -> dict | None:
+        """The weights after the last finished epoch (None before any)."""
+        if self.last_snapshot is not None:
+            return self.net.weights_of(self.last_snapshot)
+        return self.restored_weights
 
     def flush(self, checkpoint: tuple[int, bytes] | None = None) -> None:
         if self.pending or checkpoint:
@@ -274,7 +283,7 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
             if claim.checkpoint:
                 arrays, meta = arrays_from_npz(claim.checkpoint)
                 trainer.load_state(meta, arrays)
-                writer.last_weights = weights_in_state(arrays)  # kept if stopped before another epoch ends
+                writer.restored_weights = weights_in_state(arrays)  # kept if stopped before another epoch ends
             result = trainer.fit(x, y, on_epoch=writer.on_epoch, should_stop=monitor.should_stop)
         finally:
             monitor.stop()

@@ -297,6 +297,23 @@ class Network:
         """Copies of every array that defines the model: trainable params and buffers."""
         return {k: v.copy() for k, v in {**self.params(), **self.buffers()}.items()}
 
+    def snapshot(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The weights as they are now, as cheaply as they can be kept: one copy of the flat
+        parameter vector, and copies of the buffers. `weights_of` names them. (A worker keeps
+        one after every epoch: get_weights' dict of copies was a sizeable part of a small
+        network's epoch.)"""
+        return self.flat_params.copy(), {k: v.copy() for k, v in self.buffers().items()}
+
+    def weights_of(self, snapshot: tuple[np.ndarray, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A `snapshot` as get_weights would have given it then."""
+        flat, buffers = snapshot
+        base, size = self.flat_params.ctypes.data, self.flat_params.itemsize
+        out = {}
+        for name, view in self.params().items():  # each a view into flat_params: its offset there
+            start = (view.ctypes.data - base) // size
+            out[name] = flat[start:start + view.size].reshape(view.shape).copy()
+        return {**out, **buffers}
+
     def set_weights(self, weights: dict[str, np.ndarray], strict: bool = True) -> None:
         current = {**self.params(), **self.buffers()}
         missing = sorted(set(current) - set(weights))
