@@ -161,17 +161,14 @@ def add_epochs(session: Session, job: Job, records: list[dict[str, Any]]) -> Non
 
 
 EPOCH_COLUMNS = ("job_id", "epoch", "loss", "metrics", "grad_norms", "weight_norms", "duration")
+JSON_COLUMNS = ("metrics", "grad_norms", "weight_norms")
 
 
 def _copy_epochs(session: Session, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL's COPY, in the session's transaction: an INSERT per row (what executemany sends,
     pipelined) cost 40-85 us an epoch, as long as a small network's epoch trains."""
-    cursor = session.connection().connection.dbapi_connection.cursor()
-    with cursor.copy(f"COPY epochs ({', '.join(EPOCH_COLUMNS)}) FROM STDIN") as copy:
+    with session.connection().connection.dbapi_connection.cursor() as cursor, \
+            cursor.copy(f"COPY epochs ({', '.join(EPOCH_COLUMNS)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row([json.dumps(row[c], allow_nan=False) if c in JSON_COLUMNS else row[c]
                             for c in EPOCH_COLUMNS])
-    cursor.close()
-
-
-JSON_COLUMNS = ("metrics", "grad_norms", "weight_norms")

@@ -66,10 +66,11 @@ def ipv6_loopback() -> bool:
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_worker_metrics_serve_on_an_ipv6_host(caplog, monkeypatch, tmp_path):
     monkeypatch.setenv("BACKPROP_DATA_DIR", str(tmp_path))  # the module's settings, if imported here
-    from worker.celery_app import start_metrics_server
+    from worker.celery_app import bind_metrics_server, serve_metrics
 
     caplog.set_level(logging.INFO, "backprop.worker")
-    server = start_metrics_server(0, "::1")
+    server = bind_metrics_server(0, "::1")  # as the worker does: bound at worker_init, served when ready
+    serve_metrics(server, "::1")
     try:
         port = server.server_address[1]
         with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as resp:

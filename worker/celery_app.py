@@ -150,12 +150,6 @@ def serve_metrics(server, host: str = "127.0.0.1") -> None:
     log.info("worker metrics on %s/metrics", host_port(host, server.server_address[1]))
 
 
-def start_metrics_server(port: int, host: str = "127.0.0.1"):
-    server = bind_metrics_server(port, host)
-    serve_metrics(server, host)
-    return server
-
-
 @worker_shutting_down.connect
 def _hand_jobs_back(**_kwargs):
     _shutting_down.value = 1
