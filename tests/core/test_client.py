@@ -359,6 +359,22 @@ def test_predict_sends_large_inputs_in_chunks_and_joins_the_answers(fake_api):
     assert len(FakeApi.requests) == 2 + 13
 
 
+def record_client_sleeps(monkeypatch, slept: list) -> None:
+    """time.sleep, patched, records the test's own sleeps (this thread's) instead of sleeping. The
+    patch is the time module's, so any thread calls it: a server thread an earlier test left
+    polling in the background (an event stream sleeps 0.5 s between polls) would otherwise add
+    its sleeps to the list and spin without pausing."""
+    real_sleep, test_thread = time.sleep, threading.current_thread()
+
+    def sleep(seconds):
+        if threading.current_thread() is test_thread:
+            slept.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr("core.client.time.sleep", sleep)
+
+
 def test_predict_halves_for_the_compute_limit_and_waits_out_a_busy_server(fake_api, monkeypatch):
     """A deep network's rows cost compute (BACKPROP_MAX_PREDICT_COMPUTE): halved like the other
     limits. A server with no prediction slot free (503 too_many_predictions) is asked again:
@@ -366,7 +382,7 @@ def test_predict_halves_for_the_compute_limit_and_waits_out_a_busy_server(fake_a
     rows = [[i, 0] for i in range(7)]
     assert Client(fake_api).predict("deep", rows).predictions == list(range(7))
     slept = []
-    monkeypatch.setattr("core.client.time.sleep", slept.append)
+    record_client_sleeps(monkeypatch, slept)
     assert Client(fake_api).predict("busy", rows[:3]).predictions == [0, 1, 2]
     assert slept == [0.5, 1.0]
     FakeApi.busy = -10  # busy for longer than the client waits: the 503 is raised
@@ -378,7 +394,7 @@ def test_predict_halves_for_the_compute_limit_and_waits_out_a_busy_server(fake_a
 def test_a_large_body_the_server_cannot_parse_now_is_sent_again(fake_api, monkeypatch):
     """503 too_many_large_requests: the server parsed nothing, so the same request goes again."""
     slept = []
-    monkeypatch.setattr("core.client.time.sleep", slept.append)
+    record_client_sleeps(monkeypatch, slept)
     ds = Client(fake_api).upload_dataset({"features": [[1.0], [2.0]], "targets": [0, 1]}, name="crowded")
     assert ds.id == "d1" and slept == [1, 2]
     assert [path for method, path, _ in FakeApi.requests if method == "POST"] == ["/v1/datasets"] * 3
