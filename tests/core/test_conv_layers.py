@@ -127,6 +127,9 @@ def test_conv_forward_of_no_rows_has_the_output_shape():
     assert net.forward(np.empty((0, 5, 5, 1))).shape == (0, 2, 2, 3)
     alone = make([{"type": "conv2d", "filters": 3, "kernel_size": 2}], (5, 5, 1))
     assert alone.forward(np.empty((0, 5, 5, 1))).shape == (0, 4, 4, 3)
+    to_dense = make([{"type": "conv2d", "filters": 3, "kernel_size": 2}, {"type": "flatten"},
+                     {"type": "dense", "units": 2}], (5, 5, 1))
+    assert to_dense.forward(np.empty((0, 5, 5, 1))).shape == (0, 2)
 
 
 def test_max_pool_gradient_goes_to_one_winner_on_ties():

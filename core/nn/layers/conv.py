@@ -490,7 +490,7 @@ class Flatten(Layer):
     def forward(self, x, training):
         if training:
             self._shape = x.shape
-        return x.reshape(len(x), -1)
+        return x.reshape(len(x), self.output_shape[0])  # not -1: that cannot size 0 rows
 
     def backward(self, dy):
         return dy.reshape(self._shape)
