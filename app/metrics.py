@@ -55,6 +55,11 @@ def metrics():
     return Response(render([collector]), content_type=CONTENT_TYPE_LATEST)  # as is: it has its charset
 
 
+# A client chooses the method: as a label it must come from a fixed set, or every made-up method
+# ("XKQZ /livez", no key needed) would add a series to every scrape, without bound.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def init_http_metrics(app: Flask) -> None:
     @app.before_request
     def _start_timer():
@@ -64,7 +69,8 @@ def init_http_metrics(app: Flask) -> None:
     def _count(resp):
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        HTTP_REQUESTS.labels(route, request.method, str(resp.status_code)).inc()
+        method = request.method if request.method in HTTP_METHODS else "other"
+        HTTP_REQUESTS.labels(route, method, str(resp.status_code)).inc()
         HTTP_LATENCY.labels(route).observe(elapsed)
         if request.endpoint and "predict" in request.endpoint and resp.status_code == 200:
             PREDICT_LATENCY.observe(elapsed)

@@ -41,6 +41,16 @@ def test_metrics_count_requests_jobs_and_predictions(client, sessions):
     assert queued
 
 
+def test_made_up_methods_share_one_label(client):
+    """The method label comes from a fixed set: each made-up method added a series (2,000
+    requests with random methods made 2,000, and /livez needs no key)."""
+    for method in ("XKQZ", "QWERTY"):
+        assert client.open("/livez", method=method).status_code == 405
+    m = samples(client)
+    methods = {dict(labels)["method"] for name, labels in m if name == "backprop_http_requests_total"}
+    assert "other" in methods and not methods & {"XKQZ", "QWERTY"}
+
+
 def test_log_lines_are_json_with_request_and_job_ids():
     record = logging.LogRecord("backprop.worker", logging.INFO, __file__, 1, "epoch %d done", (3,), None)
     r_token, j_token = request_id_var.set("req-1"), job_id_var.set("job-1")
