@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
@@ -202,8 +203,8 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         checkpoint = session.get(Checkpoint, job_id)
         if job.attempts >= settings.max_attempts:
             job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
-            job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost each time "
-                         f"(BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
+            job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost, or the "
+                         f"database failed under it, each time (BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             log.error("job %s: %s", job_id, job.error)
             JOBS_FINISHED.labels(JobStatus.FAILED).inc()  # the jobs to alert on: they kill workers
@@ -251,8 +252,9 @@ def _finish(attempt: Attempt, status: str, *, weights=None, stop_reason=None, er
 
 def run_job(sessions: sessionmaker[Session], job_id: str, worker: str = "worker",
             settings: Settings | None = None, hand_back: Callable[[], bool] | None = None) -> bool:
-    """Claim and train the job. Returns True when it was handed back to the queue because
-    `hand_back()` turned true (the worker is shutting down): the caller sends it again."""
+    """Claim and train the job. Returns True when it went back to the queue -- handed back
+    because `hand_back()` turned true (the worker is shutting down), or after the database
+    failed under it: the caller sends it again."""
     settings = settings or load_settings()
     token = job_id_var.set(job_id)
     try:
@@ -318,10 +320,40 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     except MemoryError as exc:  # past what the API's estimate allowed (BACKPROP_MAX_BATCH_MB)
         _fail(attempt, writer, f"out of memory: {exc}; try a smaller batch_size or network")
         log.warning("job %s ran out of memory: %s", job_id, exc)
+    except OperationalError:
+        # The database failed under the run (locked past its timeout, restarted, unreachable):
+        # not the job's fault, so it does not end the job. It is queued again, counted as an
+        # attempt (BACKPROP_MAX_ATTEMPTS bounds a failure that keeps coming back), to resume
+        # from its checkpoint; if even that write fails, its heartbeat goes stale and the
+        # reconciler queues it, as after a lost worker.
+        log.exception("job %s attempt %d: the database failed; the job is queued again", job_id, claim.attempt)
+        return _queue_again(attempt)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
-        _fail(attempt, writer, f"internal error: {exc.__class__.__name__}: {exc}")
+        _fail(attempt, writer, f"internal error: {_describe(exc)}")
     return False
+
+
+def _describe(exc: Exception) -> str:
+    """The class and message, for the job's error; a database error without its SQL statement,
+    parameters and links (they stay in the worker's log)."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return f"database error: {exc.orig.__class__.__name__}: {exc.orig}"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def _queue_again(attempt: Attempt) -> bool:
+    """Back to the queue, the attempt counted (unlike _hand_back); False when the database
+    cannot take even that."""
+    try:
+        with attempt.write() as (_session, job):
+            job.status, job.heartbeat_at, job.worker = JobStatus.QUEUED, None, None
+    except Superseded:
+        return False
+    except Exception:  # noqa: BLE001 - still down: the reconciler finds the stale heartbeat
+        log.warning("job %s could not be queued again; the reconciler will", attempt.job_id, exc_info=True)
+        return False
+    return True
 
 
 def _hand_back(attempt: Attempt) -> bool:

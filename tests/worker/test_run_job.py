@@ -422,6 +422,53 @@ def test_a_job_whose_epochs_cannot_be_written_fails_saying_why(client, sessions,
     assert job["status"] == "failed" and job["error"] == "internal error: RuntimeError: disk full", job
 
 
+def test_a_database_failure_mid_run_queues_the_job_again_counted(client, sessions, fast, monkeypatch):
+    """A database locked past its timeout at epoch 3 failed the job for good, with the SQL
+    statement in its error. It is queued again (the attempt counted), and the next attempt
+    finishes it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    job_id = submit(client, iris_job(epochs=6))
+    real, failures = training.add_epochs, []
+
+    def add_epochs(session, job, records):
+        if not failures and any(r["epoch"] >= 3 for r in records):
+            failures.append(1)
+            raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked"))
+        real(session, job, records)
+
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(training, "add_epochs", add_epochs)
+    assert run_job(sessions, job_id, settings=fast) is True  # the caller sends it again
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "queued" and job["error"] is None and job["attempts"] == 1, job
+    assert run_job(sessions, job_id, settings=fast) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    assert epochs_of(sessions, job_id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_database_error_that_fails_a_job_leaves_its_sql_in_the_log(client, sessions, fast, monkeypatch):
+    import sqlite3
+
+    from sqlalchemy.exc import IntegrityError
+
+    job_id = submit(client, iris_job(epochs=4))
+
+    def add_epochs(session, job, records):
+        raise IntegrityError("INSERT INTO epochs (job_id, epoch) VALUES (?, ?)", ("x", 1),
+                             sqlite3.IntegrityError("UNIQUE constraint failed: epochs.job_id"))
+
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(training, "add_epochs", add_epochs)
+    assert run_job(sessions, job_id, settings=fast) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed", job
+    assert job["error"] == "internal error: database error: IntegrityError: UNIQUE constraint failed: epochs.job_id"
+
+
 def test_the_time_limit_passing_after_the_last_epoch_stops_nothing(client, sessions, fast, monkeypatch):
     """The heartbeat may see the deadline pass while the last epoch is being written: the run
     has ended on its own by then, and succeeds."""
