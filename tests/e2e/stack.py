@@ -83,18 +83,41 @@ class Stack:
         raise TimeoutError(f"API not ready after {timeout}s\n{self.logs()}")
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        self._signal(name, sig)
+        self._wait(name, timeout)
 
     def down(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        """Every process told at once, then waited for: a worker's warm shutdown takes a few
+        seconds (Celery's loop on the file queue looks at its stop flag every 2 s)."""
+        names = list(self.procs)
+        for name in names:
+            self._signal(name, signal.SIGTERM)
+        for name in names:
+            self._wait(name, timeout=20)
+
+    def _signal(self, name: str, sig: int) -> None:
+        """SIGKILL goes to the process group, a dead machine's way; any other signal to the main
+        process only, as `docker stop` sends it. Celery's pool processes die of a SIGTERM of their
+        own, and a worker whose pool lost its process while shutting down could hang until killed."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    def _wait(self, name: str, timeout: float) -> None:
+        """Then whatever is left of its group (it has a session of its own) is killed."""
+        proc = self.procs.pop(name)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def logs(self) -> str:
         out = []
