@@ -6,11 +6,13 @@ import csv
 import io
 import math
 import re
+import struct
 import zipfile
 import zlib
 from typing import Any
 
 import numpy as np
+from flask import g
 
 from core.nn.casting import BeyondDtype, narrowed
 
@@ -261,6 +263,7 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
                 rows_per_block = max(1, CSV_BLOCK_CELLS // len(names))
                 # at most one row per line end (\n, \r or \r\n, mixed in one file as they may be)
                 line_ends = text.count("\n") + text.count("\r") - text.count("\r\n")
+                hold_slot_to_decode(min(max_rows, line_ends) * len(names) * 8)  # the float64 features
                 x = np.empty((min(max_rows, line_ends), len(names)))
                 continue
             if len(row) != len(header):
@@ -386,51 +389,135 @@ def load_npy(data: bytes, path: str, key: str | None = None) -> np.ndarray:
         raise _npy_problem(path, f"not a valid .npy array: {exc}") from None
 
 
-ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, OSError)
+def hold_slot_to_decode(decoded_bytes: int) -> None:
+    """An upload that decodes to many bytes (a 265 KB .npz of zeros to 256 MB of arrays, a CSV to
+    8 bytes a cell) takes one of the slots of large JSON bodies (schemas.hold_large_body_slot), or
+    is a 503 at once: six such uploads at once took a web process to 3.7 GB. Judged from the
+    decoded size, never the wire size; a request holds at most one slot."""
+    from .schemas import LARGE_JSON_BYTES, hold_large_body_slot  # schemas imports this module
+
+    if decoded_bytes <= LARGE_JSON_BYTES or g.get("large_body_slot") is not None:
+        return
+    try:
+        hold_large_body_slot()
+    except ApiError as exc:  # its advice (upload a dataset instead) does not fit an upload
+        raise ApiError(exc.status, exc.code, "this API process is decoding as many large request bodies and "
+                       f"datasets as it may at once (this one holds {decoded_bytes} bytes of data); send it again "
+                       "in a moment", headers=exc.headers) from None
+
+
+# -- .npz members, inflated by hand: zipfile trusts the sizes the zip's directory declares, and
+# inflates bzip2 and LZMA members whole, deflate ones up to 1 GiB a read before cutting them to
+# that size (a 1.5 KB .npz took 3 GB). Here no member yields more than the size it declares,
+# plus one byte to tell that it holds more.
+
+NPZ_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what np.savez and np.savez_compressed write
+ZIP_METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+ZIP_LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # signature ... file name and extra field lengths
+ZIP_ENCRYPTED = 0x1
+INFLATE_CHUNK = 1 << 20  # bytes inflated per zlib call, and compressed bytes fed at a time
+# a .npy header: magic, version, length and NumPy's at most 10,000 bytes of dict
+NPY_HEADER_BYTES = 1 << 16
+
+
+def _member_problem(part: str, info: zipfile.ZipInfo, message: str) -> ApiError:
+    return _npy_problem(part, f"{info.filename!r} {message}")
+
+
+def _compressed_bytes(data: bytes, info: zipfile.ZipInfo, part: str) -> memoryview:
+    """A member's compressed bytes, found through its local header, without copying them."""
+    start = info.header_offset
+    header = data[start:start + ZIP_LOCAL_HEADER.size] if start >= 0 else b""
+    if len(header) < ZIP_LOCAL_HEADER.size or not header.startswith(b"PK\x03\x04"):
+        raise _member_problem(part, info, "is not where the zip's directory says (no local header there)")
+    *_, name_length, extra_length = ZIP_LOCAL_HEADER.unpack(header)
+    start += ZIP_LOCAL_HEADER.size + name_length + extra_length
+    return memoryview(data)[start:start + info.compress_size]
+
+
+def _inflate(data: bytes, info: zipfile.ZipInfo, part: str, upto: int) -> bytes:
+    """At most `upto` bytes of a member's content, and fewer only where its data ends: deflate
+    is inflated INFLATE_CHUNK at a time with zlib's max_length, never past `upto`."""
+    compressed = _compressed_bytes(data, info, part)
+    if info.compress_type == zipfile.ZIP_STORED:
+        return bytes(compressed[:upto])
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # a zip holds raw deflate streams
+    out = bytearray()
+    try:
+        for pos in range(0, len(compressed), INFLATE_CHUNK):
+            pending = compressed[pos:pos + INFLATE_CHUNK]
+            while len(out) < upto and not inflater.eof:
+                room = min(INFLATE_CHUNK, upto - len(out))
+                piece = inflater.decompress(pending, room)
+                out += piece
+                pending = inflater.unconsumed_tail
+                if not pending and len(piece) < room:
+                    break  # this input is used up; zlib holds no more output for it
+            if len(out) >= upto or inflater.eof:
+                break
+    except zlib.error as exc:
+        raise _member_problem(part, info, f"cannot be inflated: {exc}") from None
+    if len(out) < upto and not inflater.eof:
+        raise _member_problem(part, info, "is truncated: its compressed data ends before its deflate stream does")
+    return bytes(out)
+
+
+def read_member(data: bytes, info: zipfile.ZipInfo, part: str) -> bytes:
+    """A member's whole content, which must be the size and CRC the zip's directory declares
+    (the limits were checked against that size); at most one byte more is ever inflated."""
+    content = _inflate(data, info, part, info.file_size + 1)
+    if len(content) > info.file_size:
+        raise _member_problem(part, info, f"holds more than the {info.file_size} bytes the zip's directory "
+                                          "declares for it")
+    if len(content) < info.file_size:
+        raise _member_problem(part, info, f"holds {len(content)} bytes, not the {info.file_size} the zip's "
+                                          "directory declares for it")
+    if zlib.crc32(content) != info.CRC:
+        raise _member_problem(part, info, "is corrupt: its CRC does not match the zip's directory")
+    return content
 
 
 def load_npz(data: bytes, max_bytes: int | None, part: str = "file") -> dict[str, np.ndarray]:
     """A dataset .npz: `features` and `targets` (or `x`/`X` and `y`), optionally `feature_names`.
     Uncompressed sizes are checked against `max_bytes`, and each array's header against the
-    dataset limits, before any array is inflated."""
+    dataset limits, before any array is inflated; no member inflates past its declared size,
+    and only stored and deflate members are read."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
         raise _npy_problem(part, f"not a valid .npz (zip) file: {exc}") from None
     with zf:
         infos = zf.infolist()
-        found: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename.removesuffix(".npy")
-            key = NPZ_KEYS.get(name)
-            if key is None or not info.filename.endswith(".npy"):
-                raise _npy_problem(part, f"holds {info.filename!r}; a dataset .npz holds the arrays `features` "
-                                         "and `targets` (or `x`/`X` and `y`), optionally `feature_names`")
-            if key in found:
-                raise _npy_problem(part, f"holds both {found[key].filename!r} and {info.filename!r}")
-            found[key] = info
-        for key in ("features", "targets"):
-            if key not in found:
-                raise _npy_problem(part, f"has no `{key}` array (found: {sorted(i.filename for i in infos)})")
-        total = sum(info.file_size for info in infos)
-        if max_bytes is not None and total > max_bytes:
-            raise ApiError(413, "request_too_large",
-                           f"{part}: the arrays take {total} bytes uncompressed, more than the {max_bytes} allowed")
-        for key, info in found.items():  # only the headers: a few hundred bytes inflated each
-            try:
-                with zf.open(info) as member:
-                    shape, dtype = _npy_header(member, info.filename.removesuffix(".npy"))
-            except ZIP_READ_ERRORS as exc:
-                raise _npy_problem(part, f"cannot read {info.filename!r}: {exc}") from None
-            check_array_limits(shape, dtype, key, key)
-        out = {}
-        for key, info in found.items():
-            try:
-                raw = zf.read(info)
-            except ZIP_READ_ERRORS as exc:
-                raise _npy_problem(part, f"cannot read {info.filename!r}: {exc}") from None
-            out[key] = load_npy(raw, info.filename.removesuffix(".npy"))
-    return out
+    found: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename.removesuffix(".npy")
+        key = NPZ_KEYS.get(name)
+        if key is None or not info.filename.endswith(".npy"):
+            raise _npy_problem(part, f"holds {info.filename!r}; a dataset .npz holds the arrays `features` "
+                                     "and `targets` (or `x`/`X` and `y`), optionally `feature_names`")
+        if key in found:
+            raise _npy_problem(part, f"holds both {found[key].filename!r} and {info.filename!r}")
+        if info.compress_type not in NPZ_METHODS:
+            method = ZIP_METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise _member_problem(part, info, f"is compressed with {method}; a .npz member must be stored or "
+                                              "deflate-compressed (as np.savez and np.savez_compressed write them)")
+        if info.flag_bits & ZIP_ENCRYPTED:
+            raise _member_problem(part, info, "is encrypted; send it unencrypted")
+        found[key] = info
+    for key in ("features", "targets"):
+        if key not in found:
+            raise _npy_problem(part, f"has no `{key}` array (found: {sorted(i.filename for i in infos)})")
+    total = sum(info.file_size for info in infos)
+    if max_bytes is not None and total > max_bytes:
+        raise ApiError(413, "request_too_large",
+                       f"{part}: the arrays take {total} bytes uncompressed, more than the {max_bytes} allowed")
+    for key, info in found.items():  # only the headers: at most NPY_HEADER_BYTES inflated each
+        head = _inflate(data, info, part, min(info.file_size, NPY_HEADER_BYTES))
+        shape, dtype = _npy_header(io.BytesIO(head), info.filename.removesuffix(".npy"))
+        check_array_limits(shape, dtype, key, key)
+    hold_slot_to_decode(total)
+    return {key: load_npy(read_member(data, info, part), info.filename.removesuffix(".npy"))
+            for key, info in found.items()}
 
 
 def file_kind(data: bytes) -> str:

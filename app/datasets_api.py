@@ -19,6 +19,7 @@ from .auth import current_tenant
 from .datasets import (
     features_array,
     file_kind,
+    hold_slot_to_decode,
     load_npy,
     load_npz,
     not_found,
@@ -157,9 +158,19 @@ def _csv_text(data: bytes, part: str, charset: str = "utf-8") -> str:
     return text
 
 
+def _whole_body() -> bytes:
+    """The request body, or 413: a chunked body (no Content-Length) is cut at the size limit
+    rather than refused, so reaching the limit means more was sent (as schemas.read_json_body)."""
+    raw = request.get_data()
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+    return raw
+
+
 def _from_raw_csv() -> tuple[dict[str, Any], str | None, str]:
     params = parse_query(DatasetUploadParams)
-    text = _csv_text(request.get_data(), "body", request.mimetype_params.get("charset", "utf-8"))
+    text = _csv_text(_whole_body(), "body", request.mimetype_params.get("charset", "utf-8"))
     x, y, labels, names = parse_csv(text, params.target, params.task, "body")
     return prepare_dataset(x, y, labels, names, params.task), params.name, "csv"
 
@@ -220,6 +231,7 @@ def _from_multipart() -> tuple[dict[str, Any], str | None, str]:
         targets_data = request.files["targets"].read()
         if file_kind(targets_data) != "npy":
             raise validation_error([{"path": "targets", "message": "must be a .npy array"}])
+        hold_slot_to_decode(len(data) + len(targets_data))  # a .npy is as large as its array
         arrays = {"features": load_npy(data, "file", key="features"),
                   "targets": load_npy(targets_data, "targets", key="targets")}
         paths, feature_names = ("file", "targets"), None

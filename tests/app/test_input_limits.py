@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import zipfile
 
 import numpy as np
 import pytest
 
+import app.datasets
 import app.datasets_api
 import app.jobs
 from app import create_app
@@ -66,7 +66,7 @@ def upload(client, query: str = "", **files):
 
 def test_npz_rows_are_refused_from_the_header_before_any_array_is_inflated(limited, monkeypatch):
     client = limited(max_rows=1000).test_client()
-    monkeypatch.setattr(zipfile.ZipFile, "read", must_not_run)
+    monkeypatch.setattr(app.datasets, "read_member", must_not_run)
     monkeypatch.setattr(app.datasets_api, "features_array", must_not_run)
     data = npz(features=np.zeros((100_000, 10), np.int8), targets=np.zeros(100_000, np.int8))
     assert len(data) < 5000  # a few KB that would inflate to a million values
@@ -87,7 +87,7 @@ def test_npz_rows_are_refused_from_the_header_before_any_array_is_inflated(limit
 ])
 def test_every_npz_array_meets_the_limits_from_its_header(limited, monkeypatch, limits, arrays, path, message):
     client = limited(**limits).test_client()
-    monkeypatch.setattr(zipfile.ZipFile, "read", must_not_run)
+    monkeypatch.setattr(app.datasets, "read_member", must_not_run)
     e = error(upload(client, file=npz(**arrays)))
     assert e["path"] == path and message in e["message"], e
 
@@ -288,3 +288,71 @@ def test_large_json_bodies_are_parsed_a_few_at_a_time(limited, monkeypatch):
     # each request gave its slot back, the refused one included
     assert slots.acquire(blocking=False)
     slots.release()
+
+
+def multipart(**files: bytes) -> dict:
+    """A multipart body encoded here: the test client spools one over 500 KB to a file that it
+    never closes (a ResourceWarning, an error in these tests)."""
+    from werkzeug.datastructures import FileStorage
+    from werkzeug.test import encode_multipart
+
+    boundary, body = encode_multipart({k: FileStorage(io.BytesIO(v), f"{k}.bin") for k, v in files.items()})
+    return {"data": body, "content_type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_uploads_that_decode_to_much_data_are_decoded_a_few_at_a_time(limited, monkeypatch):
+    """An .npz of zeros is tiny and decodes to a lot (1,000,000 x 32 zeros: 265 KB, 256 MB of
+    arrays; six such uploads at once took a web process to 3.7 GB), a CSV to 8 bytes a cell. An
+    upload whose decoded data passes 8 MB takes one of the web_threads / 4 slots of large JSON
+    bodies, judged from the declared sizes, or is a 503 at once as they are."""
+    application = limited(web_threads=4)  # one slot
+    client, slots = application.test_client(), application.extensions["backprop"]["large_bodies"]
+    big_npz = npz(features=np.zeros((40_000, 32)), targets=np.arange(40_000) % 2)  # 10 MB decoded
+    assert len(big_npz) < 50_000
+    big_csv = _csv(11_000, columns=100)  # 1.1 M cells: 8.8 MB as floats, 2.2 MB as text
+    big_npy = {"file": npy(np.zeros((40_000, 32))), "targets": npy(np.arange(40_000) % 2)}
+    uploads = [lambda: upload(client, file=big_npz),
+               lambda: client.post("/v1/datasets?target=y", data=big_csv, content_type="text/csv"),
+               lambda: client.post("/v1/datasets", **multipart(**big_npy))]
+    assert slots.acquire(blocking=False)  # another request is decoding a large body
+    for send in uploads:
+        resp = send()
+        assert resp.status_code == 503 and resp.get_json()["code"] == "too_many_large_requests", resp.get_json()
+        assert resp.headers["Retry-After"] == "2" and "decoding" in resp.get_json()["detail"]
+    small = npz(features=np.zeros((40, 32)), targets=np.arange(40) % 2)
+    assert upload(client, file=small).status_code == 201  # small uploads never wait
+    slots.release()
+
+    free_while_decoding = []
+
+    def decoding(real):
+        def spy(*args, **kwargs):
+            free = slots.acquire(blocking=False)
+            if free:
+                slots.release()
+            free_while_decoding.append(free)
+            return real(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(app.datasets, "load_npy", decoding(app.datasets.load_npy))
+    monkeypatch.setattr(app.datasets_api, "load_npy", decoding(app.datasets_api.load_npy))
+    monkeypatch.setattr(app.datasets, "_csv_floats", decoding(app.datasets._csv_floats))
+    for send in uploads:
+        assert send().status_code == 201
+    assert free_while_decoding and not any(free_while_decoding)  # each held the slot while it decoded
+    assert slots.acquire(blocking=False)  # and gave it back
+    slots.release()
+
+
+def test_a_chunked_csv_body_over_the_size_limit_is_a_413(limited):
+    """Without a Content-Length, a body is cut at the limit rather than refused: a 75 MB CSV
+    was stored as its first 838,858 rows. It is a 413, as with a Content-Length."""
+    client = limited(max_request_bytes=2000).test_client()
+    chunked = {"headers": {"Transfer-Encoding": "chunked"}, "environ_overrides": {"wsgi.input_terminated": True}}
+    text = _csv(400)
+    assert len(text) > 2000
+    for how in (chunked, {}):
+        resp = client.post("/v1/datasets?target=y", data=text, content_type="text/csv", **how)
+        assert resp.status_code == 413 and resp.get_json()["code"] == "request_too_large", resp.get_json()
+    resp = client.post("/v1/datasets?target=y", data=_csv(100), content_type="text/csv", **chunked)
+    assert resp.status_code == 201 and resp.get_json()["n_samples"] == 100, resp.get_json()
