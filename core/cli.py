@@ -43,7 +43,17 @@ def serve_command(settings) -> list[str]:
             "--workers", str(settings.web_workers), "--worker-class", "gthread", "--threads", str(settings.web_threads),
             "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
             "--log-level", settings.log_level.lower(),
-            "--logger-class", "core.logs.JsonAccessLogger", "app:create_app()"]
+            "--logger-class", "core.logs.JsonAccessLogger", *_without_control_socket(), "app:create_app()"]
+
+
+def _without_control_socket() -> list[str]:
+    """Gunicorn 27 opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl), so
+    every instance on a host shares it and one that stops removes another's. Nothing here uses
+    it; older gunicorns (pyproject allows 22) have neither the socket nor the flag."""
+    from importlib.metadata import version
+
+    major = int(version("gunicorn").split(".")[0])
+    return ["--no-control-socket"] if major >= 27 else []
 
 
 def process_env(settings, kind: str) -> dict[str, str]:

@@ -97,6 +97,27 @@ def test_serve_on_ipv6_with_json_lines_only(tmp_path, env):
     assert any(e["logger"] == "gunicorn.access" and e["message"].startswith("GET /livez") for e in entries)
 
 
+def test_serve_opens_no_control_socket_in_the_users_home(tmp_path, env):
+    """Gunicorn 27 opened ~/.gunicorn/gunicorn.ctl: one path for every instance on a host, and an
+    instance that stopped removed the socket of another that still ran."""
+    port = free_port()
+    env.update(HOME=str(tmp_path / "home"), BACKPROP_PORT=str(port))
+    (tmp_path / "home").mkdir()
+    api = start(tmp_path, "api", env, "serve")
+    try:
+        def live():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_for(live, api, tmp_path / "api.log")
+        assert not (tmp_path / "home" / ".gunicorn").exists()
+    finally:
+        stop(api)
+
+
 def test_two_workers_on_one_host_with_one_metrics_port(tmp_path, env):
     """The second worker ran without metrics (an ERROR about OSError(98) its only sign), and both
     were celery@HOST. Now the second stops at startup naming BACKPROP_WORKER_METRICS_PORT."""
