@@ -106,6 +106,7 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
         long = _first_too_long(value)
         if long is not None:
             raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a class label", value[long])}])
+        _refuse_lone_surrogates(value, path)
         labels = sorted(set(value))
         index = {label: i for i, label in enumerate(labels)}
         return np.array([index[v] for v in value], dtype=np.int64), labels
@@ -118,6 +119,19 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
     if arr.ndim == 1 and np.all(_whole_below_limit(arr)):
         return arr.astype(np.int64), None
     return arr, None
+
+
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _refuse_lone_surrogates(names: list[str], path: str) -> None:
+    """A lone UTF-16 surrogate is no character: UTF-8 cannot hold it, so no database can store it
+    and no client read it back. A JSON body is checked whole as it is read (schemas); a .npy or
+    .npz string array arrives here without that."""
+    for i, name in enumerate(names):
+        if m := _LONE_SURROGATE.search(name):
+            raise validation_error([{"path": f"{path}[{i}]", "message": f"holds a lone UTF-16 surrogate "
+                                     f"(\\u{ord(m.group()):04x}), which is not a character and cannot be stored"}])
 
 
 def _first_too_long(names: list[str]) -> int | None:
@@ -139,6 +153,7 @@ def check_names(names: list[str] | None, per_sample: int, path: str) -> None:
     long = _first_too_long(names or [])
     if long is not None:
         raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a feature name", names[long])}])
+    _refuse_lone_surrogates(names or [], path)
     seen: set[str] = set()
     for i, name in enumerate(names or []):
         if not name.strip():

@@ -198,9 +198,22 @@ class LayerDiagnostics(BaseModel):
     weight_norms: list[float | None] = Field(description="null where the value overflowed (was not finite)")
 
 
+DIAGNOSTICS_POINTS = 1000  # the epochs /diagnostics answers with by default
+
+
+class DiagnosticsQuery(Strict):
+    max_points: int = Field(default=DIAGNOSTICS_POINTS, ge=2, le=10000,
+                            description="the norms of at most this many epochs, spread over the whole run with "
+                                        "the first and last kept (as /epochs?max_points); the flags always "
+                                        "read every epoch")
+
+
 class Diagnostics(BaseModel):
     job_id: str
-    epochs: list[int]
+    epochs: list[int] = Field(description="the epochs the norms are given for: all of them, or a thinned "
+                                          "selection (see `downsampled`)")
+    total: int = Field(description="how many epochs are recorded; the flags read all of them")
+    downsampled: bool = Field(description="true when the norms are given for fewer epochs than `total`")
     layers: list[LayerDiagnostics]
     flags: list[dict[str, str]] = Field(description="plain-language warnings; kind is vanishing_gradients, "
                                                     "no_gradient, exploding_gradients or large_gradients")
@@ -222,7 +235,9 @@ class WeightsOut(BaseModel):
 
 
 class WeightsQuery(Strict):
-    format: Literal["json", "npz"] = "json"
+    format: Literal["json", "npz"] = Field(default="json", description="json: up to a bound of values (422 "
+                                           "response_too_large past it, with the count); npz: any size, sent one "
+                                           "array at a time")
 
 
 class PredictOut(BaseModel):
@@ -350,8 +365,10 @@ def _repeated_key(value: Any) -> str:
 
 def read_json_body() -> Any:
     """The request body as JSON: 415 unless it says JSON, 400 for NaN/Infinity literals, a key
-    given twice in one object, malformed or absurdly nested documents. The body's encoding is
-    detected from its bytes (UTF-8, -16 or -32, RFC 8259); a charset parameter is not used."""
+    given twice in one object, malformed or absurdly nested documents; 422 naming the path for a
+    string or key holding NUL or a lone surrogate, which no database text can store. The body's
+    encoding is detected from its bytes (UTF-8, -16 or -32, RFC 8259); a charset parameter is not
+    used."""
     import json
 
     from flask import current_app, request
@@ -391,12 +408,20 @@ def read_json_body() -> Any:
     # UTF-16 body hides it from a byte search)
     encoding = json.detect_encoding(raw)
     if encoding.startswith("utf-8"):
-        has_nul = _NUL_ESCAPE_BYTES.search(raw)
+        has_nul, maybe_surrogate = _NUL_ESCAPE_BYTES.search(raw), _SURROGATE_BYTES.search(raw)
     else:
-        has_nul = _NUL_ESCAPE.search(raw.decode(encoding))
+        # decoded as json.loads did: a lone surrogate in a UTF-16 body made the strict decode a 500
+        text = raw.decode(encoding, "surrogatepass")
+        has_nul, maybe_surrogate = _NUL_ESCAPE.search(text), _SURROGATE_TEXT.search(text)
     if has_nul:
         path = _nul_path(doc)
         raise validation_error([{"path": path, "message": "must not contain NUL characters (\\u0000)"}])
+    found = _surrogate_at(doc) if maybe_surrogate else None
+    if found:
+        path, char = found
+        raise validation_error([{"path": path, "message": f"holds a lone UTF-16 surrogate (\\u{ord(char):04x}), "
+                                                          "which is not a character and cannot be stored: send "
+                                                          "the character itself, or both halves of its pair"}])
     return doc
 
 
@@ -417,13 +442,41 @@ def hold_large_body_slot() -> None:
     if not slots.acquire(blocking=False):
         raise ApiError(503, "too_many_large_requests", "this API process is reading as many large request "
                        f"bodies (over {LARGE_JSON_BYTES // 2**20} MB) as it may at once; send it again in a "
-                       "moment, or upload large datasets as CSV or .npz (POST /v1/datasets), which are read a "
-                       "block at a time", headers={"Retry-After": "2"})
+                       "moment, or upload large datasets as CSV or .npz (POST /v1/datasets), which take far less "
+                       "memory than JSON", headers={"Retry-After": "2"})
     g.large_body_slot = slots
 
 
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _NUL_ESCAPE_BYTES = re.compile(_NUL_ESCAPE.pattern.encode())
+
+
+# A lone UTF-16 surrogate (U+D800-U+DFFF without its other half) is text no UTF-8 can hold, yet
+# json.loads takes it from an escape ("\\ud800"), from its UTF-8-style bytes (ED A0 80) and from
+# a UTF-16 body. Stored, it broke the job on SQLite ("'utf-8' codec can't encode") and kept labels
+# that no client can read back: every string and key of every JSON body is checked here, once.
+# These only say where one may be (a pair's escapes match too); _surrogate_at decides.
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    """`text` with its surrogates written as escapes, fit for an error message."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _surrogate_at(value: Any) -> tuple[str, str] | None:
+    """(the path, the surrogate) of the first string or key holding a lone surrogate: in the
+    parsed document a pair is one character, so any surrogate left is alone."""
+    for v, p in _nodes(value):
+        if isinstance(v, str) and (m := _SURROGATE.search(v)):
+            return p or "body", m.group()
+        if isinstance(v, dict):
+            for k in v:
+                if m := _SURROGATE.search(k):
+                    return _escaped(f"{p}.{k}" if p else k), m.group()
+    return None
 
 
 def _nul_path(value: Any) -> str:

@@ -458,7 +458,7 @@ async function jobPage(ctx, root, jobId) {
 
   async function loadFlags() {
     if (!xs.length) return;
-    const d = await api(`${path}/diagnostics`, {signal: ctx.signal});
+    const d = await api(`${path}/diagnostics?max_points=2`, {signal: ctx.signal});  // the flags only
     put(flags, d.flags.length
       ? h('ul', {class: 'flags'}, d.flags.map(f => h('li', {class: `flag ${f.kind}`}, f.message)))
       : h('p', {class: 'ok small'}, '✓ No vanishing, missing or exploding gradients.'));

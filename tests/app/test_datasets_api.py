@@ -612,3 +612,17 @@ def test_feature_names_must_be_distinct_and_named_in_json_and_inline_data(client
     resp = client.post("/v1/jobs", json=job)
     assert resp.status_code == 422 and resp.get_json()["errors"][0]["path"] == f"dataset.{where}", resp.get_json()
 
+
+
+@pytest.mark.parametrize("arrays, path", [
+    ({"targets": np.array(["a", "\ud800", "a", "b"])}, "targets[1]"),
+    ({"targets": np.array([0, 1, 0, 1]), "feature_names": np.array(["x", "y\udc00"])}, "feature_names[1]"),
+])
+def test_lone_surrogates_in_npz_strings_are_refused(client, sessions, arrays, path):
+    """A JSON body is checked for lone UTF-16 surrogates as it is read; a .npz's string arrays
+    came in past that check, and such labels and names were stored (201)."""
+    resp = upload(client, npz_bytes(features=np.zeros((4, 2)), **arrays), "d.npz")
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["errors"][0]
+    assert error["path"] == path and "lone UTF-16 surrogate" in error["message"], error
+    assert count_datasets(sessions) == 0

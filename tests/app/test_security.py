@@ -176,6 +176,55 @@ def test_a_network_too_large_is_refused_before_it_is_built(migrated, monkeypatch
     app.extensions["backprop"]["engine"].dispose()
 
 
+def _orthogonal_job(width: int, **data) -> dict:
+    """The reviewer's body: float64, a width x width orthogonal kernel, then 768 units and 2 classes."""
+    return {"model": {"input_shape": [width], "dtype": "float64", "loss": "categorical_crossentropy",
+                      "layers": [{"type": "dense", "units": width, "kernel_initializer": "orthogonal"},
+                                 {"type": "dense", "units": 768, "activation": "relu"},
+                                 {"type": "dense", "units": 2, "activation": "softmax"}]},
+            "training": {"epochs": 1}, **data}
+
+
+def test_a_submit_is_checked_without_initialising_any_weight(client, sessions, monkeypatch):
+    """A 285-byte body naming a 4096 x 4096 orthogonal kernel in float64 and a dataset_id that
+    does not exist took 6.4 s and 800 MB of a web thread before its 422: the network was built,
+    its weights initialised, before the dataset was looked at. Submissions check and cost the
+    shapes alone; the worker initialises the weights."""
+    import tracemalloc
+
+    from core.nn.initializers import INITIALIZERS
+
+    initialised = []
+    for name, init in list(INITIALIZERS.items()):
+        monkeypatch.setitem(INITIALIZERS, name, lambda *a, _init=init, _name=name: initialised.append(_name)
+                            or _init(*a))
+    x, y = iris()
+    iris_id = client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}).get_json()["id"]
+    width = 2048
+    weight_bytes = 8 * (width * width + width + width * 768 + 768 + 768 * 2 + 2)
+    client.post("/v1/jobs", json=_orthogonal_job(8, dataset_id="nope"))  # first-request imports and caches
+    for dataset_id, message in [("nope", "no dataset with id 'nope'"),
+                                (iris_id, f"samples have shape [4], model.input_shape is [{width}]")]:
+        tracemalloc.start()
+        try:
+            resp = client.post("/v1/jobs", json=_orthogonal_job(width, dataset_id=dataset_id))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert resp.status_code == 422, resp.get_json()
+        assert resp.get_json()["errors"] == [{"path": "dataset_id", "message": message}]
+        assert peak < weight_bytes / 20, (peak, weight_bytes)  # not the weights, nor a part of them
+    assert initialised == []
+    # a job that is accepted is initialised by the worker, and trains
+    body = {**iris_job(epochs=2), "dataset": None, "dataset_id": iris_id}
+    body["model"]["layers"][0]["kernel_initializer"] = "orthogonal"
+    resp = client.post("/v1/jobs", json=body)
+    assert resp.status_code == 202 and initialised == [], resp.get_json()
+    run_job(sessions, resp.get_json()["id"])
+    assert client.get(f"/v1/jobs/{resp.get_json()['id']}").get_json()["status"] == "succeeded"
+    assert "orthogonal" in initialised
+
+
 def test_huge_windows_are_refused(client):
     body = iris_job(epochs=1)
     body["model"] = {"input_shape": [4, 4, 1], "loss": "categorical_crossentropy",
@@ -403,6 +452,68 @@ def test_hostile_json_is_a_4xx(client, raw, content_type, status):
     resp = client.post("/v1/jobs", data=raw.encode("latin-1"), content_type=content_type)
     assert resp.status_code == status, resp.get_json()
     assert resp.mimetype == "application/problem+json"
+
+
+def _with_layer_name(name: str) -> dict:
+    body = iris_job(epochs=1)
+    body["model"]["layers"][0]["name"] = name
+    return body
+
+
+def _labelled(*labels: str) -> dict:
+    body = iris_job(epochs=1)
+    body["dataset"]["targets"] = [labels[int(t)] for t in body["dataset"]["targets"]]
+    return body
+
+
+LONE = "\ud800"  # half of a UTF-16 pair, alone: not a character, and no UTF-8 text can hold it
+
+
+@pytest.mark.parametrize("url, body, path", [
+    ("/v1/jobs", _with_layer_name(LONE + "x"), "model.layers[0].name"),
+    ("/v1/jobs", {**iris_job(epochs=1), "init_from": "x", "freeze": ["dense_0", "\udfff"]}, "freeze[1]"),
+    ("/v1/jobs", _labelled(LONE, "b", "c"), "dataset.targets[0]"),
+    ("/v1/jobs", {**iris_job(epochs=1), "dataset": {**iris_job()["dataset"],
+                                                     "feature_names": ["a", "b", "c", "d" + LONE]}},
+     "dataset.feature_names[3]"),
+    ("/v1/jobs", {**iris_job(epochs=1), "training": {LONE: 1}}, "training.\\ud800"),
+    ("/v1/jobs", {**iris_job(epochs=1), "dataset_id": LONE}, "dataset_id"),
+    ("/v1/datasets", {**_labelled("a", LONE, "c")["dataset"]}, "targets[50]"),
+    ("/v1/datasets", {**iris_job()["dataset"], "name": "n" + LONE}, "name"),
+])
+def test_lone_surrogates_are_refused_in_every_string_of_a_body(client, sessions, url, body, path):
+    """A layer named "\\ud800x" was accepted (202) and its job then failed on SQLite ("'utf-8'
+    codec can't encode character"); class labels holding one were stored, on SQLite and
+    PostgreSQL. Every string and key of a JSON body is checked where the body is read: a 422
+    naming its path, before anything is stored."""
+    resp = client.post(url, data=json.dumps(body), content_type="application/json")
+    assert resp.status_code == 422, resp.get_json()
+    error = resp.get_json()["errors"][0]
+    assert error["path"] == path and "lone UTF-16 surrogate" in error["message"], error
+    with sessions() as s:
+        assert s.scalar(select(Job)) is None and s.scalar(select(Dataset)) is None
+
+
+def test_lone_surrogates_are_refused_however_the_body_is_encoded(client, sessions):
+    """json.loads also reads a surrogate from its UTF-8-style bytes (ED A0 80) and from a UTF-16
+    body, where the NUL check's strict decoding of the body then raised: a 500."""
+    raw = json.dumps(_with_layer_name("a-b"))
+    for data in (raw.replace("a-b", "a\\udc00b").encode(),
+                 raw.encode().replace(b"a-b", b"a\xed\xa0\x80b"),
+                 raw.replace("a-b", "a" + LONE + "b").encode("utf-16-le", "surrogatepass"),
+                 raw.replace("a-b", "a" + LONE + "b").encode("utf-32", "surrogatepass")):
+        resp = client.post("/v1/jobs", data=data, content_type="application/json")
+        assert resp.status_code == 422, (data[:20], resp.get_json())
+        assert resp.get_json()["errors"][0]["path"] == "model.layers[0].name"
+    with sessions() as s:
+        assert s.scalar(select(Job)) is None
+    # a pair is one character, as escapes, in UTF-8 or in UTF-16: accepted, and read back as sent
+    for data in (json.dumps(_labelled("\U0001F600", "b", "c")).encode(),
+                 json.dumps(_labelled("\U0001F600", "b", "c"), ensure_ascii=False).encode("utf-16")):
+        resp = client.post("/v1/jobs", data=data, content_type="application/json")
+        assert resp.status_code == 202, resp.get_json()
+        dataset = client.get(f"/v1/datasets/{resp.get_json()['dataset_id']}").get_json()
+        assert dataset["class_labels"] == ["b", "c", "\U0001F600"]
 
 
 def test_uploaded_datasets_meet_the_same_size_limits(migrated):
