@@ -95,8 +95,7 @@ class ModelCache:
         weights = load_weights(session, job.id)
         if dataset is None or not weights:  # deleted since the caller found it
             raise not_found("job", job.id)
-        net = Network.from_spec(job.model_spec, seed=0, inference=True)
-        net.set_weights(weights)
+        net = Network.from_weights(job.model_spec, weights, inference=True)  # no initialiser runs on a web thread
         model = CachedModel(net, dataset.class_labels)
         with self._lock:
             model = self._items.setdefault(job.id, model)  # a concurrent miss may have won

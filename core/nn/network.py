@@ -9,7 +9,15 @@ import numpy as np
 
 from .activations import get_activation
 from .casting import narrowed
-from .layers.base import SHAPES_ONLY, ActivatedLayer, Layer, check_layer_spec, make_layers, size_of
+from .layers.base import (
+    SHAPES_ONLY,
+    WEIGHTS_GIVEN,
+    ActivatedLayer,
+    Layer,
+    check_layer_spec,
+    make_layers,
+    size_of,
+)
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
 from .layers.regularization import BatchNorm
 from .losses import LOSSES, get_loss
@@ -159,6 +167,20 @@ class Network:
     def from_spec(cls, spec: dict[str, Any], seed: int | None = 0, dtype: str | None = None,
                   inference: bool = False) -> Network:
         return cls(spec, seed=seed, dtype=dtype, inference=inference)
+
+    @classmethod
+    def from_weights(cls, spec: dict[str, Any], weights: dict[str, np.ndarray], dtype: str | None = None,
+                     inference: bool = False) -> Network:
+        """The network of `spec` holding `weights`, every one of them (as set_weights with
+        strict=True). No initialiser runs, since each value is replaced: an orthogonal 4096 x
+        4096 float64 kernel alone takes seconds to draw."""
+        token = WEIGHTS_GIVEN.set(True)
+        try:
+            net = cls(spec, seed=None, dtype=dtype, inference=inference)
+        finally:
+            WEIGHTS_GIVEN.reset(token)
+        net.set_weights(weights)
+        return net
 
     # -- passes ---------------------------------------------------------------------------
     def _set_stochastic(self, on: bool) -> None:

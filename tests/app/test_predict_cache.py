@@ -99,3 +99,18 @@ def test_a_job_deleted_before_its_weights_are_read_is_a_404(client, sessions):
     with sessions() as session, pytest.raises(ApiError) as exc:
         ModelCache(max_bytes=1 << 30).get(session, job)
     assert exc.value.status == 404 and job_id not in ModelCache(max_bytes=1 << 30)
+
+
+def test_a_model_is_cached_without_running_its_initialisers(client, sessions, monkeypatch):
+    """Each cache miss built the model with its initialisers, then replaced every value: a
+    large orthogonal float64 kernel took seconds of a web thread on a model's first predict."""
+    from core.nn import initializers
+
+    job_id = trained(client, sessions)
+
+    def refuse(*_args):
+        raise AssertionError("an initialiser ran")
+
+    monkeypatch.setattr("core.nn.layers.base.INITIALIZERS", dict.fromkeys(initializers.INITIALIZERS, refuse))
+    resp = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+    assert resp.status_code == 200, resp.get_json()

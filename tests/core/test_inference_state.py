@@ -55,3 +55,24 @@ def test_an_inference_network_predicts_alike_holds_no_gradients_and_refuses_trai
     assert not any(g.flags.writeable for g in served.gradients().values())
     with pytest.raises(ValueError, match="inference"):
         Trainer(served, {"epochs": 1})
+
+
+@pytest.mark.parametrize("spec", [IMAGES, SEQUENCES], ids=["images", "sequences"])
+def test_a_network_built_from_weights_runs_no_initialiser_and_predicts_alike(spec, monkeypatch):
+    """The predict endpoint's cache built each model with its initialisers (an orthogonal 4096 x
+    4096 float64 kernel took seconds on a web thread), then replaced every value."""
+    from core.nn import initializers
+
+    trained = Network.from_spec(spec, seed=3)
+    trained.set_weights({k: v + 0.25 for k, v in trained.get_weights().items()})  # not what any seed draws
+
+    def refuse(*_args):
+        raise AssertionError("an initialiser ran")
+
+    monkeypatch.setattr(initializers, "INITIALIZERS", dict.fromkeys(initializers.INITIALIZERS, refuse))
+    monkeypatch.setattr("core.nn.layers.base.INITIALIZERS", initializers.INITIALIZERS)
+    served = Network.from_weights(spec, trained.get_weights(), inference=True)
+    x = np.random.default_rng(1).normal(size=(10, *spec["input_shape"]))
+    np.testing.assert_array_equal(served.forward(x), trained.forward(x))
+    with pytest.raises(ValueError, match="missing"):  # every weight is needed: none is left as zeros
+        Network.from_weights(spec, dict(list(trained.get_weights().items())[1:]))

@@ -25,6 +25,9 @@ from ..spec import Field, SpecError, _join, check_object
 # While set, layers allocate no weights: every parameter is a zero-stride view of one element,
 # so the size of a network can be known (and refused) before it is built for real.
 SHAPES_ONLY: ContextVar[bool] = ContextVar("shapes_only", default=False)
+# While set, layers allocate their weights as zeros and run no initialiser: every value is about
+# to be replaced by given weights (Network.from_weights).
+WEIGHTS_GIVEN: ContextVar[bool] = ContextVar("weights_given", default=False)
 
 
 def _placeholder(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -100,6 +103,9 @@ class Layer:
     def init_param(self, key: str, initializer: str, shape, fan_in, fan_out, rng, dtype) -> None:
         if SHAPES_ONLY.get():
             self.add_param(key, _placeholder(tuple(shape), np.dtype(dtype)))
+            return
+        if WEIGHTS_GIVEN.get():
+            self.add_param(key, np.zeros(tuple(shape), dtype))
             return
         value = INITIALIZERS[initializer](rng, tuple(shape), fan_in, fan_out, dtype)
         self.add_param(key, np.ascontiguousarray(value))
