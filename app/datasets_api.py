@@ -32,6 +32,7 @@ from .datasets import (
 from .errors import ApiError, validation_error
 from .idempotency import idempotent
 from .jobs import ext
+from .limits import check_dataset_storage
 from .openapi import doc, parse_query
 from .pagination import iso, newest_first, page
 from .schemas import (
@@ -127,6 +128,7 @@ def create_dataset_view():
         raise ApiError(415, "unsupported_media_type", "send application/json, multipart/form-data or text/csv "
                        f"(got {request.mimetype or 'none'})")
     with ext()["sessions"].begin() as session:
+        check_dataset_storage(session, current_tenant(), fields["features"].nbytes + fields["targets"].nbytes)
         ds = create_dataset(session, **fields, tenant=current_tenant(), name=name, source=source)
         body = dataset_json(ds)
     resp = current_app.response_class(current_app.json.dumps(body), status=201, mimetype="application/json")

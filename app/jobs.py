@@ -57,6 +57,7 @@ from .idempotency import idempotent
 from .limits import (
     check_active_jobs,
     check_dataset_limits,
+    check_dataset_storage,
     check_parameter_count,
     check_spec_limits,
     check_training_cost,
@@ -277,6 +278,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 check_class_count(targets, labels, "dataset.targets")
             names = body.dataset.feature_names
             check_names(names, int(features[0].size), "dataset.feature_names")
+            check_dataset_storage(session, current_tenant(), features.nbytes + targets.nbytes)
             ds = create_dataset(session, features, targets, names, labels,
                                 tenant=current_tenant(), source="inline",
                                 **dataset_summary_fields(targets, labels, net.classification))

@@ -15,7 +15,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy import func, select, text
 
 from core.config import Settings
-from core.db import Job, JobStatus
+from core.db import Dataset, Job, JobStatus
 from core.nn import Network
 
 from .errors import ApiError, problem, validation_error
@@ -219,6 +219,23 @@ def check_active_jobs(session, tenant: str) -> None:
     if active >= limit:
         raise ApiError(429, "too_many_active_jobs", f"{active} jobs are queued or running; the limit is {limit} "
                        "per tenant, wait for one to finish", headers={"Retry-After": "30"})
+
+
+def check_dataset_storage(session, tenant: str, adding: int) -> None:
+    """Called in the transaction that stores a dataset (uploaded, or inline in a job), before it
+    does: a tenant's stored datasets hold at most BACKPROP_MAX_TENANT_DATASET_BYTES. Without a
+    bound, uploads of a few hundred KB each (.npz of zeros) grew the database by gigabytes. On
+    PostgreSQL a lock per tenant puts concurrent stores in turn, as check_active_jobs does."""
+    limit = settings().max_tenant_dataset_bytes
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"datasets:{tenant}"})
+    stored = func.length(Dataset.features) + func.length(Dataset.targets)
+    held = session.scalar(select(func.coalesce(func.sum(stored), 0)).where(Dataset.tenant == tenant))
+    if held + adding > limit:
+        raise ApiError(409, "dataset_storage_full",
+                       f"this dataset takes {adding} bytes and the tenant's datasets already hold {held}; the limit "
+                       f"is {limit} (BACKPROP_MAX_TENANT_DATASET_BYTES): delete datasets, or jobs whose data was "
+                       "sent inline, to make room")
 
 
 def _rate_key() -> str:

@@ -356,3 +356,39 @@ def test_a_chunked_csv_body_over_the_size_limit_is_a_413(limited):
         assert resp.status_code == 413 and resp.get_json()["code"] == "request_too_large", resp.get_json()
     resp = client.post("/v1/datasets?target=y", data=_csv(100), content_type="text/csv", **chunked)
     assert resp.status_code == 201 and resp.get_json()["n_samples"] == 100, resp.get_json()
+
+
+def test_a_tenants_datasets_stay_within_their_storage_limit(limited):
+    """Uploads of a few hundred KB each (an .npz of zeros holds 256 MB of arrays) grew the
+    database by gigabytes, without end. A tenant's stored datasets, inline ones included, hold
+    at most max_tenant_dataset_bytes; deleting makes room again."""
+    one = 20 * 4 * 8 + 20 * 8  # 20 rows of 4 float64 features, 20 int64 targets
+    client = limited(max_tenant_dataset_bytes=2 * one + 10).test_client()
+    data = {"features": np.zeros((20, 4)).tolist(), "targets": [0, 1] * 10}
+    first = client.post("/v1/datasets", json=data).get_json()["id"]
+    job = {**iris_job(epochs=1), "dataset": data}
+    assert client.post("/v1/jobs", json=job).status_code == 202  # its inline dataset is the second
+    for send in (lambda: client.post("/v1/datasets", json=data), lambda: client.post("/v1/jobs", json=job),
+                 lambda: upload(client, file=npz(features=np.zeros((20, 4)), targets=np.arange(20) % 2))):
+        resp = send()
+        assert resp.status_code == 409 and resp.get_json()["code"] == "dataset_storage_full", resp.get_json()
+        assert f"already hold {2 * one}" in resp.get_json()["detail"]
+    assert client.delete(f"/v1/datasets/{first}").status_code == 204
+    assert client.post("/v1/datasets", json=data).status_code == 201
+
+
+def test_the_dataset_storage_limit_counts_bytes_on_postgres(migrated, postgres_url):
+    from tests.conftest import migrate
+
+    migrate(postgres_url)
+    application = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off",
+                                                 max_tenant_dataset_bytes=2000))
+    client = application.test_client()
+    try:
+        data = {"features": np.zeros((20, 4)).tolist(), "targets": [0, 1] * 10}  # 640 + 160 bytes
+        assert client.post("/v1/datasets", json=data).status_code == 201
+        assert client.post("/v1/datasets", json=data).status_code == 201
+        resp = client.post("/v1/datasets", json=data)
+        assert resp.status_code == 409 and "already hold 1600" in resp.get_json()["detail"], resp.get_json()
+    finally:
+        application.extensions["backprop"]["engine"].dispose()
