@@ -67,6 +67,14 @@ def wait_for(check, proc: subprocess.Popen, log: Path, timeout: float = 30):
     raise AssertionError(f"timed out\n{log.read_text()}")
 
 
+def live(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/livez", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
 def json_lines(path: Path) -> list[dict]:
     lines = path.read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]  # any line not JSON fails here
@@ -80,14 +88,7 @@ def test_serve_on_ipv6_with_json_lines_only(tmp_path, env):
     env.update(BACKPROP_HOST="::1", BACKPROP_PORT=str(port))
     api = start(tmp_path, "api", env, "serve")
     try:
-        def live():
-            try:
-                with urllib.request.urlopen(f"http://[::1]:{port}/livez", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        wait_for(live, api, tmp_path / "api.log")
+        wait_for(lambda: live(f"http://[::1]:{port}"), api, tmp_path / "api.log")
     finally:
         stop(api)
     entries = json_lines(tmp_path / "api.log")
@@ -105,14 +106,7 @@ def test_serve_opens_no_control_socket_in_the_users_home(tmp_path, env):
     (tmp_path / "home").mkdir()
     api = start(tmp_path, "api", env, "serve")
     try:
-        def live():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        wait_for(live, api, tmp_path / "api.log")
+        wait_for(lambda: live(f"http://127.0.0.1:{port}"), api, tmp_path / "api.log")
         assert not (tmp_path / "home" / ".gunicorn").exists()
     finally:
         stop(api)
