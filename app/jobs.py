@@ -657,7 +657,6 @@ def get_diagnostics(job_id: str):
         first = session.scalars(select(EpochRecord.weight_norms).where(EpochRecord.job_id == job_id)
                                 .order_by(EpochRecord.epoch).limit(1)).first()
         names = list(first) if first is not None else [n for n in layers if n]
-        points = _diagnostic_points(q, len(names))
         # the flags from every epoch, a block at a time and only the gradient norms (the whole
         # history as rows took +420 MB for 64 layers over 20,000 epochs); the epoch numbers are kept
         # to choose the epochs shown
@@ -683,6 +682,7 @@ def get_diagnostics(job_id: str):
             if len(block) < DIAGNOSTICS_BATCH:
                 break
         total = len(numbers)
+        points = _diagnostic_points(q, len(names), total)
         downsampled = total > points
         rows = []
         if numbers:
@@ -709,11 +709,12 @@ def get_diagnostics(job_id: str):
             "layers": json_safe(out_layers), "flags": flags}
 
 
-def _diagnostic_points(q: DiagnosticsQuery, layers: int) -> int:
+def _diagnostic_points(q: DiagnosticsQuery, layers: int, recorded: int) -> int:
     """The epochs to answer with: max_points, within DIAGNOSTICS_MAX_VALUES norms. A max_points the
-    caller chose past that is a 422 naming the most this job allows; the default shrinks to fit."""
+    caller chose past that is a 422 naming the most this job allows, unless the job has recorded
+    few enough epochs to fit anyway; the default shrinks to fit."""
     fits = max(2, DIAGNOSTICS_MAX_VALUES // max(1, 2 * layers))
-    if q.max_points <= fits:
+    if min(q.max_points, recorded) <= fits:
         return q.max_points
     if "max_points" in q.model_fields_set:
         raise validation_error([{"path": "max_points", "message": f"{q.max_points} epochs x {layers} layers x 2 "

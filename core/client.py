@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import http.client
+import io
 import json
 import os
 import time
@@ -26,6 +27,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -512,6 +514,13 @@ class Client:
                 raise TransportError(f"{where}: the connection broke: {exc!r}") from None
         if not data.startswith(b"PK\x03\x04"):  # an .npz is a zip; this is, say, a proxy's page
             raise ApiError(resp.status, "invalid_response", f"{where}: not a .npz: {data[:200]!r}")
+        try:  # the server streams it: a stream that stopped early ends cleanly through an HTTP/1.0 hop
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            bad = repr(exc)
+        if bad is not None:
+            raise TransportError(f"{where}: the .npz is cut short or corrupt ({bad}); download it again")
         if path is not None:
             _write_whole(Path(path), data)
         return data

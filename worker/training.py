@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, update
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
@@ -203,8 +203,9 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         checkpoint = session.get(Checkpoint, job_id)
         if job.attempts >= settings.max_attempts:
             job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
+            last = f"; the last attempt was {job.error}" if job.error else ""
             job.error = (f"gave up after {job.attempts} attempts: the worker running this job was lost, or the "
-                         f"database failed under it, each time (BACKPROP_MAX_ATTEMPTS={settings.max_attempts})")
+                         f"database failed under it, each time (BACKPROP_MAX_ATTEMPTS={settings.max_attempts}){last}")
             session.execute(delete(Checkpoint).where(Checkpoint.job_id == job_id))
             log.error("job %s: %s", job_id, job.error)
             JOBS_FINISHED.labels(JobStatus.FAILED).inc()  # the jobs to alert on: they kill workers
@@ -320,14 +321,14 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     except MemoryError as exc:  # past what the API's estimate allowed (BACKPROP_MAX_BATCH_MB)
         _fail(attempt, writer, f"out of memory: {exc}; try a smaller batch_size or network")
         log.warning("job %s ran out of memory: %s", job_id, exc)
-    except OperationalError:
+    except OperationalError as exc:
         # The database failed under the run (locked past its timeout, restarted, unreachable):
         # not the job's fault, so it does not end the job. It is queued again, counted as an
         # attempt (BACKPROP_MAX_ATTEMPTS bounds a failure that keeps coming back), to resume
         # from its checkpoint; if even that write fails, its heartbeat goes stale and the
         # reconciler queues it, as after a lost worker.
         log.exception("job %s attempt %d: the database failed; the job is queued again", job_id, claim.attempt)
-        return _queue_again(attempt)
+        return _queue_again(attempt, exc)
     except Exception as exc:
         log.exception("job %s crashed", job_id)
         _fail(attempt, writer, f"internal error: {_describe(exc)}")
@@ -335,19 +336,25 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
 
 
 def _describe(exc: Exception) -> str:
-    """The class and message, for the job's error; a database error without its SQL statement,
-    parameters and links (they stay in the worker's log)."""
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        return f"database error: {exc.orig.__class__.__name__}: {exc.orig}"
+    """The class and message, for the job's error; a database error by its driver's first line
+    only, without the statement, parameters and links SQLAlchemy and the driver add (they stay
+    in the worker's log)."""
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        orig = exc.orig
+        diag = getattr(orig, "diag", None)  # psycopg: its message without LINE / CONTEXT parts
+        message = getattr(diag, "message_primary", None) or str(orig).split("\n", 1)[0]
+        return f"database error: {orig.__class__.__name__}: {message}"
     return f"{exc.__class__.__name__}: {exc}"
 
 
-def _queue_again(attempt: Attempt) -> bool:
-    """Back to the queue, the attempt counted (unlike _hand_back); False when the database
-    cannot take even that."""
+def _queue_again(attempt: Attempt, exc: Exception) -> bool:
+    """Back to the queue, the attempt counted (unlike _hand_back), with the database's error as
+    the job's until an attempt ends it (the attempt limit's message quotes it); False when the
+    database cannot take even that."""
     try:
         with attempt.write() as (_session, job):
             job.status, job.heartbeat_at, job.worker = JobStatus.QUEUED, None, None
+            job.error = f"queued again after {_describe(exc)}"
     except Superseded:
         return False
     except Exception:  # noqa: BLE001 - still down: the reconciler finds the stale heartbeat

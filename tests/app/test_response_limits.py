@@ -210,6 +210,9 @@ def test_diagnostics_stay_within_their_bound_of_values_however_many_layers(clien
     assert resp.get_json()["errors"] == [{"path": "max_points", "message": "11 epochs x 3 layers x 2 norms would "
                                                                            "be more than 60 values; at most 10 "
                                                                            "for this job"}]
+    short = finished_job(client, sessions, three_layers(), epochs=history(5))  # 5 epochs fit whatever is asked
+    d = diagnostics(client, short, "?max_points=10000")
+    assert len(d["epochs"]) == 5 and d["downsampled"] is False
 
 
 def test_diagnostics_read_the_history_a_block_at_a_time(client, sessions, monkeypatch):

@@ -150,7 +150,9 @@ class FakeApi(BaseHTTPRequestHandler):
             return self.send(404, {"status": 404, "code": "job_not_found", "detail": "no job with id 'missing'"},
                              "application/problem+json")
         if url.path == "/v1/jobs/j1/weights":
-            return self.raw(200, b"PK\x03\x04" + b"npz" * 10, "application/octet-stream")
+            return self.raw(200, WEIGHTS_NPZ, "application/octet-stream")
+        if url.path == "/v1/jobs/half/weights":  # ends cleanly half way (the server's stream stopped, HTTP/1.0)
+            return self.raw(200, WEIGHTS_NPZ[:len(WEIGHTS_NPZ) // 2], "application/octet-stream")
         if url.path == "/v1/jobs/cut/weights":  # says 1000 bytes, sends 20 and hangs up
             return self.raw(200, b"PK\x03\x04" + b"x" * 16, "application/octet-stream", length=1000)
         if url.path == "/v1/jobs/page/weights":  # a proxy's page, say
@@ -528,6 +530,17 @@ def test_a_send_cut_off_by_the_server_says_so(tmp_path):
         in str(err.value)
 
 
+def _npz(**arrays) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+WEIGHTS_NPZ = _npz(**{"dense_0/kernel": np.arange(12.0).reshape(3, 4), "dense_0/bias": np.zeros(4)})
+
+
 def test_weights_are_checked_and_written_whole(fake_api, tmp_path):
     """A body cut short raised http.client.IncompleteRead, and any 200 answer was written as the .npz."""
     out = tmp_path / "w.npz"
@@ -539,7 +552,10 @@ def test_weights_are_checked_and_written_whole(fake_api, tmp_path):
         client.download_weights("page", out)
     assert err.value.code == "invalid_response" and "not a .npz: b'<html>sign in" in err.value.detail
     assert out.read_bytes() == b"old"
-    assert client.download_weights("j1", out) == out.read_bytes() == b"PK\x03\x04" + b"npz" * 10
+    with pytest.raises(TransportError, match="GET /v1/jobs/half/weights: the .npz is cut short or corrupt"):
+        client.download_weights("half", out)  # a stream that stopped early reads as a whole body over HTTP/1.0
+    assert out.read_bytes() == b"old"
+    assert client.download_weights("j1", out) == out.read_bytes() == WEIGHTS_NPZ
     assert [f.name for f in tmp_path.iterdir()] == ["w.npz"]  # no temporary file left
 
 

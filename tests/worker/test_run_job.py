@@ -158,7 +158,29 @@ def test_job_that_keeps_losing_its_worker_fails_after_max_attempts(client, sessi
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed"
     assert f"gave up after {fast.max_attempts} attempts" in job["error"]
+    assert "the last attempt" not in job["error"]  # no database error to quote
     assert finished_count("failed") == failed + 1  # counted: the jobs to alert on
+
+
+def test_a_job_the_database_keeps_failing_gives_up_quoting_its_error(client, sessions, fast, monkeypatch):
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    job_id = submit(client, iris_job(epochs=5))
+
+    def add_epochs(session, job, records):
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(training, "add_epochs", add_epochs)
+    runs = 0
+    while run_job(sessions, job_id, settings=fast):  # as the task does: sent again while queued again
+        runs += 1
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert runs == fast.max_attempts and job["status"] == "failed", job
+    assert job["error"].endswith("; the last attempt was queued again after database error: OperationalError: "
+                                 "database or disk is full"), job["error"]
 
 
 def test_time_limit_fails_the_job(client, sessions, fast):
@@ -443,10 +465,11 @@ def test_a_database_failure_mid_run_queues_the_job_again_counted(client, session
     monkeypatch.setattr(training, "add_epochs", add_epochs)
     assert run_job(sessions, job_id, settings=fast) is True  # the caller sends it again
     job = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "queued" and job["error"] is None and job["attempts"] == 1, job
+    assert job["status"] == "queued" and job["attempts"] == 1, job
+    assert job["error"] == "queued again after database error: OperationalError: database is locked"
     assert run_job(sessions, job_id, settings=fast) is False
     job = client.get(f"/v1/jobs/{job_id}").get_json()
-    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and job["error"] is None, job
     assert epochs_of(sessions, job_id) == [1, 2, 3, 4, 5, 6]
 
 
@@ -467,6 +490,27 @@ def test_a_database_error_that_fails_a_job_leaves_its_sql_in_the_log(client, ses
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed", job
     assert job["error"] == "internal error: database error: IntegrityError: UNIQUE constraint failed: epochs.job_id"
+
+
+def test_a_statement_error_that_fails_a_job_leaves_its_sql_and_detail_lines_in_the_log(client, sessions, fast,
+                                                                                      monkeypatch):
+    """Not every statement error is the driver's (a value SQLAlchemy cannot bind), and a
+    driver's message can go on with the statement (PostgreSQL's "LINE 1: ..."): the error keeps
+    the first line of the cause only."""
+    from sqlalchemy.exc import StatementError
+
+    job_id = submit(client, iris_job(epochs=4))
+
+    def add_epochs(session, job, records):
+        raise StatementError("(builtins.TypeError) no JSON", "UPDATE jobs SET metrics=? WHERE jobs.id = ?",
+                             ({"x": "secret"}, "id"), TypeError("Object of type object is not JSON serializable\n"
+                                                                "LINE 1: UPDATE jobs SET metrics = 'secret'"))
+
+    monkeypatch.setattr(training, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(training, "add_epochs", add_epochs)
+    assert run_job(sessions, job_id, settings=fast) is False
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["error"] == "internal error: database error: TypeError: Object of type object is not JSON serializable"
 
 
 def test_the_time_limit_passing_after_the_last_epoch_stops_nothing(client, sessions, fast, monkeypatch):
