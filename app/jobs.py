@@ -11,7 +11,7 @@ import re
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -869,8 +869,9 @@ def get_weights(job_id: str):
             raise no_weights(job)
         names = list(in_network_order(job.model_spec, shapes))
         if q.format == "npz":
-            return Response(_npz_stream(sessions, job_id, names), mimetype="application/octet-stream",
-                            headers={"Content-Disposition": f"attachment; filename=job-{job_id}-weights.npz"})
+            body, size = _npz_stream(sessions, job_id, names)
+            return Response(body, mimetype="application/octet-stream", headers={
+                "Content-Length": str(size), "Content-Disposition": f"attachment; filename=job-{job_id}-weights.npz"})
         values = sum(math.prod(shape) for shape in shapes.values())
         if values > MAX_JSON_WEIGHT_VALUES:
             message = (f"the weights hold {values} values; a JSON answer may hold at most {MAX_JSON_WEIGHT_VALUES}: "
@@ -888,16 +889,20 @@ def get_weights(job_id: str):
 
 
 class _Parts:
-    """A write-only file that keeps what is written until it is taken to be sent. zipfile writes
-    to a file it cannot seek with each member's sizes and CRC after its data (a data descriptor),
-    so an archive can be sent while it is made."""
+    """A write-only file that keeps what is written until it is taken to be sent (or, with
+    `keep=False`, only counts it). zipfile writes to a file it cannot seek with each member's
+    sizes and CRC after its data (a data descriptor), so an archive can be sent while it is made."""
 
-    def __init__(self):
+    def __init__(self, keep: bool = True):
         self.parts: list[bytes] = []
+        self.keep, self.written = keep, 0
 
     def write(self, data) -> int:
-        self.parts.append(bytes(data))
-        return len(self.parts[-1])
+        size = len(data)
+        self.written += size
+        if self.keep:
+            self.parts.append(bytes(data))
+        return size
 
     def flush(self) -> None:
         pass
@@ -907,30 +912,71 @@ class _Parts:
         return parts
 
 
-def _npz_stream(sessions, job_id: str, names: list[str]) -> Iterator[bytes]:
-    """The .npz that np.load reads, one array read from the database and sent at a time, its
-    stored bytes as they are (no copy, no Python numbers): a 16.8M-value model held all of its
-    arrays three times over when the archive was built whole. An array deleted meanwhile (the
-    job was deleted) ends the stream early, which the client sees as a cut-off download."""
-    sink = _Parts()
+def _npy_header(dtype: str, shape: list[int]) -> bytes:
+    """What np.save writes before an array's bytes."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+    return out.getvalue()
+
+
+def _write_npz(sink: _Parts, members: list[tuple[str, bytes, int]], data: Callable[[str, int], Iterator]):
+    """Writes the .npz of `members` (name, .npy header, byte count) to `sink`, yielding after each
+    member and after the central directory; `data(name, count)` gives a member's array bytes."""
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in names:
-            with sessions() as session:
-                row = session.execute(select(WeightArray.dtype, WeightArray.shape, WeightArray.data)
-                                      .where(WeightArray.job_id == job_id, WeightArray.name == name)).first()
-            if row is None or row.dtype not in ARRAY_DTYPES:
-                raise RuntimeError(f"weight {name} of job {job_id} is gone or unreadable: download cut short")
-            header = io.BytesIO()
-            np.lib.format.write_array_header_1_0(header, {  # what np.save writes for the array
-                "descr": np.lib.format.dtype_to_descr(np.dtype(row.dtype)), "fortran_order": False,
-                "shape": tuple(row.shape)})
+        for name, header, count in members:
             info = zipfile.ZipInfo(f"{name}.npy")  # a fixed timestamp: equal weights, equal bytes
-            info.file_size = header.tell() + len(row.data)  # past 2 GB it needs ZIP64, chosen from this
+            info.file_size = len(header) + count  # past 2 GB it needs ZIP64, chosen from this
             with archive.open(info, "w") as member:
-                member.write(header.getvalue())
-                member.write(row.data)
+                member.write(header)
+                for chunk in data(name, count):
+                    member.write(chunk)
+            yield
+    yield
+
+
+_ZEROS = bytes(1 << 20)
+
+
+def _npz_stream(sessions, job_id: str, names: list[str]) -> tuple[Iterator[bytes], int]:
+    """The .npz that np.load reads, and its size: one array read from the database and sent at a
+    time, its stored bytes as they are (no copy, no Python numbers; a 16.8M-value model held all
+    of its arrays three times over when the archive was built whole). The size, for the
+    Content-Length, comes from writing the same archive with zeros to a counter: a client, or a
+    proxy speaking HTTP/1.0, can then tell a download cut short (the job deleted meanwhile) from
+    a whole one."""
+    with sessions() as session:
+        layout = {row.name: (row.dtype, row.shape) for row in session.execute(
+            select(WeightArray.name, WeightArray.dtype, WeightArray.shape).where(WeightArray.job_id == job_id))}
+    members = []
+    for name in names:
+        dtype, shape = layout[name]
+        if dtype not in ARRAY_DTYPES:
+            raise RuntimeError(f"weight {name} of job {job_id} has dtype {dtype!r}")
+        members.append((name, _npy_header(dtype, shape), math.prod(shape) * np.dtype(dtype).itemsize))
+
+    def zeros(_name: str, count: int) -> Iterator[memoryview]:
+        for at in range(0, count, len(_ZEROS)):
+            yield memoryview(_ZEROS)[:min(len(_ZEROS), count - at)]
+
+    def stored(name: str, count: int) -> Iterator[bytes]:
+        with sessions() as session:
+            row = session.execute(select(WeightArray.data).where(WeightArray.job_id == job_id,
+                                                                 WeightArray.name == name)).first()
+        if row is None or len(row.data) != count:
+            raise RuntimeError(f"weight {name} of job {job_id} is gone or changed: download cut short")
+        yield row.data
+
+    counter = _Parts(keep=False)
+    for _ in _write_npz(counter, members, zeros):
+        pass
+
+    def send() -> Iterator[bytes]:
+        sink = _Parts()
+        for _ in _write_npz(sink, members, stored):
             yield from sink.take()
-    yield from sink.take()  # the central directory
+
+    return send(), counter.written
 
 
 def in_network_order(spec: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:

@@ -108,10 +108,23 @@ def test_the_default_bound_and_an_npz_sent_one_array_at_a_time(client, sessions,
         tracemalloc.stop()
     assert resp.status_code == 200
     assert peak < 1.6 * kernel_bytes, (peak, kernel_bytes)  # built whole, it held them 3 times over
+    assert int(resp.headers["Content-Length"]) == path.stat().st_size  # a download cut short shows
     with np.load(path, allow_pickle=False) as arrays:
         assert arrays.files == list(weights)
         for name, a in weights.items():
             assert arrays[name].dtype == a.dtype and np.array_equal(arrays[name], a)
+
+
+def test_an_npz_says_its_size_for_any_dtypes_and_shapes(client, sessions):
+    """A streamed .npz had no Content-Length: a stream that stopped early (the job deleted
+    meanwhile) ended cleanly through an HTTP/1.0 hop. Its size is known before it is sent."""
+    job_id = finished_job(client, sessions, dense_model(3, 8), {
+        "dense_0/kernel": np.arange(24, dtype=np.float32).reshape(3, 8), "dense_0/bias": np.zeros(0, np.float64),
+        "dense_1/kernel": np.full((8, 1), 2.5), "dense_1/bias": np.ones(1, np.float32)})
+    resp = client.get(f"/v1/jobs/{job_id}/weights?format=npz")
+    assert resp.status_code == 200 and int(resp.headers["Content-Length"]) == len(resp.data)
+    with np.load(io.BytesIO(resp.data), allow_pickle=False) as arrays:
+        assert arrays["dense_0/bias"].shape == (0,) and arrays["dense_1/kernel"][0, 0] == 2.5
 
 
 def test_weights_of_a_job_without_any_are_still_a_409_in_either_format(client, sessions):
