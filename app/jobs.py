@@ -948,6 +948,8 @@ def _npz_stream(sessions, job_id: str, names: list[str]) -> tuple[Iterator[bytes
     with sessions() as session:
         layout = {row.name: (row.dtype, row.shape) for row in session.execute(
             select(WeightArray.name, WeightArray.dtype, WeightArray.shape).where(WeightArray.job_id == job_id))}
+    if set(names) - set(layout):  # deleted since the request found them
+        raise not_found("job", job_id)
     members = []
     for name in names:
         dtype, shape = layout[name]
