@@ -12,7 +12,6 @@ import zlib
 from typing import Any
 
 import numpy as np
-from flask import g
 
 from core.nn.casting import BeyondDtype, narrowed
 
@@ -411,14 +410,9 @@ def hold_slot_to_decode(decoded_bytes: int) -> None:
     decoded size, never the wire size; a request holds at most one slot."""
     from .schemas import LARGE_JSON_BYTES, hold_large_body_slot  # schemas imports this module
 
-    if decoded_bytes <= LARGE_JSON_BYTES or g.get("large_body_slot") is not None:
-        return
-    try:
-        hold_large_body_slot()
-    except ApiError as exc:  # its advice (upload a dataset instead) does not fit an upload
-        raise ApiError(exc.status, exc.code, "this API process is decoding as many large request bodies and "
-                       f"datasets as it may at once (this one holds {decoded_bytes} bytes of data); send it again "
-                       "in a moment", headers=exc.headers) from None
+    if decoded_bytes > LARGE_JSON_BYTES:
+        hold_large_body_slot("this API process is decoding as many large request bodies and datasets as it may "
+                             f"at once (this one holds {decoded_bytes} bytes of data); send it again in a moment")
 
 
 # -- .npz members, inflated by hand: zipfile trusts the sizes the zip's directory declares, and

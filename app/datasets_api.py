@@ -44,6 +44,7 @@ from .schemas import (
     DatasetUploadParams,
     parse,
     read_json_body,
+    whole_body,
 )
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -160,19 +161,9 @@ def _csv_text(data: bytes, part: str, charset: str = "utf-8") -> str:
     return text
 
 
-def _whole_body() -> bytes:
-    """The request body, or 413: a chunked body (no Content-Length) is cut at the size limit
-    rather than refused, so reaching the limit means more was sent (as schemas.read_json_body)."""
-    raw = request.get_data()
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit is not None and len(raw) >= limit:
-        raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
-    return raw
-
-
 def _from_raw_csv() -> tuple[dict[str, Any], str | None, str]:
     params = parse_query(DatasetUploadParams)
-    text = _csv_text(_whole_body(), "body", request.mimetype_params.get("charset", "utf-8"))
+    text = _csv_text(whole_body(), "body", request.mimetype_params.get("charset", "utf-8"))
     x, y, labels, names = parse_csv(text, params.target, params.task, "body")
     return prepare_dataset(x, y, labels, names, params.task), params.name, "csv"
 

@@ -371,18 +371,17 @@ def read_json_body() -> Any:
     used."""
     import json
 
-    from flask import current_app, request
+    from flask import request
 
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
                        f"send Content-Type: application/json (got {request.mimetype or 'none'})")
-    raw = request.get_data()
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit is not None and len(raw) >= limit:
-        # a chunked body is cut at the limit rather than refused; reaching it means more was sent
-        raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+    raw = whole_body()
     if len(raw) > LARGE_JSON_BYTES:
-        hold_large_body_slot()
+        hold_large_body_slot("this API process is reading as many large request bodies (over "
+                             f"{LARGE_JSON_BYTES // 2**20} MB) as it may at once; send it again in a moment, or "
+                             "upload large datasets as CSV or .npz (POST /v1/datasets), which take far less memory "
+                             "than JSON")
     repeated = False
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -431,19 +430,31 @@ def read_json_body() -> Any:
 LARGE_JSON_BYTES = 8 * 2**20
 
 
-def hold_large_body_slot() -> None:
-    """One of the process's slots for parsing a large body, held until the request ends (the
-    parsed document lives that long), or a 503 at once: a request waiting for one held a web
-    thread (six 48 MB uploads on four threads kept /livez waiting 16 s). Nothing was done, so
-    the request can be sent again as it is; the Python client does that by itself."""
+def whole_body() -> bytes:
+    """The request body, or 413: a chunked body (no Content-Length) is cut at the size limit
+    rather than refused, so reaching the limit means more was sent."""
+    from flask import current_app, request
+
+    raw = request.get_data()
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise ApiError(413, "request_too_large", f"the request body exceeds {limit} bytes")
+    return raw
+
+
+def hold_large_body_slot(busy: str) -> None:
+    """One of the process's slots for parsing or decoding a large body, held until the request
+    ends (what it made lives that long; a request holds one at most), or a 503 saying `busy` at
+    once: a request waiting for one held a web thread (six 48 MB uploads on four threads kept
+    /livez waiting 16 s). Nothing was done, so the request can be sent again as it is; the
+    Python client does that by itself."""
     from flask import current_app, g
 
+    if g.get("large_body_slot") is not None:
+        return
     slots = current_app.extensions["backprop"]["large_bodies"]
     if not slots.acquire(blocking=False):
-        raise ApiError(503, "too_many_large_requests", "this API process is reading as many large request "
-                       f"bodies (over {LARGE_JSON_BYTES // 2**20} MB) as it may at once; send it again in a "
-                       "moment, or upload large datasets as CSV or .npz (POST /v1/datasets), which take far less "
-                       "memory than JSON", headers={"Retry-After": "2"})
+        raise ApiError(503, "too_many_large_requests", busy, headers={"Retry-After": "2"})
     g.large_body_slot = slots
 
 
