@@ -206,14 +206,20 @@ def check_predict_size(rows: int, net: Network, path: str, limits: PredictLimits
                                                           f"request (BACKPROP_MAX_PREDICT_COMPUTE): {advice}"}])
 
 
+def _in_turn(session, key: str) -> None:
+    """Transactions that call this with the same key run in turn from here to their end: on
+    PostgreSQL by an advisory lock on the key; SQLite's write transactions already do."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+
 def check_active_jobs(session, tenant: str) -> None:
     """Called in the transaction that adds the job. Two submits must not both count the jobs
     before either adds its own (30 at once let 9 through a limit of 5): on PostgreSQL a lock per
     tenant, held to the end of the transaction, puts them in turn; SQLite's write transactions
     already are (core/db: BEGIN IMMEDIATE)."""
     limit = settings().max_active_jobs
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"active_jobs:{tenant}"})
+    _in_turn(session, f"active_jobs:{tenant}")
     active = session.scalar(select(func.count()).select_from(Job)
                             .where(Job.tenant == tenant, Job.status.in_(JobStatus.ACTIVE)))
     if active >= limit:
@@ -225,10 +231,9 @@ def check_dataset_storage(session, tenant: str, adding: int) -> None:
     """Called in the transaction that stores a dataset (uploaded, or inline in a job), before it
     does: a tenant's stored datasets hold at most BACKPROP_MAX_TENANT_DATASET_BYTES. Without a
     bound, uploads of a few hundred KB each (.npz of zeros) grew the database by gigabytes. On
-    PostgreSQL a lock per tenant puts concurrent stores in turn, as check_active_jobs does."""
+    PostgreSQL concurrent stores run in turn, as concurrent submits do for check_active_jobs."""
     limit = settings().max_tenant_dataset_bytes
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"datasets:{tenant}"})
+    _in_turn(session, f"datasets:{tenant}")
     stored = func.length(Dataset.features) + func.length(Dataset.targets)
     held = session.scalar(select(func.coalesce(func.sum(stored), 0)).where(Dataset.tenant == tenant))
     if held + adding > limit:
