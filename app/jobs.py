@@ -515,9 +515,7 @@ def get_epochs(job_id: str):
                 # the epoch numbers first (one integer column), then only the chosen rows: reading
                 # every row took 3-4 s and its JSON columns for a 100,000-epoch job
                 numbers = list(session.scalars(select(EpochRecord.epoch).where(*after).order_by(EpochRecord.epoch)))
-                keep = np.unique(np.linspace(0, len(numbers) - 1, q.max_points).round().astype(int))
-                chosen = [numbers[i] for i in keep]
-                base = base.where(EpochRecord.epoch.in_(chosen))
+                base = base.where(EpochRecord.epoch.in_(evenly_spaced(numbers, q.max_points)))
             rows = list(session.scalars(base.order_by(EpochRecord.epoch)))
         else:
             rows = list(session.scalars(base.order_by(EpochRecord.epoch).limit(q.limit)))
@@ -530,6 +528,13 @@ def get_epochs(job_id: str):
 def epoch_json(r: EpochRecord) -> dict[str, Any]:
     return json_safe({"epoch": r.epoch, "loss": r.loss, **r.metrics, "duration": r.duration,
                    "grad_norms": r.grad_norms, "weight_norms": r.weight_norms})
+
+
+def evenly_spaced(epochs: list[int], points: int) -> list[int]:
+    """At most `points` of `epochs`, spread evenly over them, the first and last kept: a curve
+    thinned for drawing (/epochs and /diagnostics with max_points)."""
+    keep = np.unique(np.linspace(0, len(epochs) - 1, points).round().astype(int))
+    return [epochs[i] for i in keep]
 
 
 VANISHING_RATIO = 1e-3
@@ -689,8 +694,7 @@ def get_diagnostics(job_id: str):
             stmt = select(EpochRecord.epoch, EpochRecord.grad_norms, EpochRecord.weight_norms).where(
                 EpochRecord.job_id == job_id)
             if downsampled:
-                keep = np.unique(np.linspace(0, total - 1, points).round().astype(int))
-                stmt = stmt.where(EpochRecord.epoch.in_([numbers[i] for i in keep]))
+                stmt = stmt.where(EpochRecord.epoch.in_(evenly_spaced(numbers, points)))
             else:
                 stmt = stmt.where(EpochRecord.epoch <= numbers[-1])  # not those recorded since
             rows = session.execute(stmt.order_by(EpochRecord.epoch)).all()
