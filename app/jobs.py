@@ -38,6 +38,7 @@ from core.store import (
     dataset_targets,
     json_safe,
     load_weights,
+    weight_layout,
     weight_shapes,
 )
 
@@ -868,15 +869,15 @@ def get_weights(job_id: str):
     sessions = ext()["sessions"]
     with sessions() as session:
         job = load_job(session, job_id)
-        shapes = weight_shapes(session, job.id)  # the sizes first: nothing is read that would be refused
-        if not shapes:
+        layout = weight_layout(session, job.id)  # the sizes first: nothing is read that would be refused
+        if not layout:
             raise no_weights(job)
-        names = list(in_network_order(job.model_spec, shapes))
+        names = list(in_network_order(job.model_spec, layout))
         if q.format == "npz":
-            body, size = _npz_stream(sessions, job_id, names)
+            body, size = _npz_stream(sessions, job_id, [(name, *layout[name]) for name in names])
             return Response(body, mimetype="application/octet-stream", headers={
                 "Content-Length": str(size), "Content-Disposition": f"attachment; filename=job-{job_id}-weights.npz"})
-        values = sum(math.prod(shape) for shape in shapes.values())
+        values = sum(math.prod(shape) for _dtype, shape in layout.values())
         if values > MAX_JSON_WEIGHT_VALUES:
             message = (f"the weights hold {values} values; a JSON answer may hold at most {MAX_JSON_WEIGHT_VALUES}: "
                        "download them as ?format=npz")
@@ -942,21 +943,15 @@ def _write_npz(sink: _Parts, members: list[tuple[str, bytes, int]], data: Callab
 _ZEROS = bytes(1 << 20)
 
 
-def _npz_stream(sessions, job_id: str, names: list[str]) -> tuple[Iterator[bytes], int]:
+def _npz_stream(sessions, job_id: str, arrays: list[tuple[str, str, tuple[int, ...]]]) -> tuple[Iterator[bytes], int]:
     """The .npz that np.load reads, and its size: one array read from the database and sent at a
     time, its stored bytes as they are (no copy, no Python numbers; a 16.8M-value model held all
     of its arrays three times over when the archive was built whole). The size, for the
     Content-Length, comes from writing the same archive with zeros to a counter: a client, or a
     proxy speaking HTTP/1.0, can then tell a download cut short (the job deleted meanwhile) from
-    a whole one."""
-    with sessions() as session:
-        layout = {row.name: (row.dtype, row.shape) for row in session.execute(
-            select(WeightArray.name, WeightArray.dtype, WeightArray.shape).where(WeightArray.job_id == job_id))}
-    if set(names) - set(layout):  # deleted since the request found them
-        raise not_found("job", job_id)
+    a whole one. `arrays`: (name, dtype, shape) of each, in the archive's order."""
     members = []
-    for name in names:
-        dtype, shape = layout[name]
+    for name, dtype, shape in arrays:
         if dtype not in ARRAY_DTYPES:
             raise RuntimeError(f"weight {name} of job {job_id} has dtype {dtype!r}")
         members.append((name, _npy_header(dtype, shape), math.prod(shape) * np.dtype(dtype).itemsize))

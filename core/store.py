@@ -80,10 +80,16 @@ def load_weights(session: Session, job_id: str) -> dict[str, np.ndarray]:
     return {r.name: unpack(r.dtype, r.shape, r.data) for r in rows}
 
 
+def weight_layout(session: Session, job_id: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The names, dtypes and shapes of a job's stored weights, without reading the arrays."""
+    rows = session.execute(select(WeightArray.name, WeightArray.dtype, WeightArray.shape)
+                           .where(WeightArray.job_id == job_id))
+    return {name: (dtype, tuple(shape)) for name, dtype, shape in rows}
+
+
 def weight_shapes(session: Session, job_id: str) -> dict[str, tuple[int, ...]]:
     """The names and shapes of a job's stored weights, without reading the arrays."""
-    rows = session.execute(select(WeightArray.name, WeightArray.shape).where(WeightArray.job_id == job_id))
-    return {name: tuple(shape) for name, shape in rows}
+    return {name: shape for name, (_dtype, shape) in weight_layout(session, job_id).items()}
 
 
 PER_LAYER_KEYS = ("grad_norms", "weight_norms")
