@@ -84,11 +84,9 @@ class OneLineWarning(logging.Filter):
 def say(msg: str, f=sys.__stderr__) -> None:
     """Celery's safe_say (the shutdown notices it prints from its signal handlers) as one JSON
     line: written with a single os.write, as Celery does, since it runs in a signal handler."""
-    entry = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": "WARNING",
-             "logger": "celery.apps.worker", "message": msg.strip(), "request_id": None, "job_id": None,
-             "pid": os.getpid()}
+    record = logging.LogRecord("celery.apps.worker", logging.WARNING, __file__, 0, msg.strip(), None, None)
     try:
-        os.write(f.fileno(), (json.dumps(entry) + "\n").encode())
+        os.write(f.fileno(), (JsonFormatter().format(record) + "\n").encode())
     except (OSError, ValueError, AttributeError):  # as Celery's: losing it must not stop a shutdown
         pass
 
