@@ -614,8 +614,9 @@ def _csv_rows(path: Path, dataset, header_row: bool | None = None) -> list[list[
         lines = lines[1:]
         if names_all:
             pick = [header.index(n) for n in names]
-        elif names and any(n in header for n in names):
-            # some columns named, others not (a typo): file order could silently swap features
+        elif names:
+            # some or none of the columns named (a typo, other names or case): file order could
+            # silently swap features
             missing = [n for n in names if n not in header]
             raise click.ClickException(f"{path}: the header does not name the feature(s) {missing} of the "
                                        f"training data ({', '.join(names)}); name every one, or leave the "

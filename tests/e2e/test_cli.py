@@ -155,6 +155,14 @@ def test_a_csv_header_naming_only_some_features_is_refused(stack, trained, tmp_p
     typo.write_text("petal_width,sepal_lenght,petal_length,sepal_width\n0.2,5.1,1.4,3.5\n")
     run = cli(stack, "predict", ident, "--input", str(typo))
     assert run.returncode == 1 and "['sepal_length']" in run.stderr, run.stderr
+    # naming none of them (other names, or the same in capitals) read the columns in file order,
+    # here reversed: wrong predictions and exit 0
+    for header in ("pw,pl,sw,sl", ",".join(reversed(FEATURES)).upper()):
+        other = tmp_path / "other.csv"
+        other.write_text(f"{header}\n0.2,1.4,3.5,5.1\n")
+        run = cli(stack, "predict", ident, "--input", str(other))
+        assert run.returncode == 1 and f"{FEATURES}" in run.stderr, run.stderr
+        assert "leave the header out" in run.stderr
 
 
 def test_unusable_local_files_are_messages_not_tracebacks(stack, trained, tmp_path):
