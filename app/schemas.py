@@ -301,7 +301,8 @@ class DatasetOut(BaseModel):
     class_labels: list[Any] | None = Field(description="the original label of each class index, when targets "
                                                        "were labels; predictions answer with these")
     class_counts: dict[str, int] | None = Field(description="samples per class, by label")
-    checksum: str = Field(description="SHA-256 over the arrays' dtypes, shapes and bytes")
+    checksum: str = Field(description="SHA-256 over the arrays' dtypes, shapes and bytes, and the class "
+                                      "labels the target indices stand for")
     links: DatasetLinks
 
 

@@ -45,6 +45,8 @@ def create_dataset(session: Session, features: np.ndarray, targets: np.ndarray,
         digest.update(part.encode())
     digest.update(fbytes)
     digest.update(tbytes)
+    if class_labels is not None:  # what the target indices stand for: ["cat", "dog"] is not ["dog", "wolf"]
+        digest.update(json.dumps(class_labels).encode())
     ds = Dataset(**columns, n_samples=fshape[0], feature_shape=fshape[1:], feature_dtype=fdt, features=fbytes,
                  target_shape=tshape[1:], target_dtype=tdt, targets=tbytes,
                  feature_names=feature_names, class_labels=class_labels, checksum=digest.hexdigest())

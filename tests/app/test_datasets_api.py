@@ -97,6 +97,12 @@ def test_json_dataset_is_stored_and_described_without_its_data(client, sessions)
 
     again = created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}))
     assert again["checksum"] == body["checksum"] and again["id"] != body["id"]
+    # string labels are stored as indices into the sorted labels: the labels are part of the data
+    labelled = {a: created(client.post("/v1/datasets", json={"features": [[1], [2]], "targets": [a, b]}))
+                for a, b in (("cat", "dog"), ("dog", "wolf"))}
+    assert labelled["cat"]["checksum"] != labelled["dog"]["checksum"]
+    same = created(client.post("/v1/datasets", json={"features": [[1], [2]], "targets": ["cat", "dog"]}))
+    assert same["checksum"] == labelled["cat"]["checksum"]
 
 
 def test_csv_upload_maps_string_labels_to_classes(client):
