@@ -24,6 +24,14 @@ class ApiError(Exception):
         self.errors, self.headers, self.extra = errors, headers or {}, extra
 
 
+def error_path(loc: tuple[Any, ...]) -> str:
+    """Pydantic's location as the API writes every other path: model.layers[2].units."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
 def validation_error(errors: list[dict[str, str]], detail: str | None = None) -> ApiError:
     first = errors[0]
     return ApiError(422, "validation_error",

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 
-from .errors import validation_error
+from .errors import error_path, validation_error
 
 bp = Blueprint("openapi", __name__)
 
@@ -76,7 +76,7 @@ def parse_query(model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
-        raise validation_error([{"path": ".".join(map(str, e["loc"])) or "(query)",
+        raise validation_error([{"path": error_path(e["loc"]) or "(query)",
                                  "message": "unknown parameter" if e["type"] == "extra_forbidden" else e["msg"]}
                                 for e in exc.errors(include_url=False)]) from None
 

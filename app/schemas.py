@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 from core.nn.schema import model_json_schema, training_json_schema
 
 from .datasets import MAX_NAME_CHARS
-from .errors import ApiError, validation_error
+from .errors import ApiError, error_path, validation_error
 from .limits import check_dataset_limits, settings
 
 MAX_DATASET_NAME = 255  # the datasets.name column
@@ -321,7 +321,7 @@ def parse(model: type[BaseModel], body: Any) -> Any:
         return model.model_validate(body)
     except ValidationError as exc:
         raise validation_error([
-            {"path": ".".join(str(p) for p in e["loc"]) or "(body)",
+            {"path": error_path(e["loc"]) or "(body)",
              "message": "unknown field" if e["type"] == "extra_forbidden" else e["msg"]}
             for e in exc.errors(include_url=False)]) from None
 

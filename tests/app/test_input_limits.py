@@ -190,10 +190,10 @@ def _iris_body(**changes) -> dict:
 
 @pytest.mark.parametrize("url, body, path", [
     ("/v1/datasets", _iris_body(targets=["a", "b", LONG, "a", "b", "a"]), "targets[2]"),
-    ("/v1/datasets", _iris_body(feature_names=["a", LONG, "c", "d"]), "feature_names.1"),
+    ("/v1/datasets", _iris_body(feature_names=["a", LONG, "c", "d"]), "feature_names[1]"),
     ("/v1/jobs", {**iris_job(epochs=1), "dataset": {**_iris_body(), "targets": [LONG, "a"] * 3}}, "dataset.targets[0]"),
     ("/v1/jobs", {**iris_job(epochs=1), "dataset": _iris_body(feature_names=[LONG, "b", "c", "d"])},
-     "dataset.feature_names.0"),
+     "dataset.feature_names[0]"),
 ])
 def test_json_labels_and_feature_names_are_at_most_256_characters(client, url, body, path):
     e = error(client.post(url, json=body))
