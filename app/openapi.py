@@ -21,7 +21,9 @@ ERROR_STATUSES = {400: "Malformed request", 401: "Missing or invalid API key",
                   405: "Method not allowed", 409: "Conflict with the resource's state",
                   413: "Request body too large", 415: "Unsupported media type",
                   422: "Validation failed; `errors` lists {path, message}", 429: "Rate limited",
-                  500: "Internal error", 503: "A dependency is unavailable"}
+                  500: "Internal error",
+                  503: "Try again shortly (Retry-After): the database does not answer, or this process is "
+                       "serving as many large bodies, predictions or event streams as it may at once"}
 
 
 class Problem(BaseModel):
@@ -157,7 +159,10 @@ def build_document(app: Flask) -> dict[str, Any]:
             op["responses"][str(meta["status"])] = ok
             statuses = set(meta["errors"]) | {400, 500}  # 400: a NUL in a query parameter (refuse_nul)
             if v1:
-                statuses |= {422, 429}  # a query parameter the route does not take; the per-key rate limit
+                # a query parameter the route does not take; the per-key rate limit; the database
+                # down (database_unavailable), or this process's slots for large bodies, predictions
+                # or event streams all taken (too_many_*)
+                statuses |= {422, 429, 503}
                 if auth_enabled:
                     statuses.add(401)
             if not auth_enabled:
@@ -172,7 +177,8 @@ def build_document(app: Flask) -> dict[str, Any]:
                 op["responses"][str(code)] = {
                     "description": ERROR_STATUSES[code],
                     "headers": {"X-Request-ID": REQUEST_ID_HEADER,
-                                **({"Retry-After": RETRY_AFTER_HEADER} if code in (409, 429) else {})},
+                                **({"Retry-After": RETRY_AFTER_HEADER}
+                                   if code in (409, 429) or (code == 503 and v1) else {})},
                     "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
             paths.setdefault(path, {})[method.lower()] = op
     doc_: dict[str, Any] = {

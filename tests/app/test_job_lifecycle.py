@@ -1017,6 +1017,7 @@ def test_openapi_documents_every_operation_parameter_and_error(migrated, auth):
             assert r["content"] == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         if path.startswith("/v1/"):
             assert "429" in errors
+            assert "Retry-After" in errors["503"]["headers"]  # database_unavailable, too_many_*
             assert ("401" in errors) == (auth == "on"), (path, method)
         if "requestBody" in op:
             assert {"400", "413", "415", "422"} <= set(errors), (path, method)
