@@ -594,18 +594,35 @@ def check_class_count(idx: np.ndarray, labels: list[Any] | None, path: str, sugg
         raise _npy_problem(path, f"{len(found)} distinct classes, more than {MAX_CLASSES}{hint}")
 
 
+def _numbers_as_labels(targets: np.ndarray, path: str) -> tuple[np.ndarray, list[Any]]:
+    """task=labels: numbers that name classes (wine's 1, 2, 3) become class labels, mapped to the
+    output units in sorted order as strings are, and predictions answer with them. Without it
+    whole numbers are class indices: 1..3 needed four output units, one for a class 0 never seen."""
+    if targets.ndim != 1:
+        raise _npy_problem(path, f"shape {list(targets.shape)}: task=labels needs one target per sample")
+    if targets.dtype.kind == "f" and not np.isfinite(targets).all():
+        i = int(np.flatnonzero(~np.isfinite(targets))[0])
+        raise _npy_problem(f"{path}[{i}]", f"{targets[i].item()!r} is not a finite number")
+    values, idx = np.unique(targets, return_inverse=True)
+    labels = [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
+    return idx.astype(np.int64), labels
+
+
 def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any] | None,
                     feature_names: list[str] | None, task: str | None,
                     paths: tuple[str, str] = ("features", "targets")) -> dict[str, Any]:
     """The checks every stored dataset passes, and the keyword arguments for store.create_dataset.
 
     Targets are classes when they are class labels (strings), one-hot rows, or whole numbers
-    >= 0 in one column, unless task="regression"; task="classification" insists on one of those."""
+    >= 0 in one column, unless task="regression"; task="classification" insists on one of those;
+    task="labels" makes numbers class labels."""
     fpath, tpath = paths
     check_dataset_limits(len(features), int(features[0].size) if len(features) else 0, fpath)
     if len(features) != len(targets):
         raise _npy_problem(tpath, f"has {len(targets)} values but {fpath} has {len(features)} rows")
     check_names(feature_names, int(features[0].size), "feature_names")
+    if labels is None and task == "labels":
+        targets, labels = _numbers_as_labels(targets, tpath)
     if labels is not None:
         if task == "regression":
             raise _npy_problem(tpath, "holds class labels (strings); task=regression needs numbers")

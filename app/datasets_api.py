@@ -116,6 +116,7 @@ file's content, not its name.
 
 Targets may be class labels (strings; mapped to indices, and predictions answer with the labels), class \
 indices, one-hot rows, or values. Whole numbers >= 0 in one column are classes unless `task=regression`; \
+`task=labels` takes numbers as the names of classes (wine's 1, 2, 3: mapped in sorted order, as strings are); \
 a classification dataset needs at least two classes. Uploads are bounded by the request size limit (413).""")
 @idempotent
 def create_dataset_view():

@@ -366,7 +366,8 @@ def _numbers_as_labels_hint(net: Network, targets: np.ndarray, labels: list[Any]
     if targets.min() >= 0 and targets.max() < units:
         return ""
     return ('; numbers are read as class indices (0..k-1): send class labels as strings, e.g. "1", '
-            '"2", "3", to have them mapped to the output units in sorted order')
+            '"2", "3", or upload the dataset with task=labels, to have them mapped to the output units in '
+            'sorted order')
 
 
 def _parse_time(value: str, path: str) -> datetime:

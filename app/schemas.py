@@ -255,10 +255,12 @@ class PredictRequest(Strict):
 
 # -- datasets ---------------------------------------------------------------------------------
 
-TaskHint = Literal["classification", "regression"]
+TaskHint = Literal["classification", "regression", "labels"]
 TASK_DESCRIPTION = ("whether numeric targets are classes: by default whole numbers >= 0 in one column and "
-                    "one-hot rows are classes, anything else is continuous; class labels (strings) are "
-                    "always classes")
+                    "one-hot rows are classes (the numbers are class indices), anything else is continuous; "
+                    "class labels (strings) are always classes. `labels`: the numbers name the classes "
+                    "(wine's 1, 2, 3), mapped to the output units in sorted order, and predictions answer "
+                    "with them")
 
 
 class DatasetJsonCreate(InlineDataset):

@@ -432,8 +432,9 @@ def _check_csv_target(path: Path, target: str | None) -> None:
               help="the training data: .csv (with --target), .npz (features, targets) or .json")
 @click.option("--dataset-id", help="train on a dataset already stored (instead of --data)")
 @click.option("--target", help="the CSV column holding the targets")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
-              help="whether numeric targets are classes (default: guessed)")
+@click.option("--task", type=click.Choice(["classification", "regression", "labels"]),
+              help="whether numeric targets are classes (default: guessed); labels: the numbers name "
+                   "the classes (wine's 1..3)")
 @click.option("--name", help="a name for the uploaded dataset (default: the file name)")
 @click.option("--follow", is_flag=True, help="show progress until the job ends; exit 3 unless it succeeds")
 @with_client
@@ -753,8 +754,9 @@ def datasets() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--target", help="the CSV column holding the targets")
 @click.option("--name", help="default: the file name")
-@click.option("--task", type=click.Choice(["classification", "regression"]),
-              help="whether numeric targets are classes (default: guessed)")
+@click.option("--task", type=click.Choice(["classification", "regression", "labels"]),
+              help="whether numeric targets are classes (default: guessed); labels: the numbers name "
+                   "the classes (wine's 1..3)")
 @click.option("--json", "as_json", is_flag=True, help="print the dataset as JSON")
 @with_client
 def datasets_upload(client: Client, file: Path, target: str | None, name: str | None, task: str | None,

@@ -511,6 +511,46 @@ def test_jobs_train_on_a_stored_dataset_and_predict_its_labels(client, sessions)
     assert [j["id"] for j in client.get(f"/v1/jobs?dataset_id={ds}").get_json()["jobs"]] == job_ids[::-1]
 
 
+def test_task_labels_takes_numbers_as_the_names_of_classes(client, sessions):
+    """Wine's classes are 1, 2 and 3 in its CSV: read as class indices, a 3-unit softmax was
+    refused (index 3) and a 4-unit one trained a class 0 that never occurs, and a CSV cannot send
+    them as strings. task=labels maps them to the units in sorted order, and predict answers
+    with them."""
+    wine = load_wine()
+    x = (wine.data - wine.data.mean(axis=0)) / wine.data.std(axis=0)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    text = ",".join([*names, "cls"]) + "\n" + "".join(
+        ",".join([*map(repr, row), str(c + 1)]) + "\n" for row, c in zip(x.tolist(), wine.target, strict=True))
+    as_indices = created(upload(client, text, "wine.csv", target="cls"))
+    assert as_indices["class_labels"] is None and as_indices["class_counts"] == {"1": 59, "2": 71, "3": 48}
+    model = {"input_shape": [13], "loss": "categorical_crossentropy",
+             "layers": [{"type": "dense", "units": 16, "activation": "relu"},
+                        {"type": "dense", "units": 3, "activation": "softmax"}]}
+    job = {"model": model, "training": {"epochs": 40, "batch_size": 32, "seed": 0}}
+    refused = assert_422(client.post("/v1/jobs", json={**job, "dataset_id": as_indices["id"]}), "dataset_id")
+    assert "task=labels" in refused["detail"]
+
+    ds = created(upload(client, text, "wine.csv", target="cls", task="labels"))
+    assert ds["class_labels"] == [1, 2, 3] and ds["class_counts"] == {"1": 59, "2": 71, "3": 48}
+    resp = client.post("/v1/jobs", json={**job, "dataset_id": ds["id"]})
+    assert resp.status_code == 202, resp.get_json()
+    run_job(sessions, resp.get_json()["id"])
+    pred = client.post(f"/v1/jobs/{resp.get_json()['id']}/predict", json={"inputs": x.tolist()}).get_json()
+    assert set(pred["predictions"]) <= {1, 2, 3} and all(type(p) is int for p in pred["predictions"])
+    assert np.mean(np.array(pred["predictions"]) == wine.target + 1) > 0.9
+
+    # JSON and NumPy uploads take it too, fractions included; more than one column is refused
+    two = np.arange(8.0).reshape(4, 2).tolist()
+    body = created(client.post("/v1/datasets", json={"features": two, "targets": [2.5, 0.5, 2.5, 7],
+                                                     "task": "labels"}))
+    assert body["class_labels"] == [0.5, 2.5, 7] and body["class_counts"] == {"0.5": 1, "2.5": 2, "7": 1}
+    body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([10, 20, 10, 20])),
+                          "d.npz", task="labels"))
+    assert body["class_labels"] == [10, 20]
+    assert_422(client.post("/v1/datasets", json={"features": two, "targets": np.eye(2)[[0, 1, 0, 1]].tolist(),
+                                                 "task": "labels"}), "targets", "one target per sample")
+
+
 def test_job_on_a_dataset_of_the_wrong_shape_is_refused_at_submission(client):
     x, y = load_wine(return_X_y=True)
     ds = created(client.post("/v1/datasets", json={"features": x.tolist(), "targets": y.tolist()}))["id"]
