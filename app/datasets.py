@@ -9,6 +9,7 @@ import re
 import struct
 import zipfile
 import zlib
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -106,6 +107,9 @@ def parse_targets(value: Any, path: str) -> tuple[np.ndarray, list[Any] | None]:
         if long is not None:
             raise validation_error([{"path": f"{path}[{long}]", "message": _too_long("a class label", value[long])}])
         _refuse_lone_surrogates(value, path)
+        empty = next((i for i, v in enumerate(value) if not v.strip()), None)
+        if empty is not None:  # as a CSV's empty cell: a missing value, not a class named ""
+            raise validation_error([{"path": f"{path}[{empty}]", "message": "is empty (a missing value)"}])
         labels = sorted(set(value))
         index = {label: i for i, label in enumerate(labels)}
         return np.array([index[v] for v in value], dtype=np.int64), labels
@@ -203,8 +207,10 @@ def _cell_problem(cell: str) -> str | None:
     if not cell.strip():
         return "is empty (a missing value)"
     try:
-        value = float(cell)
+        value = float(cell) if _plain(cell) else None
     except ValueError:
+        value = None
+    if value is None:
         return f"{cell.strip()!r:.60} is not a number"
     return None if np.isfinite(value) else f"{cell.strip()!r} is not a finite number"
 
@@ -311,7 +317,7 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         if not cell:
             raise _csv_error(lines[r], target, "is empty (a missing value)")
         try:
-            numbers.append(float(cell))
+            numbers.append(float(cell) if _plain(cell) else None)
         except ValueError:
             numbers.append(None)
     words = [r for r, v in enumerate(numbers) if v is None]
@@ -330,10 +336,16 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
     return x, y, labels, names
 
 
+def _plain(text: str) -> bool:
+    """Python's float() (and NumPy's) also reads 1_000 and digits of other scripts (١٢, １２);
+    no CSV writer means a number by them."""
+    return text.isascii() and "_" not in text
+
+
 def _csv_floats(cells: list[list[str]], lines: list[int], names: list[str]) -> np.ndarray:
     """A block of feature cells as float64; the first cell that is not a finite number named."""
     try:
-        x = np.array(cells, dtype=np.float64)
+        x = np.array(cells, dtype=np.float64) if _plain("".join(chain.from_iterable(cells))) else None
     except ValueError:  # find the first bad cell, the slow way
         x = None
     if x is None or not np.isfinite(x).all():

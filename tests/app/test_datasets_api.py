@@ -338,6 +338,13 @@ CSV_CASES = [
     ("non-numeric cell", _iris_csv_with(7, 1, "abc"), "species", "line 7, column 'sepal_width'",
      "'abc' is not a number"),
     ("nan cell", _iris_csv_with(12, 2, "nan"), "species", "line 12, column 'petal_length'", "not a finite number"),
+    # Python's float() reads these (1000.0, 12.0, 12.0); no CSV writer means a number by them
+    ("digit group", _iris_csv_with(3, 0, "1_000"), "species", "line 3, column 'sepal_length'",
+     "'1_000' is not a number"),
+    ("arabic-indic digits", _iris_csv_with(4, 3, "\u0661\u0662"), "species", "line 4, column 'petal_width'",
+     "is not a number"),
+    ("full-width digits", _iris_csv_with(150, 1, "\uff11\uff12"), "species", "line 150, column 'sepal_width'",
+     "is not a number"),
     ("empty cell", _iris_csv_with(5, 0, ""), "species", "line 5, column 'sepal_length'", "missing value"),
     ("empty target", _iris_csv_with(9, 4, " "), "species", "line 9, column 'species'", "missing value"),
     ("ragged row", "\n".join(iris_csv().splitlines()[:3] + ["1.0,2.0"] + iris_csv().splitlines()[3:]), "species",
@@ -364,9 +371,26 @@ def test_csv_validation_names_line_and_column(client, sessions, case, text, targ
         assert body["detail"] == "line 7, column 'sepal_width': 'abc' is not a number"
 
 
+def test_an_empty_class_label_is_a_missing_value_in_json_and_numpy_too(client, sessions):
+    """An empty CSV target is refused as a missing value; JSON's "" and a .npz's were stored as
+    a class named ""."""
+    x = np.arange(8.0).reshape(4, 2)
+    assert_422(client.post("/v1/datasets", json={"features": x.tolist(), "targets": ["a", "", "b", "a"]}),
+               "targets[1]", "is empty (a missing value)")
+    job = {k: v for k, v in job_on("x").items() if k != "dataset_id"}
+    assert_422(client.post("/v1/jobs", json={**job, "dataset": {"features": x.tolist(),
+                                                                 "targets": ["a", "b", "a", " "]}}),
+               "dataset.targets[3]", "is empty")
+    assert_422(upload(client, npz_bytes(features=x, targets=np.array(["a", "b", "", "a"])), "d.npz"),
+               "targets[2]", "is empty")
+    assert count_datasets(sessions) == 0
+
+
 def test_csv_regression_task_needs_numeric_targets(client):
     assert_422(client.post("/v1/datasets?target=species&task=regression", data=iris_csv(), content_type="text/csv"),
                "line 2, column 'species'", "'setosa' is not a number (task=regression)")
+    assert_422(client.post("/v1/datasets?target=y&task=regression", data="a,y\n1,2\n3,1_0\n", content_type="text/csv"),
+               "line 3, column 'y'", "'1_0' is not a number (task=regression)")
 
 
 def test_request_format_errors(client):
