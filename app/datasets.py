@@ -326,6 +326,11 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         bad = np.flatnonzero(~np.isfinite(y))
         if len(bad):
             raise _csv_error(lines[bad[0]], target, f"{raw[bad[0]]!r} is not a finite number")
+        i = _first_not_class_index(y) if task == "classification" else None
+        if i is not None:  # checked again by prepare_dataset, which can only name the index
+            raise _csv_error(lines[i], target, f"{raw[i]!r} is not a class index (a whole number >= 0 and below "
+                                               "2**53); task=classification, or task=labels for numbers that "
+                                               "name classes")
         return x, y, None, names
     if task == "regression":
         raise _csv_error(lines[words[0]], target, f"{raw[words[0]]!r:.60} is not a number (task=regression)")

@@ -391,6 +391,9 @@ def test_csv_regression_task_needs_numeric_targets(client):
                "line 2, column 'species'", "'setosa' is not a number (task=regression)")
     assert_422(client.post("/v1/datasets?target=y&task=regression", data="a,y\n1,2\n3,1_0\n", content_type="text/csv"),
                "line 3, column 'y'", "'1_0' is not a number (task=regression)")
+    # task=classification names the line too, not the index in the targets
+    assert_422(client.post("/v1/datasets?target=y&task=classification", data="a,y\n1,0\n2,1.5\n3,1\n",
+                           content_type="text/csv"), "line 3, column 'y'", "'1.5' is not a class index")
 
 
 def test_request_format_errors(client):
