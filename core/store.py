@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .db import Checkpoint, Dataset, EpochRecord, Job, JobStatus, WeightArray
@@ -174,9 +175,16 @@ JSON_COLUMNS = ("metrics", "grad_norms", "weight_norms")
 
 def _copy_epochs(session: Session, rows: list[dict[str, Any]]) -> None:
     """PostgreSQL's COPY, in the session's transaction: an INSERT per row (what executemany sends,
-    pipelined) cost 40-85 us an epoch, as long as a small network's epoch trains."""
-    with session.connection().connection.dbapi_connection.cursor() as cursor, \
-            cursor.copy(f"COPY epochs ({', '.join(EPOCH_COLUMNS)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([json.dumps(row[c], allow_nan=False) if c in JSON_COLUMNS else row[c]
-                            for c in EPOCH_COLUMNS])
+    pipelined) cost 40-85 us an epoch, as long as a small network's epoch trains. The driver's
+    errors come out as SQLAlchemy's, as every other statement's do: a DiskFull under the raw
+    cursor was no OperationalError to the worker, and failed the job for good."""
+    import psycopg
+
+    statement = f"COPY epochs ({', '.join(EPOCH_COLUMNS)}) FROM STDIN"
+    try:
+        with session.connection().connection.dbapi_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row[c], allow_nan=False) if c in JSON_COLUMNS else row[c]
+                                for c in EPOCH_COLUMNS])
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc

@@ -80,6 +80,19 @@ def postgres_url():
 
 
 @pytest.fixture
+def pg_app(migrated, postgres_url):
+    """The app on a fresh PostgreSQL database, keys off."""
+    import dataclasses
+
+    from app import create_app
+
+    migrate(postgres_url)
+    app = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off", max_active_jobs=3))
+    yield app
+    app.extensions["backprop"]["engine"].dispose()
+
+
+@pytest.fixture
 def redis_url():
     """Redis on a dedicated database number, emptied before and after."""
     import redis

@@ -4,7 +4,6 @@ open at the point where it used to break, then lets it commit."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from datetime import UTC, datetime
@@ -13,19 +12,9 @@ import pytest
 from sqlalchemy import delete, select, text
 
 import app.predict as predict_module
-from app import create_app
 from core.db import Dataset, EpochRecord, Job, JobStatus, WeightArray
-from tests.conftest import migrate
 from tests.data import iris, iris_job
 from worker.training import run_job
-
-
-@pytest.fixture
-def pg_app(migrated, postgres_url):
-    migrate(postgres_url)
-    app = create_app(dataclasses.replace(migrated, database_url=postgres_url, auth="off", max_active_jobs=3))
-    yield app
-    app.extensions["backprop"]["engine"].dispose()
 
 
 def delete_rows(session, job_id: str) -> None:
