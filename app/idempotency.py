@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import time
 from datetime import timedelta
 
 from flask import current_app, request
 from sqlalchemy import delete, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from core.db import IdempotencyRecord
 from core.db.models import utcnow
@@ -23,6 +25,7 @@ from .auth import current_tenant
 from .errors import ApiError
 
 PENDING = 0  # the status_code of a key whose first request is still being answered
+log = logging.getLogger(__name__)
 ABANDONED_AFTER = timedelta(minutes=5)  # a reservation this old was left by a process that died
 
 
@@ -104,6 +107,26 @@ def _release(sessions, tenant: str, key: str, stamp) -> None:
         session.execute(delete(IdempotencyRecord).where(*_mine(tenant, key, stamp)))
 
 
+def _record(sessions, tenant: str, key: str, stamp, resp) -> None:
+    """The answer kept for the key's retries. The request's work is committed by now: a database
+    error here must not become a 503 "try again" (the retry, its key still pending, would be a
+    409 for ABANDONED_AFTER and then run again), so the write is tried three times and the
+    answer sent whatever happens; the key then stays pending until abandoned."""
+    for wait in (0.1, 0.5, None):
+        try:
+            with sessions.begin() as session:
+                session.execute(update(IdempotencyRecord).where(*_mine(tenant, key, stamp)).values(
+                    status_code=resp.status_code, response=resp.get_json(),
+                    location=resp.headers.get("Location")))
+            return
+        except OperationalError as exc:
+            if wait is None:
+                log.warning("the answer for Idempotency-Key %r could not be kept: %s", key,
+                            str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+                return
+            time.sleep(wait)
+
+
 def idempotent(view):
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
@@ -126,10 +149,7 @@ def idempotent(view):
             _release(sessions, tenant, key, stamp)  # a refused request does not use up its key
             raise
         if 200 <= resp.status_code < 300 and resp.is_json:
-            with sessions.begin() as session:
-                session.execute(update(IdempotencyRecord).where(*_mine(tenant, key, stamp)).values(
-                    status_code=resp.status_code, response=resp.get_json(),
-                    location=resp.headers.get("Location")))
+            _record(sessions, tenant, key, stamp, resp)
         else:
             _release(sessions, tenant, key, stamp)
         return resp

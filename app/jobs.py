@@ -163,9 +163,10 @@ def load_job(session, job_id: str, lock: Literal["update", "share"] | None = Non
     return job
 
 
-def accepted(job_id: str) -> Response:
-    with ext()["sessions"]() as session:
-        body = job_json(session.get(Job, job_id))
+def accepted(body: dict[str, Any]) -> Response:
+    """The 202 for a committed job, from the body its own transaction built: once the job is
+    committed, no database error may turn the answer into a 503 "try again", whose retry would
+    run the job twice."""
     resp = current_app.response_class(current_app.json.dumps(body), status=202, mimetype="application/json")
     resp.headers["Location"] = body["links"]["self"]
     return resp
@@ -181,8 +182,13 @@ def enqueue(job_id: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any broker failure
         log.warning("broker unavailable, job %s left for the reconciler: %s", job_id, exc)
         return
-    with ext()["sessions"].begin() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    try:
+        with ext()["sessions"].begin() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001 - sent all the same; the reconciler may send it again
+        log.warning("job %s queued, but its sending could not be recorded: %s", job_id,
+                    str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        return
     log.info("job %s queued", job_id)
 
 
@@ -241,7 +247,7 @@ def create_job():
         raise validation_error([{"path": "dataset", "message": "give exactly one of dataset (inline) or dataset_id"}])
     sessions = ext()["sessions"]
     try:
-        job_id = _create_job(sessions, body, net, training)
+        job_id, accepted_body = _create_job(sessions, body, net, training)
     except (IntegrityError, NoResultFound, ObjectDeletedError):
         # the parent job or the dataset was deleted between the checks and the commit, or while
         # the dataset was read
@@ -255,10 +261,10 @@ def create_job():
         raise
     # committed first, then enqueued: a worker never sees an id the database does not have
     enqueue(job_id)
-    return accepted(job_id)
+    return accepted(accepted_body)
 
 
-def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any]) -> str:
+def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """`net` is shapes only. The data is found and its shapes checked, then the job's memory and
     compute, before any of the data's values are read or converted."""
     with sessions.begin() as session:
@@ -305,7 +311,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                   freeze=body.freeze)
         session.add(job)
         session.flush()
-        return job.id
+        return job.id, job_json(job)
 
 
 def _check_same_classes(session, init_from: str | None, labels: list[Any] | None, path: str) -> None:
@@ -463,8 +469,10 @@ def retry_job(job_id: str):
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
+        session.flush()
+        body = job_json(job)
     enqueue(job.id)
-    return accepted(job.id)
+    return accepted(body)
 
 
 @bp.delete("/<job_id>")

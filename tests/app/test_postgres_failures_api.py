@@ -1,0 +1,55 @@
+"""Submits whose job is committed when PostgreSQL fails after it: the answer stays the 202,
+since a 503 "try again" would have the client run the job twice. Faults injected by triggers
+on a test database of its own."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, text
+
+from core.db import Job
+from tests.data import iris_job
+
+
+def fail_once(sessions, table: str, when: str, errcode: str = "57P01") -> None:
+    """The next UPDATE of `table` whose row matches `when` raises `errcode` (admin_shutdown by
+    default); the ones after it pass (a sequence: its nextval survives the rollback)."""
+    with sessions.begin() as s:
+        s.execute(text("CREATE SEQUENCE fail_once"))
+        s.execute(text(f"""CREATE FUNCTION fail_once() RETURNS trigger AS $$ BEGIN
+            IF nextval('fail_once') = 1 THEN
+                RAISE EXCEPTION 'terminating connection' USING ERRCODE = '{errcode}';
+            END IF; RETURN NEW; END $$ LANGUAGE plpgsql"""))
+        s.execute(text(f"CREATE TRIGGER fail_once BEFORE UPDATE ON {table} FOR EACH ROW WHEN ({when}) "
+                       "EXECUTE FUNCTION fail_once()"))
+
+
+def jobs(sessions) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Job))
+
+
+def test_a_submit_whose_sending_cannot_be_recorded_is_still_a_202(pg_app):
+    """The job was committed and sent, then recording when it was sent failed: the client got a
+    503 database_unavailable, "try again shortly", and a retry ran it twice."""
+    client, sessions = pg_app.test_client(), pg_app.extensions["backprop"]["sessions"]
+    fail_once(sessions, "jobs", "OLD.enqueued_at IS DISTINCT FROM NEW.enqueued_at")
+    resp = client.post("/v1/jobs", json=iris_job(epochs=2))
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["status"] == "queued" and resp.headers["Location"].endswith(resp.get_json()["id"])
+    assert jobs(sessions) == 1
+    with sessions() as s:  # the reconciler sends it again (a duplicate the worker drops)
+        assert s.scalar(select(Job.enqueued_at)) is None
+
+
+def test_an_idempotent_submit_whose_answer_cannot_be_kept_at_once_is_replayed(pg_app):
+    """The answer for an Idempotency-Key is written after the job is committed: when that write
+    failed, the client got a 503, then 409 idempotency_key_in_use for five minutes, then a second
+    job. The write is tried again, and the answer is the 202 either way."""
+    client, sessions = pg_app.test_client(), pg_app.extensions["backprop"]["sessions"]
+    fail_once(sessions, "idempotency_keys", "NEW.response IS NOT NULL")
+    headers = {"Idempotency-Key": "submit-1"}
+    first = client.post("/v1/jobs", json=iris_job(epochs=2), headers=headers)
+    assert first.status_code == 202, first.get_json()
+    again = client.post("/v1/jobs", json=iris_job(epochs=2), headers=headers)
+    assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true", again.get_json()
+    assert again.get_json()["id"] == first.get_json()["id"] and jobs(sessions) == 1
