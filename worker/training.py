@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
-from core.db import Checkpoint, Dataset, Job, JobStatus
+from core.db import Checkpoint, Dataset, EpochRecord, Job, JobStatus
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
@@ -61,7 +61,7 @@ class Claim:
     init_from: str | None
     freeze: list[str] | None
     checkpoint: bytes | None
-    started_at: Any
+    trained_seconds: float  # by the epochs kept from earlier attempts: the time limit's share used
 
 
 class Attempt:
@@ -85,10 +85,12 @@ class Monitor:
     """A heartbeat thread: proves the attempt is alive, and brings back cancellation, the time
     limit and supersession as flags, so the engine's per-batch stop hook costs nothing."""
 
-    def __init__(self, attempt: Attempt, settings: Settings, started_at,
+    def __init__(self, attempt: Attempt, settings: Settings, trained_seconds: float,
                  hand_back: Callable[[], bool] | None = None):
         self.attempt, self.settings = attempt, settings
-        self.deadline = started_at + timedelta(seconds=settings.job_time_limit)
+        # the limit bounds training, summed over attempts: time spent queued (after a hand-back,
+        # behind a backlog, with no worker) does not count, or a resumed job could fail at once
+        self.deadline = utcnow() + timedelta(seconds=settings.job_time_limit - trained_seconds)
         self.hand_back = hand_back  # true once the worker is shutting down
         self.reason: str | None = None  # cancelled, time limit, superseded, handed back
         self._stop = threading.Event()
@@ -220,10 +222,12 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         job.worker = worker
         # epochs after the checkpoint will be trained again, and written again, by this attempt
         forget_epochs_after(session, job, checkpoint.epoch if checkpoint is not None else 0)
+        trained = session.scalar(select(func.coalesce(func.sum(EpochRecord.duration), 0.0))
+                                 .where(EpochRecord.job_id == job_id))
         # committed before the data is read, so that a worker killed while reading it (a large
         # dataset, out of memory) has still used up an attempt, and BACKPROP_MAX_ATTEMPTS ends it
         return Claim(job.attempts, job.model_spec, job.training_spec, job.dataset_id, job.init_from, job.freeze,
-                     checkpoint.data if checkpoint is not None else None, job.started_at)
+                     checkpoint.data if checkpoint is not None else None, float(trained))
 
 
 def _load(sessions: sessionmaker[Session], claim: Claim) -> tuple[Any, Any, dict | None]:
@@ -276,7 +280,7 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
     log.info("job %s attempt %d running on %s%s", job_id, claim.attempt, worker,
              " (resuming from a checkpoint)" if claim.checkpoint else "")
     writer = EpochWriter(attempt, settings)
-    monitor = Monitor(attempt, settings, claim.started_at, hand_back)
+    monitor = Monitor(attempt, settings, claim.trained_seconds, hand_back)
     try:
         monitor.start()  # the heartbeat covers reading the data too
         try:

@@ -376,12 +376,26 @@ def test_a_resumed_attempt_out_of_time_before_an_epoch_ends_keeps_the_checkpoint
                                                                                   monkeypatch):
     job_id = crashed_at_8(client, sessions, fast, monkeypatch)
     make_heartbeat_stale(sessions)
-    with sessions.begin() as s:
-        s.execute(update(Job).values(started_at=utcnow() - timedelta(seconds=5)))
-    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=1))
+    with sessions.begin() as s:  # the five epochs it keeps used up the limit
+        s.execute(update(EpochRecord).values(duration=1.0))
+    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=5))
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "failed" and job["stop_reason"] == "time limit" and "after epoch 5" in job["error"]
     assert_describes_epoch(client, sessions, job_id, 5)
+
+
+def test_time_spent_queued_does_not_count_against_the_time_limit(client, sessions, fast, monkeypatch):
+    """The limit ran from the job's first start: handed back after 2 s of training, then queued
+    15 s with no worker, it failed "ran longer than 15 s" within 30 ms of resuming, having
+    trained 2 s. It bounds the time trained, summed over attempts."""
+    job_id = crashed_at_8(client, sessions, fast, monkeypatch)
+    make_heartbeat_stale(sessions)
+    with sessions.begin() as s:  # started an hour ago; its five kept epochs trained 1 s each
+        s.execute(update(Job).values(started_at=utcnow() - timedelta(hours=1)))
+        s.execute(update(EpochRecord).values(duration=1.0))
+    run_job(sessions, job_id, settings=dataclasses.replace(fast, job_time_limit=60))
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
 
 
 @pytest.mark.parametrize("checkpoints", [True, False], ids=["checkpoint", "no checkpoint"])
