@@ -76,13 +76,15 @@ def make_celery(settings: Settings) -> Celery:
                                             **REDIS_TIMEOUTS}
     # a broker that is down must not hang the API: fail fast, the reconciler enqueues later
     conf["broker_connection_timeout"] = 3
-    conf["task_publish_retry_policy"] = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5,
+    conf["task_publish_retry_policy"] = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5,
                                          "interval_max": 1}
     celery.conf.update(conf)
     return celery
 
 
-REDIS_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 3}
+# with one publish retry, a Redis that stops answering holds a submit about 6 s (5 s and two
+# retries held it 21.7 s); the worker's BRPOP waits 1 s, within the socket timeout
+REDIS_TIMEOUTS = {"socket_timeout": 2, "socket_connect_timeout": 2}
 
 
 def enqueue_training(celery: Celery, job_id: str) -> None:

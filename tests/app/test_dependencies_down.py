@@ -68,6 +68,31 @@ def test_a_silent_redis_gives_a_503_readiness_and_the_submit_is_kept(migrated, s
     app.extensions["backprop"]["engine"].dispose()
 
 
+def test_a_redis_that_stops_answering_on_a_warm_connection_holds_a_submit_seconds_not_twenty(migrated, tmp_path):
+    """A Redis process stopped (SIGSTOP: paused, its socket open) after the API had used its
+    connection: a submit took 21.7 s (a 5 s socket timeout, two publish retries and a
+    reconnect), holding a web thread all along. Now 2 s timeouts and one retry: about 7 s with the
+    rate limiter's second."""
+    import signal
+
+    from tests.e2e.test_chaos import PrivateRedis
+
+    redis = PrivateRedis(tmp_path).start()
+    app = create_app(dataclasses.replace(migrated, auth="off", broker_url=redis.url))
+    client = app.test_client()
+    try:
+        assert client.post("/v1/jobs", json=iris_job(epochs=1)).status_code == 202  # the connection, warm
+        redis.proc.send_signal(signal.SIGSTOP)
+        resp, took = timed(lambda: client.post("/v1/jobs", json=iris_job(epochs=1)))
+        assert resp.status_code == 202 and took < 12, (resp.status_code, took)
+        with app.extensions["backprop"]["sessions"]() as s:  # kept, for the reconciler to send
+            assert s.scalar(select(Job.enqueued_at).where(Job.id == resp.get_json()["id"])) is None
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+        redis.kill()
+        app.extensions["backprop"]["engine"].dispose()
+
+
 def test_a_silent_rate_limiter_redis_delays_a_request_by_a_second_not_five(migrated, silent_server):
     """The limiter asks Redis on every /v1 request: with the broker's 5 s timeout each request
     took 5 s longer while Redis hung. It gives up after 1 s and lets the request through."""
