@@ -22,6 +22,9 @@ from .metrics import init_http_metrics
 from .predict import ModelCache
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# a request waits this long for a row or advisory lock (a job row held by a frozen worker made a
+# cancel wait for as long as that worker stayed frozen), then answers 503, "try again shortly"
+API_LOCK_TIMEOUT_SECONDS = 10
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:
@@ -30,7 +33,7 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
     app.config.update(MAX_CONTENT_LENGTH=settings.max_request_bytes)
     app.config.update(config or {})
     app.json.sort_keys = False  # keep documents in the order they are built
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, lock_timeout=API_LOCK_TIMEOUT_SECONDS)
     app.extensions["backprop"] = {
         "settings": settings,
         "engine": engine,

@@ -46,9 +46,12 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, settings: Setting
             backoff = min(max(enqueued_at - created_at, timedelta(0)), 10 * (now - requeue_before))
             if now - enqueued_at < backoff:
                 continue
-        # take the re-send first, atomically: with several workers reconciling, one sends it
+        # take the re-send first, atomically: with several workers reconciling, one sends it. A
+        # row locked by someone is skipped this round, not waited for: a worker frozen inside a
+        # transaction on it held every reconciler, and so every other lost job, until it woke
         with sessions.begin() as session:
-            taken = session.execute(update(Job).where(Job.id == job_id, lost, not_recently_sent)
+            free = select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True).scalar_subquery()
+            taken = session.execute(update(Job).where(Job.id == free, lost, not_recently_sent)
                                     .values(enqueued_at=utcnow())).rowcount
         if not taken:
             continue

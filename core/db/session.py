@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session, sessionmaker
 DB_CONNECT_TIMEOUT = 3  # seconds
 
 
-def make_engine(url: str, **kwargs) -> Engine:
+# A transaction of ours is a few statements long; one left open this long belongs to a process
+# that froze inside it (SIGSTOP, a paused VM, swap), and the server ends it: its row locks had
+# held every worker's reconciler and the API's cancel of that job for as long as it stayed frozen.
+IDLE_IN_TRANSACTION_SECONDS = 60
+
+
+def make_engine(url: str, lock_timeout: float | None = None, **kwargs) -> Engine:
+    """`lock_timeout` (PostgreSQL): seconds a statement waits for a lock before it fails with an
+    OperationalError (the API's 503, "try again shortly") rather than holding its thread."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -41,7 +49,10 @@ def make_engine(url: str, **kwargs) -> Engine:
 
         return engine
     if url.startswith("postgresql"):  # a server that accepts and never answers must not hang a request
-        kwargs.setdefault("connect_args", {"connect_timeout": DB_CONNECT_TIMEOUT})
+        options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_SECONDS * 1000}"
+        if lock_timeout is not None:
+            options += f" -c lock_timeout={round(lock_timeout * 1000)}"
+        kwargs.setdefault("connect_args", {"connect_timeout": DB_CONNECT_TIMEOUT, "options": options})
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -55,3 +55,56 @@ def test_a_full_disk_under_the_epoch_copy_queues_the_job_again(pg, monkeypatch):
     with sessions() as s:
         assert list(s.scalars(select(EpochRecord.epoch).where(EpochRecord.job_id == job_id)
                               .order_by(EpochRecord.epoch))) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_job_row_locked_by_a_frozen_worker_holds_neither_the_reconciler_nor_a_cancel(pg_app, monkeypatch):
+    """A training process stopped (SIGSTOP) inside a transaction kept its job's row locked: every
+    worker's reconciler waited on that row for good, so no other lost job was taken over, and a
+    cancel of it hung. The reconciler skips a locked row for the round, the API waits at most
+    its lock timeout (then 503, try again), and the server ends a transaction idle for a minute."""
+    import threading
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    import app as app_module
+    from app import create_app
+    from core.db import Job, JobStatus
+    from core.db.models import utcnow
+    from worker.reconciler import reconcile
+
+    client, sessions = pg_app.test_client(), pg_app.extensions["backprop"]["sessions"]
+    frozen, lost = (client.post("/v1/jobs", json=iris_job(epochs=2)).get_json()["id"] for _ in range(2))
+    with sessions.begin() as s:  # both running with a stale heartbeat: lost, for the reconciler
+        s.execute(update(Job).values(status=JobStatus.RUNNING, attempts=1, enqueued_at=None,
+                                     heartbeat_at=utcnow() - timedelta(hours=1)))
+    ext = pg_app.extensions["backprop"]
+    engine = ext["engine"]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "1min"
+        assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
+
+    holder = engine.connect()
+    holder.exec_driver_sql("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (frozen,))  # and stays idle
+    try:
+        sent: list[list[str]] = []
+        thread = threading.Thread(target=lambda: sent.append(reconcile(sessions, ext["celery"], ext["settings"])),
+                                  daemon=True)
+        thread.start()
+        thread.join(30)
+        assert sent == [[lost]], "the reconciler waited on the locked row"
+
+        monkeypatch.setattr(app_module, "API_LOCK_TIMEOUT_SECONDS", 0.5)
+        quick = create_app(ext["settings"])
+        answers: list = []
+        thread = threading.Thread(target=lambda: answers.append(quick.test_client().post(f"/v1/jobs/{frozen}/cancel")),
+                                  daemon=True)
+        thread.start()
+        thread.join(30)
+        assert answers, "the cancel waited on the locked row"
+        assert answers[0].status_code == 503 and answers[0].headers["Retry-After"], answers[0].get_json()
+        quick.extensions["backprop"]["engine"].dispose()
+    finally:
+        holder.rollback()
+        holder.close()
+    assert reconcile(sessions, ext["celery"], ext["settings"]) == [frozen]  # its turn, once free
