@@ -52,7 +52,13 @@ def make_engine(url: str, lock_timeout: float | None = None, **kwargs) -> Engine
         options = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_SECONDS * 1000}"
         if lock_timeout is not None:
             options += f" -c lock_timeout={round(lock_timeout * 1000)}"
-        kwargs.setdefault("connect_args", {"connect_timeout": DB_CONNECT_TIMEOUT, "options": options})
+        # TCP keepalives and a send timeout: a connection whose packets stop getting through (a
+        # network partition) fails within about 30 s instead of leaving a read waiting for good
+        # (a worker then ignored a warm shutdown until the network came back). A peer that still
+        # acknowledges and never answers (a paused proxy) is not caught by these.
+        kwargs.setdefault("connect_args", {"connect_timeout": DB_CONNECT_TIMEOUT, "options": options,
+                                           "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                                           "keepalives_count": 3, "tcp_user_timeout": 30_000})
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
