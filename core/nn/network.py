@@ -19,6 +19,7 @@ from .layers.base import (
     size_of,
 )
 from .layers.conv import Conv2D, MaxPool2D, Pool2D
+from .layers.preprocessing import Normalization
 from .layers.regularization import BatchNorm
 from .losses import LOSSES, get_loss
 from .spec import Field, SpecError, check_object
@@ -90,6 +91,10 @@ class Network:
         self.loss = get_loss(spec["loss"])
         self.layers, self.output_shape = make_layers(spec["layers"], "model.layers", self.input_shape,
                                                      self.rng, self.dtype, set())
+        for layer in walk(self.layers):
+            if isinstance(layer, Normalization) and layer is not self.layers[0]:
+                raise SpecError([{"path": layer.path, "message": "normalization adapts to the network's inputs: "
+                                                                 "it must be the first layer"}])
         last = self.layers[-1]
         out_act = last.activation_name if isinstance(last, ActivatedLayer) else "linear"
         if self.loss.requires_activation and out_act not in self.loss.requires_activation:
@@ -349,6 +354,14 @@ class Network:
             if v.shape != current[k].shape:
                 raise ValueError(f"weight {k} has shape {v.shape}, the network needs {current[k].shape}")
             np.copyto(current[k], v, casting="same_kind")
+
+    def adapt(self, x) -> None:
+        """A first `normalization` layer takes the mean and variance of `x` (the training inputs).
+        Trainer.fit calls this before its first epoch, for a layer that has none yet: weights
+        loaded from a trained network (fine-tuning, a checkpoint) keep theirs."""
+        first = self.layers[0]
+        if isinstance(first, Normalization) and not first.adapted:
+            first.adapt(self.as_input(x))
 
     def freeze(self, layer_names) -> None:
         names = {layer.name for layer in self.layers}

@@ -296,6 +296,7 @@ class Trainer:
         n, bs = len(x), self.cfg["batch_size"]
         if n == 0:
             raise ValueError("no training samples")
+        self.net.adapt(x)  # a first normalization layer: from the training split, before epoch 1
         net, cfg = self.net, self.cfg
         self.check_metric_names(validation=xv is not None)
         result = FitResult(history=self.history)

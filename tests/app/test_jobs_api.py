@@ -453,3 +453,27 @@ def test_fine_tuning_on_fewer_classes_names_the_parents_labels(client, sessions)
     assert resp.status_code == 422
     message = resp.get_json()["errors"][0]["message"]
     assert "'versicolor'" in message and f"init_from job {parent}" in message, message
+
+
+def test_a_normalization_layer_lets_predict_take_raw_features(client, sessions):
+    """Wine's features span 0.1 to 1,600; the examples scale them beforehand, and predict then
+    needs the same scaling, which nothing kept. A first `normalization` layer learns it from the
+    training split and keeps it with the weights."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    body = {"model": {"input_shape": [13], "loss": "categorical_crossentropy",
+                      "layers": [{"type": "normalization"}, {"type": "dense", "units": 16, "activation": "relu"},
+                                 {"type": "dense", "units": 3, "activation": "softmax"}]},
+            "training": {"epochs": 40, "batch_size": 16, "seed": 0, "validation_split": 0.2},
+            "dataset": {"features": x.tolist(), "targets": y.tolist()}}
+    job_id = trained_job(client, sessions, body)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["metrics"]["val_accuracy"] > 0.9, job
+    weights = {w["name"]: w for w in client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]}
+    assert np.all(np.array(weights["normalization_0/variance"]["values"]) > 0)
+    pred = client.post(f"/v1/jobs/{job_id}/predict", json={"inputs": x.tolist()}).get_json()
+    assert np.mean(np.array(pred["predictions"]) == y) > 0.95
+    # the layer is documented with the others
+    schema = client.get("/openapi.json").get_json()
+    assert "normalization" in json.dumps(schema)
