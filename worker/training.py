@@ -365,6 +365,9 @@ def _queue_again(attempt: Attempt, exc: Exception) -> bool:
         with attempt.write() as (_session, job):
             job.status, job.heartbeat_at, job.worker = JobStatus.QUEUED, None, None
             job.error = f"queued again after {_describe(exc)}"
+            # as good as sent: the reconciler leaves it alone while the runner waits to send it
+            # (_wait_before_sending); it sent a job whose last send was over a minute old at once
+            job.enqueued_at = utcnow()
     except Superseded:
         return False
     except Exception:  # noqa: BLE001 - still down: the reconciler finds the stale heartbeat
@@ -376,7 +379,7 @@ def _queue_again(attempt: Attempt, exc: Exception) -> bool:
 def _wait_before_sending(attempt: int, shutting_down: Callable[[], bool] | None) -> None:
     """Sent again at once, a job took all its attempts in 50 ms of a one-second database outage.
     A warm shutdown cuts the wait short: the job is then sent to another worker at once."""
-    deadline = time.monotonic() + DATABASE_RETRY_SECONDS * 2 ** (attempt - 1)
+    deadline = time.monotonic() + min(DATABASE_RETRY_SECONDS * 2 ** (attempt - 1), 60)
     while time.monotonic() < deadline and not (shutting_down and shutting_down()):
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 

@@ -515,14 +515,18 @@ def test_a_job_queued_again_after_a_database_error_waits_unless_the_worker_stops
     assert run_job(sessions, job_id, settings=fast) is True
     assert time.monotonic() - started >= 0.6  # attempt 2: twice it
 
-    monkeypatch.setattr(training, "DATABASE_RETRY_SECONDS", 3600.0)
+    monkeypatch.setattr(training, "DATABASE_RETRY_SECONDS", 3600.0)  # waits 60 s at most
     failures.clear()
     job_id = submit(client, iris_job(epochs=4))
+    with sessions.begin() as s:  # sent long ago: the reconciler would send it again at once
+        s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow() - timedelta(hours=1)))
     started = time.monotonic()
     assert run_job(sessions, job_id, settings=fast, hand_back=lambda: bool(failures)) is True
-    assert time.monotonic() - started < 600  # not the hour: the shutdown ended the wait
+    assert time.monotonic() - started < 30  # not the minute: the shutdown ended the wait
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "queued" and job["error"].startswith("queued again after database error"), job
+    with sessions() as s:  # marked as sent: the reconciler leaves it to the runner meanwhile
+        assert utcnow() - s.scalar(select(Job.enqueued_at).where(Job.id == job_id)) < timedelta(seconds=30)
 
 
 def test_a_database_error_that_fails_a_job_leaves_its_sql_in_the_log(client, sessions, fast, monkeypatch):
