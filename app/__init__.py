@@ -22,9 +22,11 @@ from .metrics import init_http_metrics
 from .predict import ModelCache
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# a request waits this long for a row or advisory lock (a job row held by a frozen worker made a
-# cancel wait for as long as that worker stayed frozen), then answers 503, "try again shortly"
-API_LOCK_TIMEOUT_SECONDS = 10
+# a request waits this long for a row or advisory lock, then answers 503, "try again shortly": a
+# job row held by a frozen worker made a cancel wait for as long as that worker stayed frozen. As
+# long as the server's idle-in-transaction limit, which frees a frozen holder's locks first; a
+# worker writing a large checkpoint holds its job row for seconds (10 s for 480 MB)
+API_LOCK_TIMEOUT_SECONDS = 60
 
 
 def create_app(settings: Settings | None = None, config: dict[str, Any] | None = None) -> Flask:

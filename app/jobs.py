@@ -268,7 +268,6 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
     """`net` is shapes only. The data is found and its shapes checked, then the job's memory and
     compute, before any of the data's values are read or converted."""
     with sessions.begin() as session:
-        check_active_jobs(session, current_tenant())
         _check_fine_tuning(session, body, net)
         if body.dataset is not None:
             features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)
@@ -305,6 +304,9 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
             _check_same_classes(session, body.init_from, ds.class_labels, "dataset_id")
             _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
+        # last: its per-tenant lock is held to the commit, so that the tenant's submits take turns
+        # for the count and insert only, not while each reads and stores its data (seconds)
+        check_active_jobs(session, current_tenant())
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   fine_tuned_from=body.init_from,
