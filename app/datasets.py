@@ -617,12 +617,27 @@ def _numbers_as_labels(targets: np.ndarray, path: str) -> tuple[np.ndarray, list
     whole numbers are class indices: 1..3 needed four output units, one for a class 0 never seen."""
     if targets.ndim != 1:
         raise _npy_problem(path, f"shape {list(targets.shape)}: task=labels needs one target per sample")
-    if targets.dtype.kind == "f" and not np.isfinite(targets).all():
-        i = int(np.flatnonzero(~np.isfinite(targets))[0])
-        raise _npy_problem(f"{path}[{i}]", f"{targets[i].item()!r} is not a finite number")
+    if targets.dtype.kind == "f":
+        if not np.isfinite(targets).all():
+            i = int(np.flatnonzero(~np.isfinite(targets))[0])
+            raise _npy_problem(f"{path}[{i}]", f"{targets[i].item()!r} is not a finite number")
+        # a float holds every whole number only below 2**53: beyond, two labels sent (JSON's
+        # 9007199254740993 and ...992) would arrive as one
+        big = np.flatnonzero((np.mod(targets, 1) == 0) & (np.abs(targets) >= CLASS_INDEX_LIMIT))
+        if len(big):
+            raise _npy_problem(f"{path}[{big[0]}]", f"{targets[big[0]].item():g} is too large to name a class "
+                                                    "exactly (whole numbers below 2**53); send labels as strings")
     values, idx = np.unique(targets, return_inverse=True)
-    labels = [int(v) if float(v).is_integer() else float(v) for v in values.tolist()]
-    return idx.astype(np.int64), labels
+    return idx.reshape(-1).astype(np.int64), [_label(v) for v in values]
+
+
+def _label(v: np.generic) -> Any:
+    """A number as it was sent: a whole number as an int, a float32 0.1 as 0.1 (its shortest
+    decimal, not 0.10000000149011612), a bool as a bool."""
+    if v.dtype.kind in "biu":
+        return v.item()
+    f = float(str(v))
+    return int(f) if f.is_integer() else f
 
 
 def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any] | None,

@@ -576,6 +576,16 @@ def test_task_labels_takes_numbers_as_the_names_of_classes(client, sessions):
     assert body["class_labels"] == [10, 20]
     assert_422(client.post("/v1/datasets", json={"features": two, "targets": np.eye(2)[[0, 1, 0, 1]].tolist(),
                                                  "task": "labels"}), "targets", "one target per sample")
+    # labels are what was sent: float32 0.1 is 0.1, 2**53 - 1 stays exact; whole numbers a float
+    # cannot hold exactly (JSON's 2**53 + 1 arrives as 2**53) are refused, not merged
+    body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([0.1, 0.2, 0.1, 0.2], np.float32)),
+                          "d.npz", task="labels"))
+    assert body["class_labels"] == [0.1, 0.2]
+    body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([2**53 - 1, 1, 1, 2**53 - 1])),
+                          "d.npz", task="labels"))
+    assert body["class_labels"] == [1, 2**53 - 1]
+    assert_422(client.post("/v1/datasets", json={"features": two, "targets": [2**53 + 1, 2**53, 5, 5],
+                                                 "task": "labels"}), "targets[0]", "too large to name a class")
 
 
 def test_job_on_a_dataset_of_the_wrong_shape_is_refused_at_submission(client):
