@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.nn.casting import BeyondDtype, narrowed
+from core.numbers import plain
 
 from .errors import ApiError, validation_error
 from .limits import check_dataset_limits, settings
@@ -207,7 +208,7 @@ def _cell_problem(cell: str) -> str | None:
     if not cell.strip():
         return "is empty (a missing value)"
     try:
-        value = float(cell) if _plain(cell) else None
+        value = float(cell) if plain(cell) else None
     except ValueError:
         value = None
     if value is None:
@@ -317,7 +318,7 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
         if not cell:
             raise _csv_error(lines[r], target, "is empty (a missing value)")
         try:
-            numbers.append(float(cell) if _plain(cell) else None)
+            numbers.append(float(cell) if plain(cell) else None)
         except ValueError:
             numbers.append(None)
     words = [r for r, v in enumerate(numbers) if v is None]
@@ -341,16 +342,10 @@ def parse_csv(text: str, target: str | None, task: str | None, part: str = "file
     return x, y, labels, names
 
 
-def _plain(text: str) -> bool:
-    """Python's float() (and NumPy's) also reads 1_000 and digits of other scripts (١٢, １２);
-    no CSV writer means a number by them."""
-    return text.isascii() and "_" not in text
-
-
 def _csv_floats(cells: list[list[str]], lines: list[int], names: list[str]) -> np.ndarray:
     """A block of feature cells as float64; the first cell that is not a finite number named."""
     try:
-        x = np.array(cells, dtype=np.float64) if _plain("".join(chain.from_iterable(cells))) else None
+        x = np.array(cells, dtype=np.float64) if plain("".join(chain.from_iterable(cells))) else None
     except ValueError:  # find the first bad cell, the slow way
         x = None
     if x is None or not np.isfinite(x).all():

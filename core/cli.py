@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from .client import DEFAULT_URL, ApiError, Client, Job, TransportError
 from .config import ConfigError, load_settings
+from .numbers import plain
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,10 +151,11 @@ def keys_list() -> None:
 
     from .db import ApiKey
 
-    with _sessions()() as session:
-        for k in session.scalars(select(ApiKey).order_by(ApiKey.created_at)):
-            state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
-            click.echo(f"bp_{k.prefix}_...  tenant={k.tenant}  {state}  {k.name or ''}".rstrip())
+    with _sessions()() as session:  # read first: a slow reader of the output must not hold a transaction
+        rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at)).all()
+    for k in rows:
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        click.echo(f"bp_{k.prefix}_...  tenant={k.tenant}  {state}  {k.name or ''}".rstrip())
 
 
 @keys.command("revoke")
@@ -581,7 +583,7 @@ def jobs_epochs(client: Client, job_id: str, max_points: int | None, as_json: bo
 
 def _is_number(cell: str) -> bool:
     try:
-        return math.isfinite(float(cell))  # nan and inf parse, but JSON cannot carry them
+        return plain(cell) and math.isfinite(float(cell))  # nan and inf parse, but JSON cannot carry them
     except ValueError:
         return False
 
@@ -630,7 +632,7 @@ def _csv_rows(path: Path, dataset, header_row: bool | None = None) -> list[list[
         out = []
         for j, cell in enumerate(cells):
             try:
-                value = float(cell)
+                value = float(cell) if plain(cell) else None
             except ValueError:
                 value = None
             if value is None or not math.isfinite(value):

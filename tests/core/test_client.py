@@ -449,6 +449,14 @@ def test_number_like_feature_names_make_line_1_ambiguous_until_told(tmp_path):
     assert csv_rows(tmp_path, "3,2,1,5\n30,20,10,0\n", names) == [[3, 2, 1, 5], [30, 20, 10, 0]]  # not all named
 
 
+@pytest.mark.parametrize("cell", ["1_000", "\u0661\u0662", "\uff11"])
+def test_cells_only_python_reads_as_numbers_are_refused_locally(tmp_path, cell):
+    """1_000 and digits of other scripts went to the server as 1000.0 and 12.0, where an upload
+    of the same cell is a 422."""
+    with pytest.raises(click.ClickException, match="is not a number"):
+        csv_rows(tmp_path, f"1,2,3,{cell}\n", None)
+
+
 @pytest.mark.parametrize("cell", ["nan", "inf", "-Infinity"])
 def test_nan_and_inf_cells_are_refused_locally(tmp_path, cell):
     """They went to the server, whose answer was `400 (invalid_json): ... NaN is not valid JSON`."""
