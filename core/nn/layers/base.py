@@ -136,6 +136,31 @@ class Layer:
                 + sum(s.describe()["params"] for s in self.sublayers())}
 
 
+class PerFeatureLayer(Layer):
+    """A layer with one statistic per feature along `axis` (batch_norm, normalization), taken
+    over every other axis, the batch's included; `axis` counts the batch axis as 0, as Keras."""
+
+    @classmethod
+    def check_extra(cls, checked, path, errors):
+        if checked.get("axis") == 0:
+            errors.append({"path": f"{path}.axis", "message": "cannot be the batch axis (0)"})
+        return checked
+
+    def feature_axis(self, input_shape: tuple[int, ...]) -> int:
+        """Sets axis, reduce (the other axes) and bshape (a statistic's broadcast shape); returns
+        the number of features."""
+        ndim = len(input_shape) + 1
+        axis = self.config["axis"]
+        if not -ndim <= axis < ndim or axis % ndim == 0:
+            raise ShapeError(f"axis {axis} is not a feature axis of samples shaped {tuple(input_shape)} "
+                             f"(batch axis 0, features 1..{ndim - 1} or negative)")
+        self.axis = axis % ndim
+        self.reduce = tuple(a for a in range(ndim) if a != self.axis)
+        features = input_shape[self.axis - 1]
+        self.bshape = tuple(features if a == self.axis else 1 for a in range(ndim))
+        return features
+
+
 class ActivatedLayer(Layer):
     """A layer followed by an activation. The network may hoist the activation of its last
     layer into the loss (softmax + cross-entropy fused), which is why it is swappable."""

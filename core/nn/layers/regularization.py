@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import Field
-from .base import Layer, ShapeError, register, size_of
+from .base import Layer, PerFeatureLayer, register, size_of
 
 
 class RateField(Field):
@@ -71,7 +71,7 @@ class Dropout(Layer):
 
 
 @register
-class BatchNorm(Layer):
+class BatchNorm(PerFeatureLayer):
     """Batch normalization (Ioffe & Szegedy): y = gamma * (x - mean) / sqrt(var + epsilon) + beta,
     per feature along `axis`, with mean and (biased) variance taken over every other axis.
 
@@ -97,22 +97,8 @@ class BatchNorm(Layer):
         self.stochastic = True
         self.frozen = False
 
-    @classmethod
-    def check_extra(cls, checked, path, errors):
-        if checked.get("axis") == 0:
-            errors.append({"path": f"{path}.axis", "message": "cannot be the batch axis (0)"})
-        return checked
-
     def build(self, input_shape, rng, dtype):
-        ndim = len(input_shape) + 1
-        axis = self.config["axis"]
-        if not -ndim <= axis < ndim or axis % ndim == 0:
-            raise ShapeError(f"axis {axis} is not a feature axis of samples shaped {tuple(input_shape)} "
-                             f"(batch axis 0, features 1..{ndim - 1} or negative)")
-        self.axis = axis % ndim
-        self.reduce = tuple(a for a in range(ndim) if a != self.axis)
-        channels = input_shape[self.axis - 1]
-        self.bshape = tuple(channels if a == self.axis else 1 for a in range(ndim))
+        channels = self.feature_axis(input_shape)
         self.add_param("gamma", np.ones(channels, dtype=dtype))
         self.add_param("beta", np.zeros(channels, dtype=dtype))
         self.buffers["moving_mean"] = np.zeros(channels, dtype=dtype)
