@@ -99,3 +99,19 @@ def test_it_must_come_first_and_have_seen_data():
     net = wine_net()
     with pytest.raises(ValueError, match="has not seen data yet"):
         net.forward(np.zeros((1, 13)))
+
+
+def test_statistics_that_do_not_fit_the_dtype_or_are_not_finite_fail_clearly():
+    """A feature of 1e20s in float32: its variance was stored as inf, its scale 0, and the feature
+    silently dropped (the weights' JSON then held Infinity). NaN inputs said the layer "has not
+    seen data yet"."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 13))
+    x[:, 1] *= 1e20
+    y = np.arange(60) % 3
+    with pytest.raises(ValueError, match="variance of feature 1 .* overflows float32"):
+        Trainer(wine_net("float32"), {"epochs": 1, "seed": 0}).fit(x, y)
+    Trainer(wine_net("float64"), {"epochs": 1, "seed": 0}).fit(x, y)  # float64 holds it
+    x[5, 2] = np.nan
+    with pytest.raises(ValueError, match="not a finite number"):
+        wine_net().adapt(x)

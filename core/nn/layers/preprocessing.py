@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..spec import Field
-from .base import Layer, ShapeError, register
+from .base import PerFeatureLayer, register
 
 ADAPT_BLOCK_VALUES = 1 << 22  # rows are read this many values at a time: float64 copies stay small
 
 
 @register
-class Normalization(Layer):
+class Normalization(PerFeatureLayer):
     """y = (x - mean) / sqrt(variance) per feature along `axis`, the mean and (biased) variance
     taken over every sample and every other axis of the training split when training starts
     (Trainer.fit calls `adapt`, as Keras's Normalization.adapt), then kept as buffers: saved with
@@ -29,22 +29,8 @@ class Normalization(Layer):
            "channel of images), learned when training starts and kept with the weights: predict "
            "takes raw features. First layer only.")
 
-    @classmethod
-    def check_extra(cls, checked, path, errors):
-        if checked.get("axis") == 0:
-            errors.append({"path": f"{path}.axis", "message": "cannot be the batch axis (0)"})
-        return checked
-
     def build(self, input_shape, rng, dtype):
-        ndim = len(input_shape) + 1
-        axis = self.config["axis"]
-        if not -ndim <= axis < ndim or axis % ndim == 0:
-            raise ShapeError(f"axis {axis} is not a feature axis of samples shaped {tuple(input_shape)} "
-                             f"(batch axis 0, features 1..{ndim - 1} or negative)")
-        self.axis = axis % ndim
-        self.reduce = tuple(a for a in range(ndim) if a != self.axis)
-        features = input_shape[self.axis - 1]
-        self.bshape = tuple(features if a == self.axis else 1 for a in range(ndim))
+        features = self.feature_axis(input_shape)
         self.buffers["mean"] = np.zeros(features, dtype=dtype)
         # -1 until adapted: no variance is negative, and weights loaded from a trained network
         # (fine-tuning, predict) arrive adapted
@@ -70,8 +56,15 @@ class Normalization(Layer):
         for start in range(0, len(x), rows):
             block = x[start:start + rows].astype(np.float64) - mean
             total += (block * block).sum(axis=self.reduce, keepdims=True)
-        self.buffers["mean"][...] = mean.reshape(-1)
-        self.buffers["variance"][...] = (total / count).reshape(-1)
+        mean, variance = mean.reshape(-1), (total / count).reshape(-1)
+        if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+            raise ValueError(f"{self.name}: the inputs hold a value that is not a finite number")
+        big = np.flatnonzero(variance > np.finfo(self.buffers["variance"].dtype).max)
+        if len(big):  # stored as inf, its scale would be 0: the feature silently dropped
+            raise ValueError(f"{self.name}: the variance of feature {big[0]} ({variance[big[0]]:.3g}) overflows "
+                             f"{self.buffers['variance'].dtype}; scale the data, or use float64")
+        self.buffers["mean"][...] = mean
+        self.buffers["variance"][...] = variance
 
     def _scale(self) -> np.ndarray:
         """1 / std per feature, 1 where the variance is 0."""
