@@ -627,12 +627,11 @@ def _numbers_as_labels(targets: np.ndarray, path: str) -> tuple[np.ndarray, list
 
 
 def _label(v: np.generic) -> Any:
-    """A number as it was sent: a whole number as an int, a float32 0.1 as 0.1 (its shortest
-    decimal, not 0.10000000149011612), a bool as a bool."""
-    if v.dtype.kind in "biu":
-        return v.item()
-    f = float(str(v))
-    return int(f) if f.is_integer() else f
+    """A number as it was sent: a whole number as an int (exact: float32 123456792 too), a
+    float32 0.1 as 0.1 (its shortest decimal, not 0.10000000149011612)."""
+    if v.dtype.kind in "biu" or float(v).is_integer():
+        return int(v)
+    return float(str(v))
 
 
 def prepare_dataset(features: np.ndarray, targets: np.ndarray, labels: list[Any] | None,
