@@ -337,7 +337,7 @@ def _run(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Se
         log.exception("job %s attempt %d: the database failed; the job is queued again", job_id, claim.attempt)
         if not _queue_again(attempt, exc):
             return False
-        _wait_before_sending(claim.attempt, hand_back)
+        _wait_before_sending(claim.attempt, settings, hand_back)
         return True
     except Exception as exc:
         log.exception("job %s crashed", job_id)
@@ -376,10 +376,12 @@ def _queue_again(attempt: Attempt, exc: Exception) -> bool:
     return True
 
 
-def _wait_before_sending(attempt: int, shutting_down: Callable[[], bool] | None) -> None:
+def _wait_before_sending(attempt: int, settings: Settings, shutting_down: Callable[[], bool] | None) -> None:
     """Sent again at once, a job took all its attempts in 50 ms of a one-second database outage.
-    A warm shutdown cuts the wait short: the job is then sent to another worker at once."""
-    deadline = time.monotonic() + min(DATABASE_RETRY_SECONDS * 2 ** (attempt - 1), 60)
+    A warm shutdown cuts the wait short: the job is then sent to another worker at once. At most
+    a minute, and never past when the reconciler would send it (BACKPROP_REQUEUE_AFTER_SECONDS)."""
+    wait = min(DATABASE_RETRY_SECONDS * 2 ** (attempt - 1), 60, settings.requeue_after_seconds)
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline and not (shutting_down and shutting_down()):
         time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 

@@ -516,6 +516,11 @@ def test_a_job_queued_again_after_a_database_error_waits_unless_the_worker_stops
     assert time.monotonic() - started >= 0.6  # attempt 2: twice it
 
     monkeypatch.setattr(training, "DATABASE_RETRY_SECONDS", 3600.0)  # waits 60 s at most
+    failures.clear()  # and no longer than the reconciler would take to send it
+    job_id = submit(client, iris_job(epochs=4))
+    started = time.monotonic()
+    assert run_job(sessions, job_id, settings=dataclasses.replace(fast, requeue_after_seconds=0.5)) is True
+    assert time.monotonic() - started < 30
     failures.clear()
     job_id = submit(client, iris_job(epochs=4))
     with sessions.begin() as s:  # sent long ago: the reconciler would send it again at once
