@@ -268,6 +268,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
     """`net` is shapes only. The data is found and its shapes checked, then the job's memory and
     compute, before any of the data's values are read or converted."""
     with sessions.begin() as session:
+        check_active_jobs(session, current_tenant(), in_turn=False)  # at the limit: refused before the data work
         _check_fine_tuning(session, body, net)
         if body.dataset is not None:
             features = numeric_array(body.dataset.features, "dataset.features", min_ndim=2)

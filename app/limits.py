@@ -213,13 +213,15 @@ def _in_turn(session, key: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
 
 
-def check_active_jobs(session, tenant: str) -> None:
-    """Called in the transaction that adds the job. Two submits must not both count the jobs
-    before either adds its own (30 at once let 9 through a limit of 5): on PostgreSQL a lock per
-    tenant, held to the end of the transaction, puts them in turn; SQLite's write transactions
-    already are (core/db: BEGIN IMMEDIATE)."""
+def check_active_jobs(session, tenant: str, in_turn: bool = True) -> None:
+    """Called in the transaction that adds the job, just before it does. Two submits must not
+    both count the jobs before either adds its own (30 at once let 9 through a limit of 5): on
+    PostgreSQL a lock per tenant, held to the end of the transaction, puts them in turn; SQLite's
+    write transactions already are (core/db: BEGIN IMMEDIATE). `in_turn=False`: a count only,
+    to refuse early, before a submit reads and stores its data."""
     limit = settings().max_active_jobs
-    _in_turn(session, f"active_jobs:{tenant}")
+    if in_turn:
+        _in_turn(session, f"active_jobs:{tenant}")
     active = session.scalar(select(func.count()).select_from(Job)
                             .where(Job.tenant == tenant, Job.status.in_(JobStatus.ACTIVE)))
     if active >= limit:
