@@ -581,8 +581,8 @@ def test_task_labels_takes_numbers_as_the_names_of_classes(client, sessions):
     body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([0.1, 0.2, 0.1, 0.2], np.float32)),
                           "d.npz", task="labels"))
     assert body["class_labels"] == [0.1, 0.2]
-    body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([123456792, 3000000256, 1, 1],
-                                                                                      np.float32)), "d.npz", task="labels"))
+    whole32 = np.array([123456792, 3000000256, 1, 1], np.float32)
+    body = created(upload(client, npz_bytes(features=np.array(two), targets=whole32), "d.npz", task="labels"))
     assert body["class_labels"] == [1, 123456792, 3000000256]  # whole float32 values, exact
     body = created(upload(client, npz_bytes(features=np.array(two), targets=np.array([2**53 - 1, 1, 1, 2**53 - 1])),
                           "d.npz", task="labels"))
