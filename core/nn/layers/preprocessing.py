@@ -57,9 +57,9 @@ class Normalization(PerFeatureLayer):
             block = x[start:start + rows].astype(np.float64) - mean
             total += (block * block).sum(axis=self.reduce, keepdims=True)
         mean, variance = mean.reshape(-1), (total / count).reshape(-1)
-        if not (np.isfinite(mean).all() and np.isfinite(variance).all()):
+        if not np.isfinite(mean).all():
             raise ValueError(f"{self.name}: the inputs hold a value that is not a finite number")
-        big = np.flatnonzero(variance > np.finfo(self.buffers["variance"].dtype).max)
+        big = np.flatnonzero(~(variance <= np.finfo(self.buffers["variance"].dtype).max))
         if len(big):  # stored as inf, its scale would be 0: the feature silently dropped
             raise ValueError(f"{self.name}: the variance of feature {big[0]} ({variance[big[0]]:.3g}) overflows "
                              f"{self.buffers['variance'].dtype}; scale the data, or use float64")
