@@ -55,14 +55,16 @@ class Normalization(PerFeatureLayer):
         total[...] = 0
         for start in range(0, len(x), rows):
             block = x[start:start + rows].astype(np.float64) - mean
-            total += (block * block).sum(axis=self.reduce, keepdims=True)
+            with np.errstate(over="ignore"):  # an overflow is named below
+                total += (block * block).sum(axis=self.reduce, keepdims=True)
         mean, variance = mean.reshape(-1), (total / count).reshape(-1)
         if not np.isfinite(mean).all():
             raise ValueError(f"{self.name}: the inputs hold a value that is not a finite number")
         big = np.flatnonzero(~(variance <= np.finfo(self.buffers["variance"].dtype).max))
         if len(big):  # stored as inf, its scale would be 0: the feature silently dropped
+            dtype = self.buffers["variance"].dtype
             raise ValueError(f"{self.name}: the variance of feature {big[0]} ({variance[big[0]]:.3g}) overflows "
-                             f"{self.buffers['variance'].dtype}; scale the data, or use float64")
+                             f"{dtype}; scale the data{', or use float64' if dtype != np.float64 else ''}")
         self.buffers["mean"][...] = mean
         self.buffers["variance"][...] = variance
 
