@@ -52,6 +52,22 @@ def _find_bad_cell(value: list, path: str) -> dict[str, str]:
     return walk(value, 0, path) or {"path": path, "message": "must be a nested list of numbers"}
 
 
+def _body_has_booleans() -> bool:
+    """Whether this request's JSON body has a true or false anywhere (schemas.read_json_body
+    notes it): only then are number arrays searched for one."""
+    from flask import g, has_request_context
+
+    return not has_request_context() or g.get("json_booleans", True)
+
+
+def _holds_bool(value: list) -> bool:
+    """np.array([1.5, True]) is [1.5, 1.0]: a boolean among numbers would be read as 1 or 0, where
+    a list of booleans alone is refused."""
+    if value and isinstance(value[0], list):
+        return any(_holds_bool(row) for row in value)
+    return any(type(v) is bool for v in value)
+
+
 def numeric_array(value: Any, path: str, min_ndim: int = 1) -> np.ndarray:
     """A rectangular float64 array from nested JSON lists; 422 naming the offending cell."""
     if not isinstance(value, list) or not value:
@@ -60,7 +76,7 @@ def numeric_array(value: Any, path: str, min_ndim: int = 1) -> np.ndarray:
         arr = np.array(value)
     except ValueError:  # inhomogeneous shape
         raise validation_error([_find_bad_cell(value, path)]) from None
-    if arr.dtype.kind not in "iuf" or arr.ndim < min_ndim:
+    if arr.dtype.kind not in "iuf" or arr.ndim < min_ndim or (_body_has_booleans() and _holds_bool(value)):
         raise validation_error([_find_bad_cell(value, path)])
     arr = arr.astype(np.float64, copy=False)
     check_finite(arr, path)

@@ -374,7 +374,7 @@ def read_json_body() -> Any:
     used."""
     import json
 
-    from flask import request
+    from flask import g, request
 
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type",
@@ -411,10 +411,12 @@ def read_json_body() -> Any:
     encoding = json.detect_encoding(raw)
     if encoding.startswith("utf-8"):
         has_nul, maybe_surrogate = _NUL_ESCAPE_BYTES.search(raw), _may_hold_lone_surrogate(raw)
+        g.json_booleans = b"true" in raw or b"false" in raw  # see datasets.numeric_array
     else:
         # decoded as json.loads did: a lone surrogate in a UTF-16 body made the strict decode a 500
         text = raw.decode(encoding, "surrogatepass")
         has_nul, maybe_surrogate = _NUL_ESCAPE.search(text), _SURROGATE_TEXT.search(text)
+        g.json_booleans = "true" in text or "false" in text
     if has_nul:
         path = _nul_path(doc)
         raise validation_error([{"path": path, "message": "must not contain NUL characters (\\u0000)"}])

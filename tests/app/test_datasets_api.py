@@ -371,6 +371,25 @@ def test_csv_validation_names_line_and_column(client, sessions, case, text, targ
         assert body["detail"] == "line 7, column 'sepal_width': 'abc' is not a number"
 
 
+def test_a_boolean_among_numbers_is_refused_as_a_list_of_booleans_is(client, sessions):
+    """np.array([1, True]) is [1, 1]: [[1, true], [0, false]] was stored as numbers, targets
+    [0, 1, true] as two samples of class 1, and predict answered for a row holding true."""
+    x = np.arange(6.0).reshape(3, 2).tolist()
+    assert_422(client.post("/v1/datasets", json={"features": [[1, True], [0, False], [2, 3]], "targets": [0, 1, 0]}),
+               "features[0][1]", "must be a number, got bool True")
+    assert_422(client.post("/v1/datasets", json={"features": x, "targets": [0, 1, True]}),
+               "targets[2]", "got bool True")
+    assert count_datasets(sessions) == 0
+    job = {**job_on("x"), "training": {"epochs": 1, "shuffle": True}}  # a boolean elsewhere in the body
+    del job["dataset_id"]
+    x4, y4 = iris()
+    resp = client.post("/v1/jobs", json={**job, "dataset": {"features": x4.tolist(), "targets": y4.tolist()}})
+    assert resp.status_code == 202, resp.get_json()
+    run_job(sessions, resp.get_json()["id"])
+    assert_422(client.post(f"/v1/jobs/{resp.get_json()['id']}/predict", json={"inputs": [[5.1, True, 1.4, 0.2]]}),
+               "inputs[0][1]", "got bool True")
+
+
 def test_an_empty_class_label_is_a_missing_value_in_json_and_numpy_too(client, sessions):
     """An empty CSV target is refused as a missing value; JSON's "" and a .npz's were stored as
     a class named ""."""
