@@ -24,6 +24,12 @@ class ApiError(Exception):
         self.errors, self.headers, self.extra = errors, headers or {}, extra
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception for a log line: a database error's message without the statement and
+    parameters SQLAlchemy appends on the lines after it."""
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+
+
 def error_path(loc: tuple[Any, ...]) -> str:
     """Pydantic's location as the API writes every other path: model.layers[2].units."""
     path = ""
@@ -78,7 +84,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(exc: OperationalError):
-        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        log.warning("database unavailable: %s", first_line(exc))
         return problem(503, "database_unavailable", TITLES[503],
                        "the database does not answer; try again shortly", headers={"Retry-After": "5"})
 

@@ -22,7 +22,7 @@ from core.db.models import utcnow
 from core.idempotency import expired_before
 
 from .auth import current_tenant
-from .errors import ApiError
+from .errors import ApiError, first_line
 
 PENDING = 0  # the status_code of a key whose first request is still being answered
 log = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ def _record(sessions, tenant: str, key: str, stamp, resp) -> None:
             return
         except OperationalError as exc:
             if wait is None:
-                log.warning("the answer for Idempotency-Key %r could not be kept: %s", key,
-                            str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+                log.warning("the answer for Idempotency-Key %r could not be kept: %s", key, first_line(exc))
                 return
             time.sleep(wait)
 

@@ -53,7 +53,7 @@ from .datasets import (
     numeric_array,
     parse_targets,
 )
-from .errors import ApiError, validation_error
+from .errors import ApiError, first_line, validation_error
 from .idempotency import idempotent
 from .limits import (
     check_active_jobs,
@@ -186,8 +186,7 @@ def enqueue(job_id: str) -> None:
         with ext()["sessions"].begin() as session:
             session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
     except Exception as exc:  # noqa: BLE001 - sent all the same; the reconciler may send it again
-        log.warning("job %s queued, but its sending could not be recorded: %s", job_id,
-                    str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        log.warning("job %s queued, but its sending could not be recorded: %s", job_id, first_line(exc))
         return
     log.info("job %s queued", job_id)
 
