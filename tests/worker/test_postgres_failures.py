@@ -62,7 +62,6 @@ def test_a_job_row_locked_by_a_frozen_worker_holds_neither_the_reconciler_nor_a_
     worker's reconciler waited on that row for good, so no other lost job was taken over, and a
     cancel of it hung. The reconciler skips a locked row for the round, the API waits at most
     its lock timeout (then 503, try again), and the server ends a transaction idle for a minute."""
-    import threading
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -71,6 +70,7 @@ def test_a_job_row_locked_by_a_frozen_worker_holds_neither_the_reconciler_nor_a_
     from app import create_app
     from core.db import Job, JobStatus
     from core.db.models import utcnow
+    from tests.app.test_dependencies_down import timed
     from worker.reconciler import reconcile
 
     client, sessions = pg_app.test_client(), pg_app.extensions["backprop"]["sessions"]
@@ -90,22 +90,13 @@ def test_a_job_row_locked_by_a_frozen_worker_holds_neither_the_reconciler_nor_a_
     holder = engine.connect()
     holder.exec_driver_sql("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (frozen,))  # and stays idle
     try:
-        sent: list[list[str]] = []
-        thread = threading.Thread(target=lambda: sent.append(reconcile(sessions, ext["celery"], ext["settings"])),
-                                  daemon=True)
-        thread.start()
-        thread.join(30)
-        assert sent == [[lost]], "the reconciler waited on the locked row"
+        sent, _ = timed(lambda: reconcile(sessions, ext["celery"], ext["settings"]), limit=30)
+        assert sent == [lost], "the reconciler waited on the locked row"
 
         monkeypatch.setattr(app_module, "API_LOCK_TIMEOUT_SECONDS", 0.5)
         quick = create_app(ext["settings"])
-        answers: list = []
-        thread = threading.Thread(target=lambda: answers.append(quick.test_client().post(f"/v1/jobs/{frozen}/cancel")),
-                                  daemon=True)
-        thread.start()
-        thread.join(30)
-        assert answers, "the cancel waited on the locked row"
-        assert answers[0].status_code == 503 and answers[0].headers["Retry-After"], answers[0].get_json()
+        answer, _ = timed(lambda: quick.test_client().post(f"/v1/jobs/{frozen}/cancel"), limit=30)
+        assert answer.status_code == 503 and answer.headers["Retry-After"], answer.get_json()
         quick.extensions["backprop"]["engine"].dispose()
     finally:
         holder.rollback()
