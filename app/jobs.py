@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, NoResultFound
 from sqlalchemy.orm import defer, object_session
 from sqlalchemy.orm.exc import ObjectDeletedError
 
-from core.db import Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel, WeightArray
+from core.db import JOB_UPDATE_LOCK, Dataset, EpochRecord, Job, JobStatus, ModelVersion, RegisteredModel, WeightArray
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.nn import Network, SpecError, Trainer, check_training_spec
@@ -149,13 +149,15 @@ def job_json(job: Job, recent: dict[str, float] | None = None) -> dict[str, Any]
     }
 
 
-def load_job(session, job_id: str, lock: Literal["update", "share"] | None = None) -> Job:
+JOB_LOCKS = {"update": JOB_UPDATE_LOCK, "delete": True, "share": {"read": True}}
+
+
+def load_job(session, job_id: str, lock: Literal["update", "delete", "share"] | None = None) -> Job:
     """The caller's job; another tenant's looks exactly like a missing one. With `lock` it is read
-    under a row lock (FOR UPDATE or FOR SHARE) in the same statement, so that a request racing a
-    delete of it finds it gone (404) rather than locking a row that no longer exists."""
+    under a row lock (FOR NO KEY UPDATE, FOR UPDATE or FOR SHARE) in the same statement, so that a
+    request racing a delete of it finds it gone (404) rather than locking a row that no longer exists."""
     if lock:
-        job = session.get(Job, job_id, populate_existing=True,
-                          with_for_update={"read": True} if lock == "share" else True)
+        job = session.get(Job, job_id, populate_existing=True, with_for_update=JOB_LOCKS[lock])
     else:
         job = session.get(Job, job_id)
     if job is None or job.tenant != current_tenant():
@@ -486,7 +488,7 @@ def delete_job(job_id: str):
     with ext()["sessions"].begin() as session:
         # lock the row, so a model registration or a retry cannot slip in between the checks and
         # the delete
-        job = load_job(session, job_id, lock="update")
+        job = load_job(session, job_id, lock="delete")
         if job.status not in JobStatus.TERMINAL:
             raise ApiError(409, "job_active", f"job {job_id} is {job.status}; cancel it first",
                            job_status=job.status)

@@ -132,13 +132,20 @@ def forget_epochs_after(session: Session, job: Job, epoch: int) -> None:
     job.metrics_epoch = epoch if job.metrics is not None else None
 
 
+def latest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    """The job's checkpoint: one is committed at a time (see Checkpoint); the order only makes
+    that explicit."""
+    return session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)
+                           .order_by(Checkpoint.epoch.desc(), Checkpoint.attempt.desc()).limit(1)).first()
+
+
 def cancel_between_attempts(session: Session, job: Job) -> None:
     """Cancel a job that no attempt is running (queued, or claimed with a cancel already asked
     for). It keeps exactly what its checkpoint holds: those weights, the epochs up to it and that
     epoch's metrics. Epochs after the checkpoint, or all of them without one, have no stored
     weights (the next attempt would have trained them again), so they go too: status, history,
     metrics and weights always describe the same epoch."""
-    checkpoint = session.get(Checkpoint, job.id)
+    checkpoint = latest_checkpoint(session, job.id)
     if checkpoint is not None:
         arrays, _ = arrays_from_npz(checkpoint.data)
         save_weights(session, job.id, weights_in_state(arrays))

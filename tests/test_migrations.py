@@ -125,17 +125,40 @@ def test_upgrading_a_filled_database_keeps_every_row(tmp_path, backend, request)
                                 metrics = '{"loss": 0.5}' WHERE id = 'j1'""")
         conn.exec_driver_sql("""UPDATE jobs SET epochs_done = 3, metrics = '{"loss": 0.1}' WHERE id = 'j2'""")
     engine.dispose()
+    command.upgrade(cfg, "0006")
+    engine = make_engine(url)
+    checkpoint = ("INSERT INTO checkpoints (job_id, epoch, attempt, created_at, data) "
+                  "VALUES ('j2', {}, {}, '2026-01-01', '')")
+    with engine.begin() as conn:  # j2 is running: a checkpoint at epoch 2
+        conn.exec_driver_sql(checkpoint.format(2, 1))
+    engine.dispose()
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with engine.connect() as conn:
         counts = {name: conn.scalar(select(func.count()).select_from(tables[name]))
                   for name in ("datasets", "jobs", "epochs", "weights")}
+        counts["checkpoints"] = conn.exec_driver_sql("SELECT count(*) FROM checkpoints").scalar()
         jobs = MetaData()
         jobs.reflect(conn, only=["jobs"])
         t = jobs.tables["jobs"]
         lineage = dict(conn.execute(select(t.c.id, t.c.fine_tuned_from)).all())
         metrics_epoch = dict(conn.execute(select(t.c.id, t.c.metrics_epoch)).all())
     engine.dispose()
-    assert counts == {"datasets": 1, "jobs": 2, "epochs": 2, "weights": 1}
+    assert counts == {"datasets": 1, "jobs": 2, "epochs": 2, "weights": 1, "checkpoints": 1}
     assert lineage == {"j1": None, "j2": "j1"}  # 0004 keeps the parent of a fine-tune
     assert metrics_epoch == {"j1": 1, "j2": 3}  # 0005: the epoch the metrics come from
+
+
+    # 0007 keys checkpoints by attempt and epoch; going back to one per job keeps the latest
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(checkpoint.format(3, 2))
+        conn.exec_driver_sql(checkpoint.format(3, 1))
+    engine.dispose()
+    command.downgrade(cfg, "0006")
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        kept = conn.exec_driver_sql("SELECT job_id, epoch, attempt FROM checkpoints").all()
+    engine.dispose()
+    assert [tuple(r) for r in kept] == [("j2", 3, 2)]
+    command.upgrade(cfg, "head")

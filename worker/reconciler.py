@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.db import Job, JobStatus
+from core.db import JOB_UPDATE_LOCK, Job, JobStatus
 from core.db.models import utcnow
 from core.idempotency import purge_expired_keys
 from core.queue import enqueue_training
@@ -50,7 +50,8 @@ def reconcile(sessions: sessionmaker[Session], celery: Celery, settings: Setting
         # row locked by someone is skipped this round, not waited for: a worker frozen inside a
         # transaction on it held every reconciler, and so every other lost job, until it woke
         with sessions.begin() as session:
-            free = select(Job.id).where(Job.id == job_id).with_for_update(skip_locked=True).scalar_subquery()
+            free = (select(Job.id).where(Job.id == job_id)
+                    .with_for_update(skip_locked=True, **JOB_UPDATE_LOCK).scalar_subquery())
             taken = session.execute(update(Job).where(Job.id == free, lost, not_recently_sent)
                                     .values(enqueued_at=utcnow())).rowcount
         if not taken:

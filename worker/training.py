@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings, load_settings
-from core.db import Checkpoint, Dataset, EpochRecord, Job, JobStatus
+from core.db import JOB_UPDATE_LOCK, Checkpoint, Dataset, EpochRecord, Job, JobStatus
 from core.db.models import utcnow
 from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
@@ -34,6 +34,7 @@ from core.store import (
     cancel_between_attempts,
     dataset_arrays,
     forget_epochs_after,
+    latest_checkpoint,
     load_weights,
     metrics_of_epoch,
     save_weights,
@@ -72,11 +73,23 @@ class Attempt:
         self.cancel_requested = False  # seen on the job row by the last write
 
     @contextmanager
-    def write(self) -> Iterator[tuple[Session, Job]]:
+    def write(self, checkpoint: Checkpoint | None = None) -> Iterator[tuple[Session, Job]]:
+        """A transaction holding the job row, committed only if this attempt still owns the job.
+        A `checkpoint` is inserted before the row is locked: its blob can take seconds to write
+        (200 MB: 8 s here), during which a cancel or a heartbeat would otherwise wait. Its
+        foreign key check only takes a KEY SHARE lock, which no lock on a job row for an update
+        (FOR NO KEY UPDATE) waits for; a superseded attempt's rolls back with the fence."""
         with self.sessions.begin() as session:
-            job = session.get(Job, self.job_id, with_for_update=True, populate_existing=True)
+            if checkpoint is not None:
+                session.add(checkpoint)
+                session.flush()
+            job = session.get(Job, self.job_id, with_for_update=JOB_UPDATE_LOCK, populate_existing=True)
             if job is None or job.attempts != self.number or job.status not in JobStatus.CLAIMED:
                 raise Superseded(self.job_id)
+            if checkpoint is not None:  # under the lock, so that a job has one checkpoint at a time
+                session.execute(delete(Checkpoint).where(
+                    Checkpoint.job_id == job.id,
+                    (Checkpoint.attempt != checkpoint.attempt) | (Checkpoint.epoch != checkpoint.epoch)))
             self.cancel_requested = job.cancel_requested
             yield session, job
 
@@ -156,7 +169,8 @@ class EpochWriter:
         now = time.monotonic()
         if record["duration"] > LONG_EPOCH_SECONDS or now - self.last_checkpoint >= self.settings.checkpoint_seconds:
             meta, arrays = trainer.state(history=False)
-            self.flush(checkpoint=(record["epoch"], arrays_to_npz(arrays, meta)))
+            self.flush(Checkpoint(job_id=self.attempt.job_id, epoch=record["epoch"], attempt=self.attempt.number,
+                                  created_at=utcnow(), data=arrays_to_npz(arrays, meta)))
         elif now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
 
@@ -167,16 +181,10 @@ class EpochWriter:
             return self.net.weights_of(self.last_snapshot)
         return self.restored_weights
 
-    def flush(self, checkpoint: tuple[int, bytes] | None = None) -> None:
+    def flush(self, checkpoint: Checkpoint | None = None) -> None:
         if self.pending or checkpoint:
-            with self.attempt.write() as (session, job):
+            with self.attempt.write(checkpoint) as (session, job):
                 add_epochs(session, job, self.pending)
-                if checkpoint is not None:
-                    epoch, blob = checkpoint
-                    # replaced without loading the previous blob
-                    session.execute(delete(Checkpoint).where(Checkpoint.job_id == job.id))
-                    session.add(Checkpoint(job_id=job.id, epoch=epoch, attempt=self.attempt.number,
-                                           created_at=utcnow(), data=blob))
             self.pending = []
             if checkpoint is not None:
                 self.last_checkpoint = time.monotonic()
@@ -191,7 +199,7 @@ def _heartbeat_fresh(job: Job, settings: Settings) -> bool:
 
 def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: Settings) -> Claim | None:
     with sessions.begin() as session:
-        job = session.get(Job, job_id, with_for_update=True)
+        job = session.get(Job, job_id, with_for_update=JOB_UPDATE_LOCK)
         if job is None:
             log.warning("job %s does not exist; message dropped", job_id)
             return None
@@ -205,7 +213,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
             cancel_between_attempts(session, job)
             JOBS_FINISHED.labels(JobStatus.CANCELLED).inc()
             return None
-        checkpoint = session.get(Checkpoint, job_id)
+        checkpoint = latest_checkpoint(session, job_id)
         if job.attempts >= settings.max_attempts:
             job.status, job.finished_at, job.stop_reason = JobStatus.FAILED, utcnow(), "error"
             last = f"; the last attempt was {job.error}" if job.error else ""

@@ -2,6 +2,7 @@
 
 from .models import (
     DEFAULT_TENANT,
+    JOB_UPDATE_LOCK,
     ApiKey,
     Base,
     Checkpoint,
@@ -17,6 +18,6 @@ from .models import (
 )
 from .session import make_engine, make_sessionmaker
 
-__all__ = ["DEFAULT_TENANT", "ApiKey", "Base", "Checkpoint", "Dataset", "EpochRecord", "IdempotencyRecord",
-           "Job", "JobStatus", "ModelAlias", "ModelVersion", "RegisteredModel", "WeightArray", "make_engine",
-           "make_sessionmaker"]
+__all__ = ["DEFAULT_TENANT", "JOB_UPDATE_LOCK", "ApiKey", "Base", "Checkpoint", "Dataset", "EpochRecord",
+           "IdempotencyRecord", "Job", "JobStatus", "ModelAlias", "ModelVersion", "RegisteredModel", "WeightArray",
+           "make_engine", "make_sessionmaker"]

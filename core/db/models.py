@@ -94,6 +94,12 @@ class Dataset(Base):
     checksum: Mapped[str] = mapped_column(String(64))
 
 
+# How a job row is locked for an update that keeps its id: FOR NO KEY UPDATE on PostgreSQL,
+# which does not wait for the KEY SHARE lock taken by inserting a row that references the job
+# (a checkpoint blob, for seconds); FOR UPDATE would. A delete of the job locks FOR UPDATE.
+JOB_UPDATE_LOCK = {"key_share": True}
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -163,13 +169,15 @@ class WeightArray(Base):
 
 class Checkpoint(Base):
     """The latest resumable state of a running job (trainer state as .npz, no pickle), written
-    in the same transaction as the epochs it covers."""
+    in the same transaction as the epochs it covers. A job has one committed checkpoint; the key
+    holds the attempt and epoch so that the next one can be inserted before the job row is
+    locked (a large blob takes seconds to write) and the previous one deleted under that lock."""
 
     __tablename__ = "checkpoints"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer)
-    attempt: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 

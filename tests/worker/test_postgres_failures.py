@@ -102,3 +102,61 @@ def test_a_job_row_locked_by_a_frozen_worker_holds_neither_the_reconciler_nor_a_
         holder.rollback()
         holder.close()
     assert reconcile(sessions, ext["celery"], ext["settings"]) == [frozen]  # its turn, once free
+
+
+def test_a_checkpoint_being_written_holds_neither_a_cancel_nor_the_heartbeat(pg, pg_app, monkeypatch):
+    """A checkpoint was inserted under the job row's lock: a cancel and the heartbeat waited for
+    the whole blob (200 MB took 8 s here; past the API's lock wait the cancel was a 503). It is
+    inserted before the row is locked now, and the API's lock does not wait for the KEY SHARE
+    lock that the insert's foreign key check holds."""
+    import threading
+    import time
+
+    import app as app_module
+    from app import create_app
+    from core.db import Job
+    from core.store import latest_checkpoint
+    from tests.app.test_dependencies_down import timed
+
+    client, sessions, fast = pg
+    job_id = client.post("/v1/jobs", json=iris_job(epochs=3)).get_json()["id"]
+    # a blob that takes as long as the test wants: an INSERT into checkpoints waits, after its
+    # foreign key check (AFTER triggers fire in name order, RI_... first), on a lock held here
+    with sessions.begin() as s:
+        s.execute(text("""CREATE FUNCTION slow_blob() RETURNS trigger AS $$ BEGIN
+            PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$ LANGUAGE plpgsql"""))
+        s.execute(text("CREATE TRIGGER slow_blob AFTER INSERT ON checkpoints FOR EACH ROW "
+                       "EXECUTE FUNCTION slow_blob()"))
+    engine = pg_app.extensions["backprop"]["engine"]
+    holder = engine.connect()
+    holder.exec_driver_sql("SELECT pg_advisory_lock(4242)")
+    ended = []
+    worker = threading.Thread(target=lambda: ended.append(
+        run_job(sessions, job_id, settings=dataclasses.replace(fast, checkpoint_seconds=0.0))), daemon=True)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 30
+        with engine.connect() as watcher:  # until the checkpoint insert waits on the lock
+            while not watcher.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                                              ).scalar():
+                assert time.monotonic() < deadline and worker.is_alive(), "the checkpoint was never written"
+                time.sleep(0.05)
+        with sessions() as s:
+            beat = s.get(Job, job_id).heartbeat_at
+        monkeypatch.setattr(app_module, "API_LOCK_TIMEOUT_SECONDS", 2)
+        quick = create_app(pg_app.extensions["backprop"]["settings"])
+        answer, _ = timed(lambda: quick.test_client().post(f"/v1/jobs/{job_id}/cancel"), limit=30)
+        quick.extensions["backprop"]["engine"].dispose()
+        assert answer.status_code == 202 and answer.get_json()["status"] == "cancelling", answer.get_json()
+        time.sleep(0.3)  # fifteen heartbeats' time
+        with sessions() as s:
+            assert s.get(Job, job_id).heartbeat_at > beat, "the heartbeat waited for the checkpoint"
+    finally:
+        holder.exec_driver_sql("SELECT pg_advisory_unlock(4242)")
+        holder.close()
+        worker.join(30)
+    assert ended == [False]
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled" and job["progress"]["epoch"] == 1, job
+    with sessions() as s:
+        assert latest_checkpoint(s, job_id) is None  # dropped once the job ended

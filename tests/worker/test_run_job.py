@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from core.db import Checkpoint, EpochRecord, Job, WeightArray
 from core.db.models import utcnow
 from core.nn import Network, Trainer
-from core.store import dataset_arrays, load_weights
+from core.store import dataset_arrays, latest_checkpoint, load_weights
 from tests.data import iris_job
 from worker import training
 from worker.training import run_job
@@ -67,7 +67,7 @@ def test_redelivered_message_for_a_finished_job_does_nothing(client, sessions, f
     run_job(sessions, job_id, settings=fast)
     with sessions() as s:
         assert s.get(Job, job_id).attempts == 1
-        assert s.get(Checkpoint, job_id) is None  # dropped once the job ended
+        assert latest_checkpoint(s, job_id) is None  # dropped once the job ended
     assert epochs_of(sessions, job_id) == [1, 2, 3]
 
 
@@ -102,7 +102,9 @@ def test_crash_then_resume_from_checkpoint_matches_an_uninterrupted_run(client, 
     job_id = crashed_at_8(client, sessions, fast, monkeypatch, optimizer={"type": "adam", "learning_rate": 0.01})
     assert epochs_of(sessions, job_id) == list(range(1, 9))
     with sessions() as s:
-        assert s.get(Checkpoint, job_id).epoch == 5
+        assert latest_checkpoint(s, job_id).epoch == 5
+        # each checkpoint replaced the one before
+        assert s.scalar(select(func.count()).select_from(Checkpoint).where(Checkpoint.job_id == job_id)) == 1
         assert s.get(Job, job_id).status == "running"
 
     run_job(sessions, job_id, settings=fast)  # heartbeat is fresh: a duplicate, not a takeover
@@ -307,7 +309,7 @@ def test_a_job_handed_back_at_shutdown_is_queued_uncounted_and_resumes_exactly(c
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "queued" and job["attempts"] == 0 and job["worker"] is None
     with sessions() as s:
-        assert 0 < s.get(Checkpoint, job_id).epoch < 12
+        assert 0 < latest_checkpoint(s, job_id).epoch < 12
     assert run_job(sessions, job_id, settings=fast) is False
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["status"] == "succeeded" and job["attempts"] == 1
@@ -342,7 +344,7 @@ def assert_describes_epoch(client, sessions, job_id, epoch: int) -> None:
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["progress"]["epoch"] == epoch and epochs_of(sessions, job_id) == list(range(1, epoch + 1))
     with sessions() as s:
-        assert s.get(Checkpoint, job_id) is None
+        assert latest_checkpoint(s, job_id) is None
     weights = client.get(f"/v1/jobs/{job_id}/weights")
     if epoch == 0:
         assert job["metrics"] is None and job["metrics_epoch"] is None and weights.status_code == 409
@@ -414,7 +416,7 @@ def test_a_handed_back_job_cancelled_while_queued_keeps_its_checkpoint(client, s
     calls = []
     assert run_job(sessions, job_id, settings=fast, hand_back=lambda: calls.append(1) or len(calls) >= 30)
     with sessions() as s:
-        checkpoint = s.get(Checkpoint, job_id).epoch
+        checkpoint = latest_checkpoint(s, job_id).epoch
     resp = client.post(f"/v1/jobs/{job_id}/cancel")
     assert resp.status_code == 202 and resp.get_json()["status"] == "cancelled"
     assert_describes_epoch(client, sessions, job_id, checkpoint)
