@@ -189,8 +189,10 @@ class ActivatedLayer(Layer):
 ACTIVATION_FIELD = Field("choice", default="linear", choices=tuple(ACTIVATIONS))
 INITIALIZER_CHOICES = tuple(INITIALIZERS)
 REGULARIZER_FIELDS = {
-    "l1": Field("float", default=0.0, minimum=0, description="L1 penalty on the kernel"),
-    "l2": Field("float", default=0.0, minimum=0, description="L2 penalty on the kernel"),
+    "l1": Field("float", default=0.0, minimum=0, description="adds l1 * sum(|w|) over the kernel to the loss"),
+    "l2": Field("float", default=0.0, minimum=0,
+                description="adds l2 * sum(w^2) over the kernel to the loss (Keras; PyTorch's SGD weight_decay d "
+                            "is l2 = d / 2)"),
 }
 COMMON_FIELDS = {
     "type": Field("str"),
