@@ -38,6 +38,7 @@ from core.store import (
     dataset_targets,
     json_safe,
     load_weights,
+    output_classes,
     weight_layout,
     weight_shapes,
 )
@@ -280,8 +281,8 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
             # checked against the model's dtype, but stored as given (float64), as an upload is: a
             # later float64 job on this dataset_id must not train on float32-rounded values
             as_model_dtype(features, net.dtype, "dataset.features")
-            _check_same_classes(session, body.init_from, labels, "dataset.targets")
-            _check_training_fits(net, training, targets, labels, "dataset.targets")
+            output_labels = _fine_tuned_labels(session, body.init_from, labels, "dataset.targets")
+            _check_training_fits(net, training, targets, labels, "dataset.targets", output_labels)
             if net.classification and targets.ndim == 1:  # class indices or labels: as an upload's
                 check_class_count(targets, labels, "dataset.targets")
             names = body.dataset.feature_names
@@ -304,41 +305,47 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
                 as_model_dtype(features, net.dtype, "dataset_id", name="features")
             else:
                 targets = dataset_targets(session, ds.id)  # the features stay in the database
-            _check_same_classes(session, body.init_from, ds.class_labels, "dataset_id")
-            _check_training_fits(net, training, targets, ds.class_labels, "dataset_id")
+            output_labels = _fine_tuned_labels(session, body.init_from, ds.class_labels, "dataset_id")
+            _check_training_fits(net, training, targets, ds.class_labels, "dataset_id", output_labels)
         # last: its per-tenant lock is held to the commit, so that the tenant's submits take turns
         # for the count and insert only, not while each reads and stores its data (seconds)
         check_active_jobs(session, current_tenant())
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
-                  fine_tuned_from=body.init_from,
-                  freeze=body.freeze)
+                  fine_tuned_from=body.init_from, freeze=body.freeze, class_labels=output_labels)
         session.add(job)
         session.flush()
         return job.id, job_json(job)
 
 
-def _check_same_classes(session, init_from: str | None, labels: list[Any] | None, path: str) -> None:
-    """Labels are sorted per dataset, so output unit i is the i-th label of the parent's data
-    and of this job's: fine-tuning on other labels would make the parent's units answer for
-    other classes."""
+def _fine_tuned_labels(session, init_from: str | None, labels: list[Any] | None, path: str) -> list[Any] | None:
+    """The labels of a fine-tune's output units when they are not its data's: the parent's, of
+    which the data has only some (new samples of two classes of three). Output unit i answers
+    the parent's i-th label, so data with a class the parent did not learn is refused: the
+    parent's units would answer for other classes."""
     if init_from is None:
-        return
-    parent = session.scalar(select(Dataset.class_labels).join(Job, Job.dataset_id == Dataset.id)
-                            .where(Job.id == init_from))
-    if (parent is None) != (labels is None) or (parent is not None and list(parent) != list(labels)):
-        mine = "class indices or numbers" if labels is None else f"the classes {labels}"
+        return None
+    own, of_data = session.execute(select(Job.class_labels, Dataset.class_labels)
+                                   .join(Dataset, Job.dataset_id == Dataset.id).where(Job.id == init_from)).one()
+    parent = own if own is not None else of_data
+    unknown = [label for label in labels if label not in parent] if labels is not None and parent is not None else []
+    if (parent is None) != (labels is None) or unknown:
+        mine = "class indices or numbers" if labels is None else f"the classes {unknown}"
         theirs = "class indices or numbers" if parent is None else list(parent)
         raise validation_error([{"path": path, "message": f"has {mine}, but init_from job {init_from} "
                                                           f"learned {theirs}; its output units would answer for "
                                                           f"other classes"}])
+    return None if parent is None or list(parent) == list(labels) else list(parent)
 
 
 def _check_training_fits(net: Network, training: dict[str, Any], targets: np.ndarray,
-                         labels: list[Any] | None, path: str) -> None:
+                         labels: list[Any] | None, path: str, output_labels: list[Any] | None = None) -> None:
     """Everything the worker would otherwise only find out after the job was queued: targets
     that do not fit the output, class labels with a regression loss, a validation split that
-    leaves no validation samples, and monitors that name metrics this run will not record."""
+    leaves no validation samples, and monitors that name metrics this run will not record.
+    `output_labels`: the units' labels when they are not the data's (_fine_tuned_labels)."""
+    if output_labels is not None:  # the targets as the worker will train on them
+        targets, labels = output_classes(targets, labels, output_labels), output_labels
     if labels is not None and not net.classification:
         raise validation_error([{"path": path, "message": f"class labels need a classification loss, "
                                                           f"not {net.spec['loss']}"}])
@@ -471,7 +478,8 @@ def retry_job(job_id: str):
         check_training_cost(shapes_only(old.model_spec), samples, old.training_spec["batch_size"], old.total_epochs)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
-                  fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, retry_of=old.id, status=JobStatus.QUEUED)
+                  fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, class_labels=old.class_labels,
+                  retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
         session.flush()
         body = job_json(job)

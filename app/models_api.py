@@ -353,7 +353,8 @@ def _predict(name: str, pick) -> dict[str, Any]:
 
 
 PREDICT_NOTE = (" Send `{\"instances\": rows}` or `{\"inputs\": rows}`; the answer has `predictions` (classes in "
-                "the training data's own labels) and, for classifiers, `probabilities`. Rows of the wrong shape "
+                "the training data's own labels) and, for classifiers, `probabilities` and the `classes` they are "
+                "of. Rows of the wrong shape "
                 "or with non-finite numbers are a 422 saying what was expected and what came.")
 
 

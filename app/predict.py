@@ -96,7 +96,7 @@ class ModelCache:
         if dataset is None or not weights:  # deleted since the caller found it
             raise not_found("job", job.id)
         net = Network.from_weights(job.model_spec, weights, inference=True)  # no initialiser runs on a web thread
-        model = CachedModel(net, dataset.class_labels)
+        model = CachedModel(net, job.class_labels if job.class_labels is not None else dataset.class_labels)
         with self._lock:
             model = self._items.setdefault(job.id, model)  # a concurrent miss may have won
             self._items.move_to_end(job.id)
@@ -145,14 +145,16 @@ def predict(net: Network, rows: Any, class_labels: list[Any] | None, path: str,
     if loss in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
         idx = out.argmax(axis=-1)
         preds = idx.tolist() if class_labels is None else np.asarray(class_labels, dtype=object)[idx].tolist()
-        return {"predictions": preds, "probabilities": out.tolist()}
+        classes = class_labels if class_labels is not None else list(range(net.class_count))
+        return {"predictions": preds, "probabilities": out.tolist(), "classes": classes}
     if loss == "binary_crossentropy":
         labels = (out > 0.5).astype(int)
         if out.shape[1:] == (1,):
             labels, probs = labels[:, 0], out[:, 0]
             if class_labels is not None:
                 labels = np.asarray(class_labels, dtype=object)[labels]
-            return {"predictions": labels.tolist(), "probabilities": probs.tolist()}
+            return {"predictions": labels.tolist(), "probabilities": probs.tolist(),
+                    "classes": class_labels if class_labels is not None else [0, 1]}
         return {"predictions": labels.tolist(), "probabilities": out.tolist()}
     preds = out[:, 0] if out.shape[1:] == (1,) else out
     return {"predictions": preds.tolist()}

@@ -243,6 +243,9 @@ class WeightsQuery(Strict):
 class PredictOut(BaseModel):
     predictions: list[Any]
     probabilities: list[Any] | None = None
+    classes: list[Any] | None = Field(default=None, description="a classifier's classes: of each probability "
+                                      "column (softmax), or the two of a one-unit sigmoid output, whose "
+                                      "probability is the second's")
     job_id: str | None = None
     model: str | None = None
     version: int | None = None

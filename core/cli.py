@@ -675,7 +675,7 @@ def _json_rows(path: Path, dataset) -> list:
 def predict(client: Client, job_id: str, input_path: Path, output: Path | None, as_json: bool,
             header_row: bool | None) -> None:
     """Predict with a finished job's weights (succeeded, or cancelled after an epoch); one prediction a line."""
-    # the job's training data, fetched only when needed: its feature names and class labels
+    # the job's training data, fetched only when needed: its feature names
     dataset = functools.cache(lambda: client.get_dataset(client.get_job(job_id).dataset_id))
     if input_path.suffix.lower() == ".json":
         rows = _json_rows(input_path, dataset)
@@ -687,7 +687,7 @@ def predict(client: Client, job_id: str, input_path: Path, output: Path | None, 
             output.write_text(json.dumps({"predictions": result.predictions,
                                           "probabilities": result.probabilities}, indent=1))
         else:
-            _write_predictions_csv(output, result, dataset().class_labels)
+            _write_predictions_csv(output, result)
         click.echo(f"wrote {len(result.predictions)} predictions to {output}")
         return
     if as_json:
@@ -697,11 +697,11 @@ def predict(client: Client, job_id: str, input_path: Path, output: Path | None, 
         click.echo(p if isinstance(p, str) else json.dumps(p))
 
 
-def _write_predictions_csv(path: Path, result, labels: list | None) -> None:
+def _write_predictions_csv(path: Path, result) -> None:
     """A `prediction` column, then the probabilities: one column per class (named by its
     label when the targets were labels), or for a binary output one, named after the class it
     is the probability of (`probability_1`, or the second label)."""
-    probs = result.probabilities
+    probs, labels = result.probabilities, result.classes
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         width = len(probs[0]) if probs and isinstance(probs[0], list) else (1 if probs else 0)

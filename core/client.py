@@ -164,12 +164,13 @@ class Prediction:
     predictions: list[Any]
     probabilities: list[Any] | None = None
     job_id: str | None = None
+    classes: list[Any] | None = None  # of each probability column; a one-unit sigmoid's: both, the second's given
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Prediction:
         return cls(predictions=d["predictions"], probabilities=d.get("probabilities"), job_id=d.get("job_id"),
-                   raw=d)
+                   classes=d.get("classes"), raw=d)
 
 
 # --- Server-Sent Events -----------------------------------------------------------------------

@@ -62,6 +62,14 @@ def dataset_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def output_classes(targets: np.ndarray, dataset_labels: list[Any], output_labels: list[Any]) -> np.ndarray:
+    """A dataset's class indices (into its own sorted labels) as indices into `output_labels`,
+    which hold them all: the data of a fine-tune on some of its parent's classes, for the
+    parent's output units."""
+    unit = {label: i for i, label in enumerate(output_labels)}
+    return np.asarray([unit[label] for label in dataset_labels], dtype=targets.dtype)[targets]
+
+
 def dataset_targets(session: Session, dataset_id: str) -> np.ndarray:
     """Only the targets of a dataset, without loading its features."""
     row = session.execute(select(Dataset.n_samples, Dataset.target_shape, Dataset.target_dtype, Dataset.targets)

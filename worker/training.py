@@ -37,6 +37,7 @@ from core.store import (
     latest_checkpoint,
     load_weights,
     metrics_of_epoch,
+    output_classes,
     save_weights,
 )
 
@@ -61,6 +62,7 @@ class Claim:
     dataset_id: str
     init_from: str | None
     freeze: list[str] | None
+    class_labels: list[Any] | None  # the output units' labels, where they are not the dataset's
     checkpoint: bytes | None
     trained_seconds: float  # by the epochs kept from earlier attempts: the time limit's share used
 
@@ -235,6 +237,7 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         # committed before the data is read, so that a worker killed while reading it (a large
         # dataset, out of memory) has still used up an attempt, and BACKPROP_MAX_ATTEMPTS ends it
         return Claim(job.attempts, job.model_spec, job.training_spec, job.dataset_id, job.init_from, job.freeze,
+                     job.class_labels,
                      checkpoint.data if checkpoint is not None else None, float(trained))
 
 
@@ -242,7 +245,10 @@ def _load(sessions: sessionmaker[Session], claim: Claim) -> tuple[Any, Any, dict
     """The claimed job's data, and the weights fine-tuning starts from (None when it resumes
     from a checkpoint, which holds its own)."""
     with sessions() as session:
-        x, y = dataset_arrays(session.get(Dataset, claim.dataset_id))
+        ds = session.get(Dataset, claim.dataset_id)
+        x, y = dataset_arrays(ds)
+        if claim.class_labels is not None:  # a fine-tune on some of its parent's classes
+            y = output_classes(y, ds.class_labels, claim.class_labels)
         if not claim.init_from or claim.checkpoint is not None:
             return x, y, None
         start = load_weights(session, claim.init_from)

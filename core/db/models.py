@@ -133,6 +133,9 @@ class Job(Base):
     init_from: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True,
                                                   index=True)
     freeze: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # the label each output unit answers, where it is not the dataset's: a fine-tune on some of
+    # its parent's classes keeps the parent's units and labels (see core.store.output_classes)
+    class_labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     # init_from as submitted: kept when that job is deleted (init_from is then cleared), so that
     # a retry is never a fine-tune silently started from random weights
     fine_tuned_from: Mapped[str | None] = mapped_column(String(32), nullable=True)

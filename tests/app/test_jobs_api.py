@@ -440,19 +440,42 @@ def test_numbers_given_as_class_labels_are_told_to_come_as_strings(client):
     assert submit(client, body).status_code == 202
 
 
-def test_fine_tuning_on_fewer_classes_names_the_parents_labels(client, sessions):
-    labels = ["setosa", "versicolor", "virginica"]
-    body = iris_job(epochs=2)
-    body["dataset"]["targets"] = [labels[t] for t in body["dataset"]["targets"]]
-    parent = trained_job(client, sessions, body)
-    child = iris_job(epochs=1)
-    keep = [i for i, t in enumerate(child["dataset"]["targets"]) if t != 1]
-    child["dataset"]["features"] = [child["dataset"]["features"][i] for i in keep]
-    child["dataset"]["targets"] = [labels[child["dataset"]["targets"][i]] for i in keep]
+def test_fine_tuning_on_some_of_the_parents_classes_trains_its_units_for_them(client, sessions):
+    """New samples of two of the parent's three classes were refused (a dataset's labels are
+    sorted on their own, so virginica would have been index 1, the parent's versicolor unit).
+    They now train the parent's units for their classes, and predict answers with all three
+    of the parent's labels, in the parent's order."""
+    parent = trained_job(client, sessions, labelled_iris_job(epochs=40))
+    child = labelled_iris_job(keep=("setosa", "virginica"), epochs=40)
     resp = submit(client, {**child, "init_from": parent})
+    assert resp.status_code == 202, resp.get_json()
+    run_job(sessions, resp.get_json()["id"])
+    virginica = [row for row, t in zip(child["dataset"]["features"], child["dataset"]["targets"], strict=True)
+                 if t == "virginica"]
+    answer = client.post(f"/v1/jobs/{resp.get_json()['id']}/predict", json={"inputs": virginica}).get_json()
+    assert answer["classes"] == ["setosa", "versicolor", "virginica"], answer
+    assert answer["predictions"].count("virginica") >= 0.9 * len(virginica), answer["predictions"]
+    assert client.get(f"/v1/jobs/{resp.get_json()['id']}").get_json()["metrics"]["accuracy"] > 0.9
+
+    # an uploaded dataset, and a retry of the fine-tune, do the same
+    ds = client.post("/v1/datasets", json=child["dataset"]).get_json()["id"]
+    again = submit(client, {**child, "dataset": None, "dataset_id": ds, "init_from": parent,
+                            "training": {**child["training"], "epochs": 1}})
+    assert again.status_code == 202, again.get_json()
+    client.post(f"/v1/jobs/{again.get_json()['id']}/cancel")
+    retried = client.post(f"/v1/jobs/{again.get_json()['id']}/retry")
+    assert retried.status_code == 202, retried.get_json()
+    run_job(sessions, retried.get_json()["id"])
+    answer = client.post(f"/v1/jobs/{retried.get_json()['id']}/predict", json={"inputs": virginica}).get_json()
+    assert answer["classes"] == ["setosa", "versicolor", "virginica"], answer
+
+    # a class the parent never learned is refused, naming it
+    other = labelled_iris_job(keep=("setosa", "virginica"), epochs=1)
+    other["dataset"]["targets"] = [t.replace("virginica", "virginia") for t in other["dataset"]["targets"]]
+    resp = submit(client, {**other, "init_from": parent})
     assert resp.status_code == 422
     message = resp.get_json()["errors"][0]["message"]
-    assert "'versicolor'" in message and f"init_from job {parent}" in message, message
+    assert message.startswith("has the classes ['virginia'], but init_from job"), message
 
 
 def test_a_normalization_layer_lets_predict_take_raw_features(client, sessions):

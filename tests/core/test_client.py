@@ -338,7 +338,8 @@ def test_a_binary_predictions_csv_names_the_class_its_probability_is_of(tmp_path
 
     out = tmp_path / "p.csv"
     first, second = labels or [0, 1]
-    _write_predictions_csv(out, Prediction(predictions=[first, second], probabilities=[0.2, 0.9]), labels)
+    _write_predictions_csv(out, Prediction(predictions=[first, second], probabilities=[0.2, 0.9],
+                                           classes=labels or [0, 1]))
     with out.open() as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["prediction", column]
@@ -695,7 +696,7 @@ def test_labels_a_spreadsheet_would_run_are_written_as_text(tmp_path):
 
     labels = ["=cmd|' /C calc'!A1", "@SUM(A1)", "-1", "+ok", "plain"]
     out = tmp_path / "p.csv"
-    _write_predictions_csv(out, Prediction(predictions=labels + [-0.5], probabilities=None), None)
+    _write_predictions_csv(out, Prediction(predictions=labels + [-0.5], probabilities=None))
     with out.open() as f:
         cells = [row[0] for row in csv.reader(f)][1:]
     assert cells == ["'=cmd|' /C calc'!A1", "'@SUM(A1)", "-1", "'+ok", "plain", "-0.5"]
