@@ -60,9 +60,11 @@ from .limits import (
     check_active_jobs,
     check_dataset_limits,
     check_dataset_storage,
+    check_job_storage,
     check_parameter_count,
     check_spec_limits,
     check_training_cost,
+    job_storage_bytes,
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
@@ -310,9 +312,12 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         # last: its per-tenant lock is held to the commit, so that the tenant's submits take turns
         # for the count and insert only, not while each reads and stores its data (seconds)
         check_active_jobs(session, current_tenant())
+        storage = job_storage_bytes(net, training["epochs"])
+        check_job_storage(session, current_tenant(), storage)
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
-                  fine_tuned_from=body.init_from, freeze=body.freeze, class_labels=output_labels)
+                  fine_tuned_from=body.init_from, freeze=body.freeze, class_labels=output_labels,
+                  storage_bytes=storage)
         session.add(job)
         session.flush()
         return job.id, job_json(job)
@@ -475,11 +480,14 @@ def retry_job(job_id: str):
         # what a submit of it would meet now: it may have run out of memory, or been accepted
         # before a limit was lowered or added
         samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
-        check_training_cost(shapes_only(old.model_spec), samples, old.training_spec["batch_size"], old.total_epochs)
+        net = shapes_only(old.model_spec)
+        check_training_cost(net, samples, old.training_spec["batch_size"], old.total_epochs)
+        storage = job_storage_bytes(net, old.total_epochs)
+        check_job_storage(session, old.tenant, storage)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, class_labels=old.class_labels,
-                  retry_of=old.id, status=JobStatus.QUEUED)
+                  storage_bytes=storage, retry_of=old.id, status=JobStatus.QUEUED)
         session.add(job)
         session.flush()
         body = job_json(job)

@@ -102,6 +102,7 @@ class Settings:
     max_predict_compute: float = _float("MAX_PREDICT_COMPUTE", "2e10")
     max_active_jobs: int = _int("MAX_ACTIVE_JOBS", "20")
     max_tenant_dataset_bytes: int = _int("MAX_TENANT_DATASET_BYTES", str(10 << 30))  # 10 GiB
+    max_tenant_job_bytes: int = _int("MAX_TENANT_JOB_BYTES", str(10 << 30))  # weights and histories, projected
     rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "1200 per minute"))
     # on | off | auto (auto: off only for the embedded default bound to a loopback address)
     auth: str = field(default_factory=lambda: _env("AUTH", "auto"))

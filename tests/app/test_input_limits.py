@@ -11,11 +11,13 @@ import json
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 
 import app.datasets
 import app.datasets_api
 import app.jobs
 from app import create_app
+from core.db import WeightArray
 from tests.data import iris, iris_job
 
 PROBLEM = "application/problem+json"
@@ -375,6 +377,37 @@ def test_a_tenants_datasets_stay_within_their_storage_limit(limited):
         assert f"already hold {2 * one}" in resp.get_json()["detail"]
     assert client.delete(f"/v1/datasets/{first}").status_code == 204
     assert client.post("/v1/datasets", json=data).status_code == 201
+
+
+def test_a_tenants_jobs_stay_within_their_storage_limit(limited):
+    """A 35 KB body (one sample, one epoch, ten million float64 weights) stored 80 MB of weights,
+    and a job's epoch history grows with its epochs and layers: with twenty jobs at a time and
+    every finished one kept, a tenant grew the database shared by all without end. Each job now
+    counts what it may store, from its submission; deleting finished jobs makes room again."""
+    from app.limits import EPOCH_ROW_BYTES, NORM_ENTRY_BYTES
+    from worker.training import run_job
+
+    big = {"model": {"input_shape": [1000], "loss": "mse", "dtype": "float64",
+                     "layers": [{"type": "dense", "units": 1000}]},
+           "training": {"epochs": 3, "batch_size": 1},
+           "dataset": {"features": [[0.0] * 1000], "targets": [[0.0] * 1000]}}
+    one = (1000 * 1000 + 1000) * 8 + 3 * (EPOCH_ROW_BYTES + 2 * (len("dense_0") + NORM_ENTRY_BYTES))
+    application = limited(max_tenant_job_bytes=2 * one + 10)
+    client, sessions = application.test_client(), application.extensions["backprop"]["sessions"]
+    first = client.post("/v1/jobs", json=big).get_json()["id"]
+    second = client.post("/v1/jobs", json=big)
+    assert second.status_code == 202, second.get_json()
+    assert client.post(f"/v1/jobs/{second.get_json()['id']}/cancel").status_code == 202  # still counted
+    for resp in (client.post("/v1/jobs", json=big), client.post(f"/v1/jobs/{second.get_json()['id']}/retry")):
+        assert resp.status_code == 409 and resp.get_json()["code"] == "job_storage_full", resp.get_json()
+        assert f"may store {one} bytes" in resp.get_json()["detail"]
+        assert f"already may hold {2 * one}" in resp.get_json()["detail"]
+    run_job(sessions, first)
+    with sessions() as s:  # the bound holds what the job stored
+        weights = s.scalar(select(func.sum(func.length(WeightArray.data))).where(WeightArray.job_id == first))
+        assert 0 < weights <= one
+    assert client.delete(f"/v1/jobs/{first}").status_code == 204
+    assert client.post("/v1/jobs", json=big).status_code == 202
 
 
 def test_the_dataset_storage_limit_counts_bytes_on_postgres(migrated, postgres_url):
