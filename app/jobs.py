@@ -568,24 +568,29 @@ def evenly_spaced(epochs: list[int], points: int) -> list[int]:
 
 
 VANISHING_RATIO = 1e-3
-EXPLODING_GROWTH = 100  # a norm this many times its first epoch's has exploded, whatever its scale
+EXPLODING_GROWTH = 100  # a norm this many times the run's largest first-epoch norm has exploded
 LARGE_NORM = 1e3
+RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "softplus")
+SATURATING = ("sigmoid", "tanh")
 
 
 @dataclass
 class GradientHistory:
     """What the flags read of one layer's gradient norms over a whole run: the first and latest,
-    and the first epoch where the norm overflowed or grew EXPLODING_GROWTH times the first one's.
-    It is gathered a block of epochs at a time, so that a run of 100,000 epochs is read whole for
-    its flags without ever being held whole."""
+    and the first epoch where the norm overflowed or grew EXPLODING_GROWTH times the run's start
+    (the largest layer's first-epoch norm). It is gathered a block of epochs at a time, so that
+    a run of 100,000 epochs is read whole for its flags without ever being held whole."""
 
     first: float | None = None
     last: float | None = None
     overflowed: tuple[int, float] | None = None  # (epoch, norm)
     grew: tuple[int, float] | None = None
 
-    def add(self, epochs: list[int], norms: np.ndarray) -> None:
-        """The next epochs' norms, in order (an overflow as infinity)."""
+    def add(self, epochs: list[int], norms: np.ndarray, start: float) -> None:
+        """The next epochs' norms, in order (an overflow as infinity). `start` is the largest
+        finite first-epoch norm of any layer: a layer whose gradients start out vanishing (a
+        deep sigmoid stack's first layers) and then grow to the others' size is recovering,
+        not exploding, though its norm grows a hundredfold over its own start."""
         if not len(norms):
             return
         if self.first is None:
@@ -594,8 +599,8 @@ class GradientHistory:
         if self.overflowed is None:
             i = np.flatnonzero(~np.isfinite(norms))
             self.overflowed = (epochs[i[0]], float(norms[i[0]])) if len(i) else None
-        if self.grew is None and self.first > 0:
-            i = np.flatnonzero(norms >= EXPLODING_GROWTH * self.first)
+        if self.grew is None and start > 0:
+            i = np.flatnonzero(norms >= EXPLODING_GROWTH * start)
             self.grew = (epochs[i[0]], float(norms[i[0]])) if len(i) else None
 
     @property
@@ -603,70 +608,102 @@ class GradientHistory:
         return self.overflowed or self.grew
 
 
+def run_start(first_norms) -> float:
+    """The scale the run's gradients started at: the largest finite first-epoch norm."""
+    finite = [float(v) for v in first_norms if np.isfinite(v)]
+    return max(finite, default=0.0)
+
+
 def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: list[int] | None = None,
-                   activations: dict[str, str] | None = None, clip_norm: float | None = None
-                   ) -> list[dict[str, str]]:
+                   activations: dict[str, str] | None = None, clip_norm: float | None = None,
+                   diverged: str | None = None) -> list[dict[str, str]]:
     """`history_flags` from whole lists of norms per layer."""
     if not layers:
         return []
     epochs = epochs or list(range(1, 1 + max(len(grads[n]) for n in layers)))
+    start = run_start(grads[n][0] for n in layers if grads[n])
     histories = {}
     for name in layers:
         histories[name] = GradientHistory()
-        histories[name].add(epochs, np.asarray(grads[name], dtype=np.float64))
-    return history_flags(layers, histories, activations, clip_norm)
+        histories[name].add(epochs, np.asarray(grads[name], dtype=np.float64), start)
+    return history_flags(layers, histories, activations, clip_norm, diverged)
 
 
 def history_flags(layers: list[str], histories: dict[str, GradientHistory],
-                  activations: dict[str, str] | None = None, clip_norm: float | None = None
-                  ) -> list[dict[str, str]]:
-    """Plain-language warnings from the per-layer gradient norms (measured before clip_norm).
+                  activations: dict[str, str] | None = None, clip_norm: float | None = None,
+                  diverged: str | None = None) -> list[dict[str, str]]:
+    """Plain-language warnings from the per-layer gradient norms (measured before clip_norm),
+    `layers` in the network's order.
 
     Vanishing and missing gradients are read from the latest epoch. Explosions are read from the
     whole history, since a run can blow up early and then sit at zero, every relu dead: a norm
-    that overflowed, or grew EXPLODING_GROWTH times over its first epoch's. A norm that is only
-    large, from the first epoch on, comes from the scale of the targets or inputs: that is said
-    as such, since no learning rate or clipping would change it."""
+    that overflowed, or grew EXPLODING_GROWTH times over the run's start. A run that blew up
+    within one epoch shows no growth between epochs (the norms are epoch means): `diverged`, the
+    failed job's reason, says it instead, and the norms that blow-up left are not blamed on the
+    data's scale. A norm that is only large, from the first epoch on, comes from the scale of the
+    targets or inputs: that is said as such, since no learning rate or clipping would change it."""
     if not layers:
         return []
     activations = activations or {}
     flags = []
+    if diverged:
+        flags.append({"kind": "diverged", "message": f"training diverged: {diverged}. The gradients grew within "
+                      "an epoch until the loss or the weights overflowed; the norms below are epoch means, which "
+                      "hide that growth."})
     last = {name: histories[name].last for name in layers if histories[name].last is not None}
     top = max((v for v in last.values() if np.isfinite(v)), default=0.0)  # an overflow is no yardstick
+    start = run_start(histories[n].first for n in layers if histories[n].first is not None)
     calm = (f"clip_norm ({clip_norm:g}) already clipped these steps; if the loss still climbs, lower the "
             "learning rate" if clip_norm else "Lower the learning rate or set training.clip_norm")
-    for name in layers:
+    for i, name in enumerate(layers):
         history, norm = histories[name], last.get(name)
         if norm is None:
             continue
+        activation = activations.get(name)
         if history.blown is not None:
             epoch, g = history.blown
             size = f"{g:.2e}" if np.isfinite(g) else "beyond float range"
-            grew = "" if not np.isfinite(g) else f", {g / history.first:.0f} times its first epoch's"
+            grew = "" if not np.isfinite(g) else f", {g / start:.0f} times the largest layer's first-epoch norm"
             flags.append({"kind": "exploding_gradients", "layer": name,
                           "message": f"gradients exploded: layer {name}'s gradient norm reached {size} in epoch "
                                      f"{epoch}{grew}. {calm}."})
-        elif norm > LARGE_NORM:
+        elif norm > LARGE_NORM and not diverged:
             flags.append({"kind": "large_gradients", "layer": name,
                           "message": f"gradients are large but have not exploded: layer {name}'s gradient norm is "
-                                     f"{norm:.2e}, within {EXPLODING_GROWTH} times its first epoch's. Large norms "
-                                     "like these come from the scale of the loss (targets or inputs in the thousands "
-                                     "make a squared error in the millions); scaling them to about unit size makes "
-                                     "the steps steadier and the learning rate easier to choose."})
+                                     f"{norm:.2e}, within {EXPLODING_GROWTH} times the run's first epoch. Large "
+                                     "norms like these come from the scale of the loss (targets or inputs in the "
+                                     "thousands make a squared error in the millions); scaling them to about unit "
+                                     "size makes the steps steadier and the learning rate easier to choose."})
         if norm == 0:
-            dead = activations.get(name) == "relu"
+            # the epoch norms cannot tell which of these it is, so each that can apply is said
+            after = next((n for n in layers[i + 1:] if last.get(n) == 0), None)
+            before = next((n for n in reversed(layers[:i]) if last.get(n) == 0), None)
+            causes = []
+            if activation == "relu":
+                causes.append("its relu units may all output 0 for every sample (dead relus: lower the learning "
+                              "rate, use leaky_relu or elu, or check the inputs' scale and the initialisation)")
+            elif activation in SATURATING:
+                causes.append(f"its {activation} units may be saturated (outputs at their limits, where the "
+                              "derivative rounds to 0: lower the learning rate, or scale the inputs)")
+            causes.append(f"layer {after}, after it, passes none back (its norm is 0 too)" if after else
+                          "a layer after it passes none back (dead relus there, for example), or the loss does "
+                          "not depend on it")
+            if before:
+                causes.append(f"its inputs may all be 0 (layer {before}, before it, has no gradient either)")
             flags.append({"kind": "no_gradient", "layer": name,
-                          "message": f"no gradient reaches layer {name}: its norm is 0, so its weights never change. "
-                                     + ("Every one of its relu units outputs 0 for every sample (dead relus): lower "
-                                        "the learning rate, use leaky_relu or elu, or check the inputs' scale and "
-                                        "the initialisation." if dead else
-                                        "A layer after it passes none back (dead relus there, for example), or "
-                                        "the loss does not depend on it.")})
+                          "message": f"no gradient reaches layer {name}: its norm is 0, so the loss no longer "
+                                     "moves its weights (only weight decay or momentum still can). Possible "
+                                     f"causes: {'; or '.join(causes)}."})
         elif norm < VANISHING_RATIO * top:
+            if activation in RELU_FAMILY:
+                advice = ("Most of its units may be inactive for most samples (dying relus): lower the learning "
+                          "rate, use leaky_relu or elu, or add batch_norm or residual blocks.")
+            else:
+                advice = "Try relu-family activations, batch_norm, residual blocks or he initialisation."
             flags.append({"kind": "vanishing_gradients", "layer": name,
                           "message": f"gradients are vanishing: layer {name}'s gradient norm ({norm:.2e}) is under "
                                      f"{VANISHING_RATIO:g} of the largest layer's ({top:.2e}), so it barely learns. "
-                                     "Try relu-family activations, batch_norm, residual blocks or he initialisation."})
+                                     + advice})
     return flags
 
 
@@ -711,8 +748,10 @@ def get_diagnostics(job_id: str):
                 # a norm stored as null overflowed: for the flags an infinite one (None reads as NaN)
                 norms = np.array([list(map(r.grad_norms.get, names, zeros)) for r in block], dtype=np.float64)
                 norms[np.isnan(norms)] = math.inf
+                if not numbers:
+                    start = run_start(norms[0])
                 for i, n in enumerate(names):
-                    histories[n].add(epochs, norms[:, i])
+                    histories[n].add(epochs, norms[:, i], start)
                 numbers += epochs
             if len(block) < DIAGNOSTICS_BATCH:
                 break
@@ -738,7 +777,8 @@ def get_diagnostics(job_id: str):
     flags = []
     if numbers:
         activations = {layer.name: layer.config.get("activation") for layer in shapes_only(job.model_spec).layers}
-        flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"))
+        diverged = job.error if job.status == JobStatus.FAILED and "became non-finite" in (job.error or "") else None
+        flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged)
     return {"job_id": job_id, "epochs": [r.epoch for r in rows], "total": total, "downsampled": downsampled,
             "layers": json_safe(out_layers), "flags": flags}
 

@@ -216,7 +216,8 @@ class Diagnostics(BaseModel):
     downsampled: bool = Field(description="true when the norms are given for fewer epochs than `total`")
     layers: list[LayerDiagnostics]
     flags: list[dict[str, str]] = Field(description="plain-language warnings; kind is vanishing_gradients, "
-                                                    "no_gradient, exploding_gradients or large_gradients")
+                                                    "no_gradient, exploding_gradients or large_gradients, each "
+                                                    "with its layer, or diverged, for the whole run")
 
 
 class WeightOut(BaseModel):
