@@ -17,7 +17,7 @@ from core.queue import make_celery
 
 from .auth import enforce_auth, init_auth
 from .errors import ApiError, register_error_handlers, validation_error
-from .limits import StreamSlots, init_rate_limit
+from .limits import TenantSlots, init_rate_limit
 from .metrics import init_http_metrics
 from .predict import ModelCache
 
@@ -44,11 +44,13 @@ def create_app(settings: Settings | None = None, config: dict[str, Any] | None =
         # an event stream holds a thread for its whole life: leave half of them for everything else
         # event streams at once: half the threads, a quarter for any one tenant (when there are
         # tenants: with authentication off every caller is the same one)
-        "streams": StreamSlots(max(1, settings.web_threads // 2),
+        "streams": TenantSlots(max(1, settings.web_threads // 2),
                                max(1, settings.web_threads // (4 if settings.auth_enabled else 2))),
         # predictions at once: a quarter of the threads, so that streams and predictions
-        # together still leave threads for everything else, /livez included
-        "predictions": threading.BoundedSemaphore(max(1, settings.web_threads // 4)),
+        # together still leave threads for everything else, /livez included; half of those for
+        # any one tenant
+        "predictions": TenantSlots(max(1, settings.web_threads // 4),
+                                   max(1, settings.web_threads // (8 if settings.auth_enabled else 4))),
         # large JSON bodies parsed at once (schemas.LARGE_JSON_BYTES): memory, not CPU, is the bound
         "large_bodies": threading.BoundedSemaphore(max(1, settings.web_threads // 4)),
         "models": ModelCache(max_bytes=int(settings.predict_cache_mb * 2**20)),  # networks for predict

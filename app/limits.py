@@ -151,10 +151,11 @@ def check_batch_memory(net: Network, batch_size: int) -> None:
                        memory_mb=round(need / 2**20, 1), limit_mb=limit / 2**20)
 
 
-class StreamSlots:
-    """Event streams a web process serves at once: `total` in all (threads must be left for
-    everything else), and `per_tenant` for any one tenant, so that one cannot hold every slot
-    (streams last minutes and clients reconnect) and leave the others without live updates."""
+class TenantSlots:
+    """Requests of one kind that a web process serves at once (event streams, predictions):
+    `total` in all (threads must be left for everything else), and `per_tenant` for any one
+    tenant, so that one cannot hold every slot (streams last minutes and clients reconnect; a
+    loop of large predictions keeps them busy) and leave the others without."""
 
     def __init__(self, total: int, per_tenant: int):
         self.total, self.per_tenant = total, per_tenant

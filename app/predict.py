@@ -18,9 +18,10 @@ from core.nn import Network
 from core.nn.network import walk
 from core.store import load_weights
 
+from .auth import current_tenant
 from .datasets import as_model_dtype, not_found, numeric_array
 from .errors import ApiError, validation_error
-from .limits import PredictLimits, check_predict_size
+from .limits import PredictLimits, TenantSlots, check_predict_size
 
 
 class CachedModel:
@@ -39,22 +40,22 @@ class CachedModel:
 def answer(model: CachedModel, body: Any) -> dict[str, Any]:
     """A prediction within the process's bounds: one of its prediction slots, and the request's
     size and compute limits."""
-    with prediction_slot(current_app.extensions["backprop"]["predictions"]):
+    with prediction_slot(current_app.extensions["backprop"]["predictions"], current_tenant()):
         return model.predict(body, PredictLimits.current())
 
 
 @contextmanager
-def prediction_slot(slots: threading.BoundedSemaphore) -> Iterator[None]:
+def prediction_slot(slots: TenantSlots, tenant: str) -> Iterator[None]:
     """One of the process's prediction slots for this request, or 503 at once: predictions are
     CPU work on web threads, and however each is bounded, many at once would leave no thread to
-    answer anything else."""
-    if not slots.acquire(blocking=False):
+    answer anything else. A tenant holds at most half of them, so that another's still answer."""
+    if not slots.acquire(tenant):
         raise ApiError(503, "too_many_predictions", "this API process is computing as many predictions as it "
-                       "may at once; try again in a moment", headers={"Retry-After": "1"})
+                       "may at once, for this tenant or in all; try again in a moment", headers={"Retry-After": "1"})
     try:
         yield
     finally:
-        slots.release()
+        slots.release(tenant)
 
 
 def footprint(net: Network) -> int:

@@ -351,16 +351,35 @@ def test_predict_compute_is_limited_and_so_are_predictions_at_once(migrated):
     assert client.post("/v1/models", json={"name": "iris", "job_id": job_id}).status_code == 201
     slots = app.extensions["backprop"]["predictions"]
     taken = 0
-    while slots.acquire(blocking=False):  # every slot busy with other requests
+    while slots.acquire(f"tenant-{taken}"):  # every slot busy with other requests
         taken += 1
     assert taken == max(1, migrated.web_threads // 4)
     for url in (f"/v1/jobs/{job_id}/predict", "/v1/models/iris/predict"):
         resp = client.post(url, json={"inputs": x[:2].tolist()})
         assert resp.status_code == 503 and resp.get_json()["code"] == "too_many_predictions", url
         assert resp.headers["Retry-After"] == "1"
-    slots.release()
+    slots.release("tenant-0")
     assert client.post("/v1/models/iris/predict", json={"inputs": x[:2].tolist()}).status_code == 200
     app.extensions["backprop"]["engine"].dispose()
+
+
+def test_one_tenant_holds_at_most_half_the_prediction_slots(secured):
+    """A loop of large predictions from one key, within every limit, held each of a process's
+    prediction slots: every other tenant's predictions were 503. A tenant now holds at most half."""
+    mallory, victim = key_for(secured, "mallory"), key_for(secured, "victim")
+    client = secured.test_client()
+    jobs = {}
+    for who, headers in (("mallory", mallory), ("victim", victim)):
+        jobs[who] = client.post("/v1/jobs", json=iris_job(epochs=1), headers=headers).get_json()["id"]
+        run_job(secured.extensions["backprop"]["sessions"], jobs[who])
+    slots = secured.extensions["backprop"]["predictions"]
+    assert slots.total >= 2 and slots.per_tenant == slots.total // 2
+    for _ in range(slots.per_tenant):  # mallory's predictions, busy
+        assert slots.acquire("mallory")
+    rows = {"inputs": iris()[0][:2].tolist()}
+    resp = client.post(f"/v1/jobs/{jobs['mallory']}/predict", json=rows, headers=mallory)
+    assert resp.status_code == 503 and resp.get_json()["code"] == "too_many_predictions"
+    assert client.post(f"/v1/jobs/{jobs['victim']}/predict", json=rows, headers=victim).status_code == 200
 
 
 def test_active_jobs_per_tenant_are_limited(migrated, monkeypatch):
