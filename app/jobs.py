@@ -616,7 +616,7 @@ def run_start(first_norms) -> float:
 
 def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: list[int] | None = None,
                    activations: dict[str, str] | None = None, clip_norm: float | None = None,
-                   diverged: str | None = None) -> list[dict[str, str]]:
+                   diverged: str | None = None, penalties: dict[str, float] | None = None) -> list[dict[str, str]]:
     """`history_flags` from whole lists of norms per layer."""
     if not layers:
         return []
@@ -626,12 +626,12 @@ def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: lis
     for name in layers:
         histories[name] = GradientHistory()
         histories[name].add(epochs, np.asarray(grads[name], dtype=np.float64), start)
-    return history_flags(layers, histories, activations, clip_norm, diverged)
+    return history_flags(layers, histories, activations, clip_norm, diverged, penalties)
 
 
 def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                   activations: dict[str, str] | None = None, clip_norm: float | None = None,
-                  diverged: str | None = None) -> list[dict[str, str]]:
+                  diverged: str | None = None, penalties: dict[str, float] | None = None) -> list[dict[str, str]]:
     """Plain-language warnings from the per-layer gradient norms (measured before clip_norm),
     `layers` in the network's order.
 
@@ -641,10 +641,12 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
     within one epoch shows no growth between epochs (the norms are epoch means): `diverged`, the
     failed job's reason, says it instead, and the norms that blow-up left are not blamed on the
     data's scale. A norm that is only large, from the first epoch on, comes from the scale of the
-    targets or inputs: that is said as such, since no learning rate or clipping would change it."""
+    targets or inputs: that is said as such, since no learning rate or clipping would change it.
+    `penalties`: per layer, the most its l1/l2 penalty's gradient alone gives (penalty_gradients):
+    a norm no larger is no gradient from the data, as a norm of 0 is without a penalty."""
     if not layers:
         return []
-    activations = activations or {}
+    activations, penalties = activations or {}, penalties or {}
     flags = []
     if diverged:
         flags.append({"kind": "diverged", "message": f"training diverged: {diverged}. The gradients grew within "
@@ -674,10 +676,11 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                                      "norms like these come from the scale of the loss (targets or inputs in the "
                                      "thousands make a squared error in the millions); scaling them to about unit "
                                      "size makes the steps steadier and the learning rate easier to choose."})
-        if norm == 0:
+        if norm == 0 or norm <= penalties.get(name, 0.0):
             # the epoch norms cannot tell which of these it is, so each that can apply is said
-            after = next((n for n in layers[i + 1:] if last.get(n) == 0), None)
-            before = next((n for n in reversed(layers[:i]) if last.get(n) == 0), None)
+            silent = {n for n in layers if last.get(n) is not None and last[n] <= penalties.get(n, 0.0)}
+            after = next((n for n in layers[i + 1:] if n in silent), None)
+            before = next((n for n in reversed(layers[:i]) if n in silent), None)
             causes = []
             if activation == "relu":
                 causes.append("its relu units may all output 0 for every sample (dead relus: lower the learning "
@@ -685,15 +688,16 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
             elif activation in SATURATING:
                 causes.append(f"its {activation} units may be saturated (outputs at their limits, where the "
                               "derivative rounds to 0: lower the learning rate, or scale the inputs)")
-            causes.append(f"layer {after}, after it, passes none back (its norm is 0 too)" if after else
+            causes.append(f"layer {after}, after it, passes none back (it gets none either)" if after else
                           "a layer after it passes none back (dead relus there, for example), or the loss does "
                           "not depend on it")
             if before:
                 causes.append(f"its inputs may all be 0 (layer {before}, before it, has no gradient either)")
+            size = "is 0" if norm == 0 else f"({norm:.2e}) is no more than its l1/l2 penalty alone gives"
             flags.append({"kind": "no_gradient", "layer": name,
-                          "message": f"no gradient reaches layer {name}: its norm is 0, so the loss no longer "
-                                     "moves its weights (only weight decay or momentum still can). Possible "
-                                     f"causes: {'; or '.join(causes)}."})
+                          "message": f"no gradient from the data reaches layer {name}: its norm {size}, so the "
+                                     "data no longer moves its weights (only the penalty, weight decay or "
+                                     f"momentum still can). Possible causes: {'; or '.join(causes)}."})
         elif norm < VANISHING_RATIO * top:
             if activation in RELU_FAMILY:
                 advice = ("Most of its units may be inactive for most samples (dying relus): lower the learning "
@@ -705,6 +709,22 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                                      f"{VANISHING_RATIO:g} of the largest layer's ({top:.2e}), so it barely learns. "
                                      + advice})
     return flags
+
+
+PENALTY_SLACK = 1.05  # the weights shrink within an epoch: its norms are of slightly larger ones
+
+
+def penalty_gradients(net: Network, weight_norms: dict[str, float | None]) -> dict[str, float]:
+    """Per layer with an l1 or l2 penalty, the most the penalty's gradient alone can be: 2 l2 |W|
+    + l1 sqrt(#W) over its kernels, |W| bounded by the layer's whole weight norm (biases too)
+    at the last epoch. A layer whose units are all dead still gets this gradient, which hid them."""
+    out = {}
+    for layer in net.layers:
+        l1, l2, norm = getattr(layer, "l1", 0.0), getattr(layer, "l2", 0.0), weight_norms.get(layer.name)
+        if (l1 or l2) and norm is not None and math.isfinite(norm):
+            kernels = sum(layer.params[key].size for key in layer.regularized)
+            out[layer.name] = PENALTY_SLACK * (2 * l2 * norm + l1 * math.sqrt(kernels))
+    return out
 
 
 # The norms /diagnostics answers with, per layer, unless ?max_points says otherwise: the flags
@@ -776,9 +796,12 @@ def get_diagnostics(job_id: str):
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
     flags = []
     if numbers:
-        activations = {layer.name: layer.config.get("activation") for layer in shapes_only(job.model_spec).layers}
+        net = shapes_only(job.model_spec)
+        activations = {layer.name: layer.config.get("activation") for layer in net.layers}
+        penalties = penalty_gradients(net, rows[-1].weight_norms) if rows else {}
         diverged = job.error if job.status == JobStatus.FAILED and "became non-finite" in (job.error or "") else None
-        flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged)
+        flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged,
+                              penalties)
     return {"job_id": job_id, "epochs": [r.epoch for r in rows], "total": total, "downsampled": downsampled,
             "layers": json_safe(out_layers), "flags": flags}
 

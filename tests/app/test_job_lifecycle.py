@@ -689,6 +689,11 @@ def test_gradient_flags_rules():
     assert "tanh units may be saturated" in saturated[0]["message"]
     dying = gradient_flags(["a", "b"], {"a": [1e-6], "b": [1.0]}, activations={"a": "relu"})
     assert "dying relus" in dying[0]["message"] and "Try relu-family" not in dying[0]["message"]
+    # a norm that an l1/l2 penalty alone gives is no gradient from the data
+    penalised = gradient_flags(["a", "b"], {"a": [1.0, 6.6e-3], "b": [1.0, 1.0]}, activations={"a": "relu"},
+                               penalties={"a": 7e-3, "b": 1e-3})
+    assert [(f["kind"], f["layer"]) for f in penalised] == [("no_gradient", "a")]
+    assert "no more than its l1/l2 penalty alone gives" in penalised[0]["message"]
     # a run that failed by diverging within an epoch: said, and its last norms not blamed on the data
     diverged = gradient_flags(["a"], {"a": [5e3]}, diverged="the loss became non-finite (NaN or inf) at epoch 2")
     assert [f["kind"] for f in diverged] == ["diverged"] and "at epoch 2" in diverged[0]["message"]
@@ -735,6 +740,31 @@ def test_diagnostics_of_a_job_that_diverged_within_an_epoch_say_so(client, sessi
         assert job["status"] == "failed" and "became non-finite" in job["error"], job
         kinds = [f["kind"] for f in diagnostics(client, job_id)["flags"]]
         assert kinds[0] == "diverged" and "large_gradients" not in kinds, (lr, kinds)
+
+
+def test_dead_relus_under_an_l2_penalty_are_flagged(client, sessions):
+    """Wine at a learning rate of 2: the third relu layer dies (no unit positive on any sample)
+    and the net answers the largest class. With l2 on its kernel, its gradient was the penalty's
+    2 l2 |W|, neither 0 nor vanishing: no flag at all."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    layers = [{"type": "dense", "units": 16, "activation": "relu", "l2": 1e-4} for _ in range(3)]
+    body = {"model": {"input_shape": [13], "loss": "categorical_crossentropy",
+                      "layers": [*layers, {"type": "dense", "units": 3, "activation": "softmax", "l2": 1e-4}]},
+            "training": {"optimizer": {"type": "sgd", "learning_rate": 2.0}, "epochs": 30, "batch_size": 16,
+                         "seed": 1},
+            "dataset": {"features": x.tolist(), "targets": [str(t) for t in y]}}
+    job_id = trained_job(client, sessions, body)
+    weights = {w["name"]: np.asarray(w["values"], dtype=np.float32)
+               for w in client.get(f"/v1/jobs/{job_id}/weights").get_json()["weights"]}
+    h = x.astype(np.float32)
+    for i in range(3):
+        h = np.maximum(h @ weights[f"dense_{i}/kernel"] + weights[f"dense_{i}/bias"], 0)
+    assert not (h > 0).any()  # the case: dense_2's units are all dead
+    flags = {f["layer"]: f for f in diagnostics(client, job_id)["flags"] if f["kind"] == "no_gradient"}
+    assert "dense_2" in flags and "penalty alone gives" in flags["dense_2"]["message"], flags
 
 
 def test_diagnostics_of_a_job_without_epochs(client):
