@@ -36,6 +36,7 @@ from core.store import (
     create_dataset,
     dataset_arrays,
     dataset_targets,
+    job_storage_bytes,
     json_safe,
     load_weights,
     output_classes,
@@ -64,7 +65,6 @@ from .limits import (
     check_parameter_count,
     check_spec_limits,
     check_training_cost,
-    job_storage_bytes,
 )
 from .openapi import doc, parse_query
 from .pagination import aware, iso, newest_first, page
@@ -312,7 +312,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         # last: its per-tenant lock is held to the commit, so that the tenant's submits take turns
         # for the count and insert only, not while each reads and stores its data (seconds)
         check_active_jobs(session, current_tenant())
-        storage = job_storage_bytes(net, training["epochs"])
+        storage = job_storage_bytes(net, net.spec, training)
         check_job_storage(session, current_tenant(), storage)
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
@@ -482,7 +482,7 @@ def retry_job(job_id: str):
         samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
         net = shapes_only(old.model_spec)
         check_training_cost(net, samples, old.training_spec["batch_size"], old.total_epochs)
-        storage = job_storage_bytes(net, old.total_epochs)
+        storage = job_storage_bytes(net, old.model_spec, old.training_spec)
         check_job_storage(session, old.tenant, storage)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,

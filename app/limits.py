@@ -246,23 +246,6 @@ def check_dataset_storage(session, tenant: str, adding: int) -> None:
                        "sent inline, to make room")
 
 
-# bytes an epoch row may take beyond its per-layer norms: loss, lr, duration and the metrics
-# (training and validation) as JSON, with the row's own overhead
-EPOCH_ROW_BYTES = 512
-# and per layer with weights, in each of its two JSON maps (gradient and weight norms): the
-# layer's name, a float as JSON text (up to 24 characters) and the punctuation
-NORM_ENTRY_BYTES = 32
-
-
-def job_storage_bytes(net: Network, epochs: int) -> int:
-    """What a job stores at most: its weights (trainable ones and buffers, in the model's dtype)
-    and an epoch row per epoch. A bound, computed from the spec at submission, so that a 35 KB
-    body (one sample, one epoch, ten million float64 weights: 80 MB stored) counts in full."""
-    weights = sum(a.size for a in (*net.params().values(), *net.buffers().values())) * net.dtype.itemsize
-    per_epoch = EPOCH_ROW_BYTES + 2 * sum(len(layer.name) + NORM_ENTRY_BYTES for layer in net.layers)
-    return int(weights + epochs * per_epoch)
-
-
 def check_job_storage(session, tenant: str, adding: int) -> None:
     """Called in the transaction that adds a job, after check_active_jobs (whose per-tenant lock
     puts a tenant's submits in turn): a tenant's jobs store at most BACKPROP_MAX_TENANT_JOB_BYTES,

@@ -62,6 +62,25 @@ def dataset_arrays(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+# What a job's rows take at most in the database, beyond their arrays' bytes (job_storage_bytes):
+JOB_ROW_BYTES = 2048  # the job row, beside its specs' JSON
+WEIGHT_ROW_BYTES = 160  # a weight array's row, beside its name and data
+EPOCH_ROW_BYTES = 512  # an epoch row: loss, lr, duration, the metrics as JSON, index entries
+NORM_ENTRY_BYTES = 32  # per layer, in each of an epoch's two norm maps, beside its name: a float as text
+
+
+def job_storage_bytes(net, model_spec: dict[str, Any], training_spec: dict[str, Any]) -> int:
+    """What a job of `net` (shapes only will do) stores at most: its row, its weights (trainable
+    ones and buffers, in the model's dtype) and an epoch row per epoch, names counted as JSON
+    text (a non-ASCII letter is a 6-byte escape). A bound taken from the spec at submission, so
+    that a 35 KB body (one sample, one epoch, ten million float64 weights: 80 MB) counts in full."""
+    arrays = {**net.params(), **net.buffers()}
+    weights = sum(a.size * net.dtype.itemsize + WEIGHT_ROW_BYTES + len(json.dumps(name)) for name, a in arrays.items())
+    per_epoch = EPOCH_ROW_BYTES + 2 * sum(len(json.dumps(layer.name)) + NORM_ENTRY_BYTES for layer in net.layers)
+    specs = len(json.dumps(model_spec)) + len(json.dumps(training_spec))
+    return int(JOB_ROW_BYTES + specs + weights + training_spec["epochs"] * per_epoch)
+
+
 def output_classes(targets: np.ndarray, dataset_labels: list[Any], output_labels: list[Any]) -> np.ndarray:
     """A dataset's class indices (into its own sorted labels) as indices into `output_labels`,
     which hold them all: the data of a fine-tune on some of its parent's classes, for the

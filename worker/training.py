@@ -27,6 +27,7 @@ from core.db.models import utcnow
 from core.logs import job_id_var
 from core.metrics import EPOCH_DURATION, EPOCHS, JOBS_FINISHED
 from core.nn import Network, SpecError, Trainer, TrainingDiverged
+from core.nn.network import shapes_only
 from core.nn.serialization import arrays_from_npz, arrays_to_npz
 from core.nn.training import weights_in_state
 from core.store import (
@@ -34,6 +35,7 @@ from core.store import (
     cancel_between_attempts,
     dataset_arrays,
     forget_epochs_after,
+    job_storage_bytes,
     latest_checkpoint,
     load_weights,
     metrics_of_epoch,
@@ -226,6 +228,8 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
             JOBS_FINISHED.labels(JobStatus.FAILED).inc()  # the jobs to alert on: they kill workers
             return None
         job.attempts += 1
+        if job.storage_bytes is None:  # queued before migration 0009: counted from its first claim
+            job.storage_bytes = _storage_bound(job)
         job.status = JobStatus.RUNNING
         job.started_at = job.started_at or utcnow()
         job.heartbeat_at = utcnow()
@@ -239,6 +243,15 @@ def _claim(sessions: sessionmaker[Session], job_id: str, worker: str, settings: 
         return Claim(job.attempts, job.model_spec, job.training_spec, job.dataset_id, job.init_from, job.freeze,
                      job.class_labels,
                      checkpoint.data if checkpoint is not None else None, float(trained))
+
+
+def _storage_bound(job: Job) -> int | None:
+    """What the job may store (core.store.job_storage_bytes); None for a spec that no longer
+    builds, which the attempt then fails on, naming why."""
+    try:
+        return job_storage_bytes(shapes_only(job.model_spec), job.model_spec, job.training_spec)
+    except (SpecError, ValueError, KeyError):
+        return None
 
 
 def _load(sessions: sessionmaker[Session], claim: Claim) -> tuple[Any, Any, dict | None]:

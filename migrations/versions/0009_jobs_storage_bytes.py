@@ -1,6 +1,6 @@
 """jobs.storage_bytes: what a job may store (weights, epoch history), counted against its
-tenant's BACKPROP_MAX_TENANT_JOB_BYTES; existing jobs get what they store now (their weights'
-bytes, and 1 KB per epoch row)
+tenant's BACKPROP_MAX_TENANT_JOB_BYTES; finished jobs get what they store now (their weights'
+bytes, and 1 KB per epoch row), a queued or running one its bound when a worker next starts it
 
 Revision ID: 0009
 Revises: 0008
@@ -23,7 +23,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("storage_bytes", sa.BigInteger(), nullable=True))
     op.execute("UPDATE jobs SET storage_bytes = "
                "(SELECT coalesce(sum(length(data)), 0) FROM weights WHERE weights.job_id = jobs.id) + "
-               "(SELECT count(*) FROM epochs WHERE epochs.job_id = jobs.id) * 1024")
+               "(SELECT count(*) FROM epochs WHERE epochs.job_id = jobs.id) * 1024 "
+               "WHERE status IN ('succeeded', 'failed', 'cancelled')")
 
 
 def downgrade() -> None:

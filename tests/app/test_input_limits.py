@@ -17,7 +17,7 @@ import app.datasets
 import app.datasets_api
 import app.jobs
 from app import create_app
-from core.db import WeightArray
+from core.db import Job, WeightArray
 from tests.data import iris, iris_job
 
 PROBLEM = "application/problem+json"
@@ -384,17 +384,23 @@ def test_a_tenants_jobs_stay_within_their_storage_limit(limited):
     and a job's epoch history grows with its epochs and layers: with twenty jobs at a time and
     every finished one kept, a tenant grew the database shared by all without end. Each job now
     counts what it may store, from its submission; deleting finished jobs makes room again."""
-    from app.limits import EPOCH_ROW_BYTES, NORM_ENTRY_BYTES
+    from core.nn import check_training_spec
+    from core.nn.network import shapes_only
+    from core.store import job_storage_bytes
     from worker.training import run_job
 
     big = {"model": {"input_shape": [1000], "loss": "mse", "dtype": "float64",
                      "layers": [{"type": "dense", "units": 1000}]},
            "training": {"epochs": 3, "batch_size": 1},
            "dataset": {"features": [[0.0] * 1000], "targets": [[0.0] * 1000]}}
-    one = (1000 * 1000 + 1000) * 8 + 3 * (EPOCH_ROW_BYTES + 2 * (len("dense_0") + NORM_ENTRY_BYTES))
+    net = shapes_only(big["model"])
+    one = job_storage_bytes(net, net.spec, check_training_spec(big["training"]))
+    assert one > (1000 * 1000 + 1000) * 8  # the weights, and the rest
     application = limited(max_tenant_job_bytes=2 * one + 10)
     client, sessions = application.test_client(), application.extensions["backprop"]["sessions"]
     first = client.post("/v1/jobs", json=big).get_json()["id"]
+    with sessions() as s:
+        assert s.get(Job, first).storage_bytes == one
     second = client.post("/v1/jobs", json=big)
     assert second.status_code == 202, second.get_json()
     assert client.post(f"/v1/jobs/{second.get_json()['id']}/cancel").status_code == 202  # still counted

@@ -53,3 +53,35 @@ def test_an_idempotent_submit_whose_answer_cannot_be_kept_at_once_is_replayed(pg
     again = client.post("/v1/jobs", json=iris_job(epochs=2), headers=headers)
     assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true", again.get_json()
     assert again.get_json()["id"] == first.get_json()["id"] and jobs(sessions) == 1
+
+
+def test_a_jobs_storage_bound_holds_what_postgresql_stores(pg_app):
+    """The bound counted names by their letters: a non-ASCII letter is stored as a 6-byte JSON
+    escape in every epoch row (3x over with 128-letter names), and the job's and weights' rows
+    were not counted at all (64 one-unit layers stored 15 KB against a bound of 6 KB)."""
+    import random
+
+    from sqlalchemy import text
+
+    from tests.data import iris_job
+    from worker.training import run_job
+
+    client, sessions = pg_app.test_client(), pg_app.extensions["backprop"]["sessions"]
+    rng = random.Random(0)
+    letters = ["".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(128)) for _ in range(32)]
+    emoji = ["".join(chr(rng.randrange(0x1F300, 0x1F64F)) for _ in range(64)) for _ in range(32)]
+    for names in (letters.__getitem__, emoji.__getitem__, lambda i: None):
+        body = iris_job(epochs=40, validation_split=0.2)
+        layers = [{"type": "dense", "units": 1, "activation": "tanh", "name": names(i)} for i in range(32)]
+        body["model"]["layers"] = [*layers, {"type": "dense", "units": 3, "activation": "softmax"}]
+        resp = client.post("/v1/jobs", json=body)
+        assert resp.status_code == 202, resp.get_json()
+        job_id = resp.get_json()["id"]
+        run_job(sessions, job_id)
+        with sessions() as s:
+            stored = s.execute(text(
+                "SELECT (SELECT pg_column_size(j.*) FROM jobs j WHERE id = :j)"
+                " + (SELECT sum(pg_column_size(w.*)) FROM weights w WHERE job_id = :j)"
+                " + (SELECT sum(pg_column_size(e.*)) FROM epochs e WHERE job_id = :j), "
+                "(SELECT storage_bytes FROM jobs WHERE id = :j)"), {"j": job_id}).one()
+        assert 0 < stored[0] <= stored[1], (names(0), stored)

@@ -61,6 +61,20 @@ def test_diverging_job_fails_naming_the_epoch(client, sessions, fast):
     assert job["finished_at"]
 
 
+def test_a_job_queued_before_the_storage_limit_counts_its_bound_once_started(client, sessions, fast):
+    """Migration 0009 counts a finished job at what it holds; a queued one, which holds nothing
+    yet, would have counted 0 for good: its bound is set when a worker takes it."""
+    job_id = submit(client, iris_job(epochs=3))
+    with sessions.begin() as s:
+        bound = s.get(Job, job_id).storage_bytes
+        s.get(Job, job_id).storage_bytes = None  # as migration 0009 leaves a queued job
+    run_job(sessions, job_id, settings=fast)
+    with sessions() as s:
+        assert s.get(Job, job_id).storage_bytes == bound
+        stored = s.scalar(select(func.sum(func.length(WeightArray.data))).where(WeightArray.job_id == job_id))
+        assert 0 < stored < bound
+
+
 def test_redelivered_message_for_a_finished_job_does_nothing(client, sessions, fast):
     job_id = submit(client, iris_job(epochs=3))
     run_job(sessions, job_id, settings=fast)
