@@ -619,7 +619,7 @@ def gradient_flags(layers: list[str], grads: dict[str, list[float]], epochs: lis
                    diverged: str | None = None, penalties: dict[str, float] | None = None) -> list[dict[str, str]]:
     """`history_flags` from whole lists of norms per layer."""
     if not layers:
-        return []
+        return history_flags([], {}, diverged=diverged)
     epochs = epochs or list(range(1, 1 + max(len(grads[n]) for n in layers)))
     start = run_start(grads[n][0] for n in layers if grads[n])
     histories = {}
@@ -642,16 +642,17 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
     failed job's reason, says it instead, and the norms that blow-up left are not blamed on the
     data's scale. A norm that is only large, from the first epoch on, comes from the scale of the
     targets or inputs: that is said as such, since no learning rate or clipping would change it.
-    `penalties`: per layer, the most its l1/l2 penalty's gradient alone gives (penalty_gradients):
-    a norm no larger is no gradient from the data, as a norm of 0 is without a penalty."""
-    if not layers:
-        return []
-    activations, penalties = activations or {}, penalties or {}
+    `penalties`: per layer, what its l1/l2 penalty's gradient alone comes to (penalty_gradients):
+    a norm that is about that is no gradient from the data, as a norm of 0 is without a penalty;
+    a much smaller one is the data's gradient and the penalty's cancelling out, a converged fit."""
     flags = []
-    if diverged:
+    if diverged:  # said even when no epoch was recorded: the first one diverged
         flags.append({"kind": "diverged", "message": f"training diverged: {diverged}. The gradients grew within "
                       "an epoch until the loss or the weights overflowed; the norms below are epoch means, which "
                       "hide that growth."})
+    if not layers:
+        return flags
+    activations, penalties = activations or {}, penalties or {}
     last = {name: histories[name].last for name in layers if histories[name].last is not None}
     top = max((v for v in last.values() if np.isfinite(v)), default=0.0)  # an overflow is no yardstick
     start = run_start(histories[n].first for n in layers if histories[n].first is not None)
@@ -676,9 +677,9 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                                      "norms like these come from the scale of the loss (targets or inputs in the "
                                      "thousands make a squared error in the millions); scaling them to about unit "
                                      "size makes the steps steadier and the learning rate easier to choose."})
-        if norm == 0 or norm <= penalties.get(name, 0.0):
+        if norm == 0 or _penalty_only(norm, penalties.get(name, 0.0)):
             # the epoch norms cannot tell which of these it is, so each that can apply is said
-            silent = {n for n in layers if last.get(n) is not None and last[n] <= penalties.get(n, 0.0)}
+            silent = {n for n in layers if last.get(n) == 0 or _penalty_only(last.get(n), penalties.get(n, 0.0))}
             after = next((n for n in layers[i + 1:] if n in silent), None)
             before = next((n for n in reversed(layers[:i]) if n in silent), None)
             causes = []
@@ -693,7 +694,7 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                           "not depend on it")
             if before:
                 causes.append(f"its inputs may all be 0 (layer {before}, before it, has no gradient either)")
-            size = "is 0" if norm == 0 else f"({norm:.2e}) is no more than its l1/l2 penalty alone gives"
+            size = "is 0" if norm == 0 else f"({norm:.2e}) is what its l1/l2 penalty alone gives"
             flags.append({"kind": "no_gradient", "layer": name,
                           "message": f"no gradient from the data reaches layer {name}: its norm {size}, so the "
                                      "data no longer moves its weights (only the penalty, weight decay or "
@@ -711,19 +712,26 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
     return flags
 
 
-PENALTY_SLACK = 1.05  # the weights shrink within an epoch: its norms are of slightly larger ones
+# A gradient norm within this band of what the penalty alone gives is the penalty's alone: the
+# estimate counts the biases' weights too (so a dead layer's norm can fall under it), and the
+# weights shrink within an epoch (so its norms are of slightly larger weights than the last).
+PENALTY_BAND = (0.5, 1.05)
+
+
+def _penalty_only(norm: float | None, penalty: float) -> bool:
+    return norm is not None and penalty > 0 and PENALTY_BAND[0] * penalty <= norm <= PENALTY_BAND[1] * penalty
 
 
 def penalty_gradients(net: Network, weight_norms: dict[str, float | None]) -> dict[str, float]:
-    """Per layer with an l1 or l2 penalty, the most the penalty's gradient alone can be: 2 l2 |W|
-    + l1 sqrt(#W) over its kernels, |W| bounded by the layer's whole weight norm (biases too)
-    at the last epoch. A layer whose units are all dead still gets this gradient, which hid them."""
+    """Per layer with an l1 or l2 penalty, what the penalty's gradient alone comes to: 2 l2 |W|
+    + l1 sqrt(#W) over its kernels, |W| taken as the layer's whole weight norm at the last
+    epoch. A layer whose units are all dead still gets this gradient, which hid them."""
     out = {}
     for layer in net.layers:
         l1, l2, norm = getattr(layer, "l1", 0.0), getattr(layer, "l2", 0.0), weight_norms.get(layer.name)
         if (l1 or l2) and norm is not None and math.isfinite(norm):
             kernels = sum(layer.params[key].size for key in layer.regularized)
-            out[layer.name] = PENALTY_SLACK * (2 * l2 * norm + l1 * math.sqrt(kernels))
+            out[layer.name] = 2 * l2 * norm + l1 * math.sqrt(kernels)
     return out
 
 
@@ -794,12 +802,12 @@ def get_diagnostics(job_id: str):
                    "grad_norms": ([math.inf if g is None else g for g in (r.grad_norms.get(n, 0.0) for r in rows)]
                                   if n in trainable else [None] * len(rows)),
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
-    flags = []
+    diverged = job.error if job.status == JobStatus.FAILED and "became non-finite" in (job.error or "") else None
+    flags = history_flags([], {}, diverged=diverged)
     if numbers:
         net = shapes_only(job.model_spec)
         activations = {layer.name: layer.config.get("activation") for layer in net.layers}
         penalties = penalty_gradients(net, rows[-1].weight_norms) if rows else {}
-        diverged = job.error if job.status == JobStatus.FAILED and "became non-finite" in (job.error or "") else None
         flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged,
                               penalties)
     return {"job_id": job_id, "epochs": [r.epoch for r in rows], "total": total, "downsampled": downsampled,

@@ -684,8 +684,8 @@ def predict(client: Client, job_id: str, input_path: Path, output: Path | None, 
     result = client.predict(job_id, rows)
     if output is not None:
         if output.suffix.lower() == ".json":
-            output.write_text(json.dumps({"predictions": result.predictions,
-                                          "probabilities": result.probabilities}, indent=1))
+            output.write_text(json.dumps({"predictions": result.predictions, "probabilities": result.probabilities,
+                                          "classes": result.classes}, indent=1))
         else:
             _write_predictions_csv(output, result)
         click.echo(f"wrote {len(result.predictions)} predictions to {output}")

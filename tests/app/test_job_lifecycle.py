@@ -689,11 +689,13 @@ def test_gradient_flags_rules():
     assert "tanh units may be saturated" in saturated[0]["message"]
     dying = gradient_flags(["a", "b"], {"a": [1e-6], "b": [1.0]}, activations={"a": "relu"})
     assert "dying relus" in dying[0]["message"] and "Try relu-family" not in dying[0]["message"]
-    # a norm that an l1/l2 penalty alone gives is no gradient from the data
+    # a norm that an l1/l2 penalty alone gives is no gradient from the data; a much smaller one
+    # is the data's and the penalty's gradients cancelling out, as they do at a converged fit
     penalised = gradient_flags(["a", "b"], {"a": [1.0, 6.6e-3], "b": [1.0, 1.0]}, activations={"a": "relu"},
-                               penalties={"a": 7e-3, "b": 1e-3})
+                               penalties={"a": 6.62e-3, "b": 1e-3})
     assert [(f["kind"], f["layer"]) for f in penalised] == [("no_gradient", "a")]
-    assert "no more than its l1/l2 penalty alone gives" in penalised[0]["message"]
+    assert "is what its l1/l2 penalty alone gives" in penalised[0]["message"]
+    assert gradient_flags(["a", "b"], {"a": [1.0, 2.3e-3], "b": [1.0, 3e-3]}, penalties={"a": 0.08, "b": 0.06}) == []
     # a run that failed by diverging within an epoch: said, and its last norms not blamed on the data
     diverged = gradient_flags(["a"], {"a": [5e3]}, diverged="the loss became non-finite (NaN or inf) at epoch 2")
     assert [f["kind"] for f in diverged] == ["diverged"] and "at epoch 2" in diverged[0]["message"]
@@ -729,7 +731,7 @@ def test_diagnostics_of_a_job_that_diverged_within_an_epoch_say_so(client, sessi
 
     x, y = load_diabetes(return_X_y=True)
     x, y = (x - x.mean(axis=0)) / x.std(axis=0), (y - y.mean()) / y.std()
-    for lr in (0.3, 0.2):
+    for lr in (0.3, 0.2, 50.0):  # at 50 the first epoch diverges: no epoch is recorded
         body = {"model": {"input_shape": [10], "loss": "mse",
                           "layers": [{"type": "dense", "units": 32}, {"type": "dense", "units": 1}]},
                 "training": {"optimizer": {"type": "sgd", "learning_rate": lr}, "epochs": 50, "batch_size": 148,
@@ -765,6 +767,14 @@ def test_dead_relus_under_an_l2_penalty_are_flagged(client, sessions):
     assert not (h > 0).any()  # the case: dense_2's units are all dead
     flags = {f["layer"]: f for f in diagnostics(client, job_id)["flags"] if f["kind"] == "no_gradient"}
     assert "dense_2" in flags and "penalty alone gives" in flags["dense_2"]["message"], flags
+
+    # and a net that fits well under l2, whose data and penalty gradients cancel out: no flag
+    body = iris_job(epochs=400, batch_size=150, optimizer={"type": "sgd", "learning_rate": 0.5})
+    body["model"]["layers"] = [{"type": "dense", "units": 16, "activation": "tanh", "l2": 0.01},
+                               {"type": "dense", "units": 3, "activation": "softmax", "l2": 0.01}]
+    job_id = trained_job(client, sessions, body)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["metrics"]["accuracy"] > 0.9
+    assert diagnostics(client, job_id)["flags"] == []
 
 
 def test_diagnostics_of_a_job_without_epochs(client):

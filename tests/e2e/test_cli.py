@@ -132,6 +132,10 @@ def test_predict_answers_with_the_string_labels(stack, trained, tmp_path):
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["prediction", "probability_setosa", "probability_versicolor", "probability_virginica"]
     assert [r["prediction"] for r in table] == predicted
+    out = tmp_path / "pred.json"
+    assert cli(stack, "predict", ident, "--input", str(tmp_path / "rows.csv"), "--output", str(out)).returncode == 0
+    saved = json.loads(out.read_text())
+    assert saved["predictions"] == predicted and saved["classes"] == ["setosa", "versicolor", "virginica"]
 
     x = load_iris().data[rows]
     (tmp_path / "rows.json").write_text(json.dumps([dict(zip(FEATURES, r, strict=True)) for r in x.tolist()]))
