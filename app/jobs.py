@@ -648,8 +648,8 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
     flags = []
     if diverged:  # said even when no epoch was recorded: the first one diverged
         flags.append({"kind": "diverged", "message": f"training diverged: {diverged}. The gradients grew within "
-                      "an epoch until the loss or the weights overflowed; the norms below are epoch means, which "
-                      "hide that growth."})
+                      "an epoch until the loss or the weights overflowed; the recorded norms are epoch means, "
+                      "which hide that growth."})
     if not layers:
         return flags
     activations, penalties = activations or {}, penalties or {}
@@ -700,9 +700,11 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                                      "data no longer moves its weights (only the penalty, weight decay or "
                                      f"momentum still can). Possible causes: {'; or '.join(causes)}."})
         elif norm < VANISHING_RATIO * top:
-            if activation in RELU_FAMILY:
+            if activation == "relu":
                 advice = ("Most of its units may be inactive for most samples (dying relus): lower the learning "
                           "rate, use leaky_relu or elu, or add batch_norm or residual blocks.")
+            elif activation in RELU_FAMILY:
+                advice = "Try batch_norm, residual blocks or he initialisation."
             else:
                 advice = "Try relu-family activations, batch_norm, residual blocks or he initialisation."
             flags.append({"kind": "vanishing_gradients", "layer": name,

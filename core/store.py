@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from .db import Checkpoint, Dataset, EpochRecord, Job, JobStatus, WeightArray
 from .db.models import utcnow
+from .nn.network import Network
 from .nn.serialization import arrays_from_npz
 from .nn.training import weights_in_state
 
@@ -69,7 +70,7 @@ EPOCH_ROW_BYTES = 512  # an epoch row: loss, lr, duration, the metrics as JSON, 
 NORM_ENTRY_BYTES = 32  # per layer, in each of an epoch's two norm maps, beside its name: a float as text
 
 
-def job_storage_bytes(net, model_spec: dict[str, Any], training_spec: dict[str, Any]) -> int:
+def job_storage_bytes(net: Network, model_spec: dict[str, Any], training_spec: dict[str, Any]) -> int:
     """What a job of `net` (shapes only will do) stores at most: its row, its weights (trainable
     ones and buffers, in the model's dtype) and an epoch row per epoch, names counted as JSON
     text (a non-ASCII letter is a 6-byte escape). A bound taken from the spec at submission, so

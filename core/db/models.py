@@ -138,7 +138,7 @@ class Job(Base):
     # its parent's classes keeps the parent's units and labels (see core.store.output_classes)
     class_labels: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     # what the job may store at most (weights, epoch history), counted against its tenant's
-    # BACKPROP_MAX_TENANT_JOB_BYTES from its submission on (app/limits.py: job_storage_bytes)
+    # BACKPROP_MAX_TENANT_JOB_BYTES from its submission on (core/store.py: job_storage_bytes)
     storage_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # init_from as submitted: kept when that job is deleted (init_from is then cleared), so that
     # a retry is never a fine-tune silently started from random weights
