@@ -24,7 +24,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # one row per job again: a job has one committed checkpoint, but keep the latest if not
+    # one row per job again: a job has one committed checkpoint; should it have more, the latest stays
     checkpoints = sa.table("checkpoints", sa.column("job_id"), sa.column("attempt"), sa.column("epoch"))
     newer = sa.table("checkpoints", sa.column("job_id"), sa.column("attempt"), sa.column("epoch")).alias("newer")
     op.execute(checkpoints.delete().where(sa.exists().where(
