@@ -24,8 +24,7 @@ from .predict import ModelCache
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # a request waits this long for a row or advisory lock, then answers 503, "try again shortly": a
 # job row held by a frozen worker made a cancel wait for as long as that worker stayed frozen. As
-# long as the server's idle-in-transaction limit, which frees a frozen holder's locks first; a
-# worker writing a large checkpoint holds its job row for seconds (10 s for 480 MB)
+# long as the server's idle-in-transaction limit, which frees a frozen holder's locks first
 API_LOCK_TIMEOUT_SECONDS = 60
 
 

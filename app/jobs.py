@@ -36,7 +36,6 @@ from core.store import (
     create_dataset,
     dataset_arrays,
     dataset_targets,
-    job_storage_bytes,
     json_safe,
     load_weights,
     output_classes,
@@ -312,8 +311,7 @@ def _create_job(sessions, body: JobCreate, net: Network, training: dict[str, Any
         # last: its per-tenant lock is held to the commit, so that the tenant's submits take turns
         # for the count and insert only, not while each reads and stores its data (seconds)
         check_active_jobs(session, current_tenant())
-        storage = job_storage_bytes(net, net.spec, training)
-        check_job_storage(session, current_tenant(), storage)
+        storage = check_job_storage(session, current_tenant(), net, training)
         job = Job(tenant=current_tenant(), dataset_id=ds.id, model_spec=net.spec, training_spec=training,
                   total_epochs=training["epochs"], status=JobStatus.QUEUED, init_from=body.init_from,
                   fine_tuned_from=body.init_from, freeze=body.freeze, class_labels=output_labels,
@@ -482,8 +480,7 @@ def retry_job(job_id: str):
         samples = session.scalar(select(Dataset.n_samples).where(Dataset.id == old.dataset_id)) or 1
         net = shapes_only(old.model_spec)
         check_training_cost(net, samples, old.training_spec["batch_size"], old.total_epochs)
-        storage = job_storage_bytes(net, old.model_spec, old.training_spec)
-        check_job_storage(session, old.tenant, storage)
+        storage = check_job_storage(session, old.tenant, net, old.training_spec)
         job = Job(tenant=old.tenant, dataset_id=old.dataset_id, model_spec=old.model_spec,
                   training_spec=old.training_spec, total_epochs=old.total_epochs, init_from=old.init_from,
                   fine_tuned_from=old.fine_tuned_from, freeze=old.freeze, class_labels=old.class_labels,
@@ -656,6 +653,8 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
     last = {name: histories[name].last for name in layers if histories[name].last is not None}
     top = max((v for v in last.values() if np.isfinite(v)), default=0.0)  # an overflow is no yardstick
     start = run_start(histories[n].first for n in layers if histories[n].first is not None)
+    # layers no gradient from the data reaches: a norm of 0, or what the penalty alone gives
+    silent = {n for n, v in last.items() if v == 0 or _penalty_only(v, penalties.get(n, 0.0))}
     calm = (f"clip_norm ({clip_norm:g}) already clipped these steps; if the loss still climbs, lower the "
             "learning rate" if clip_norm else "Lower the learning rate or set training.clip_norm")
     for i, name in enumerate(layers):
@@ -677,9 +676,8 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
                                      "norms like these come from the scale of the loss (targets or inputs in the "
                                      "thousands make a squared error in the millions); scaling them to about unit "
                                      "size makes the steps steadier and the learning rate easier to choose."})
-        if norm == 0 or _penalty_only(norm, penalties.get(name, 0.0)):
+        if name in silent:
             # the epoch norms cannot tell which of these it is, so each that can apply is said
-            silent = {n for n in layers if last.get(n) == 0 or _penalty_only(last.get(n), penalties.get(n, 0.0))}
             after = next((n for n in layers[i + 1:] if n in silent), None)
             before = next((n for n in reversed(layers[:i]) if n in silent), None)
             causes = []
@@ -720,8 +718,8 @@ def history_flags(layers: list[str], histories: dict[str, GradientHistory],
 PENALTY_BAND = (0.5, 1.05)
 
 
-def _penalty_only(norm: float | None, penalty: float) -> bool:
-    return norm is not None and penalty > 0 and PENALTY_BAND[0] * penalty <= norm <= PENALTY_BAND[1] * penalty
+def _penalty_only(norm: float, penalty: float) -> bool:
+    return penalty > 0 and PENALTY_BAND[0] * penalty <= norm <= PENALTY_BAND[1] * penalty
 
 
 def penalty_gradients(net: Network, weight_norms: dict[str, float | None]) -> dict[str, float]:
@@ -805,13 +803,13 @@ def get_diagnostics(job_id: str):
                                   if n in trainable else [None] * len(rows)),
                    "weight_norms": [r.weight_norms.get(n, 0.0) for r in rows]} for n in names]
     diverged = job.error if job.status == JobStatus.FAILED and "became non-finite" in (job.error or "") else None
-    flags = history_flags([], {}, diverged=diverged)
+    activations, penalties = {}, {}
     if numbers:
         net = shapes_only(job.model_spec)
         activations = {layer.name: layer.config.get("activation") for layer in net.layers}
         penalties = penalty_gradients(net, rows[-1].weight_norms) if rows else {}
-        flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged,
-                              penalties)
+    flags = history_flags(trainable_names, histories, activations, job.training_spec.get("clip_norm"), diverged,
+                          penalties)
     return {"job_id": job_id, "epochs": [r.epoch for r in rows], "total": total, "downsampled": downsampled,
             "layers": json_safe(out_layers), "flags": flags}
 

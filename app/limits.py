@@ -17,6 +17,7 @@ from sqlalchemy import func, select, text
 from core.config import Settings
 from core.db import Dataset, Job, JobStatus
 from core.nn import Network
+from core.store import job_storage_bytes
 
 from .errors import ApiError, problem, validation_error
 
@@ -246,18 +247,21 @@ def check_dataset_storage(session, tenant: str, adding: int) -> None:
                        "sent inline, to make room")
 
 
-def check_job_storage(session, tenant: str, adding: int) -> None:
+def check_job_storage(session, tenant: str, net: Network, training: dict[str, Any]) -> int:
     """Called in the transaction that adds a job, after check_active_jobs (whose per-tenant lock
     puts a tenant's submits in turn): a tenant's jobs store at most BACKPROP_MAX_TENANT_JOB_BYTES,
-    counted as each job's bound. Stored weights and histories were bounded per job only: twenty
-    jobs at a time, each finished one kept, grew the database shared by every tenant without end."""
+    counted as each job's bound, which is returned for the new job's row. Stored weights and
+    histories were bounded per job only: twenty jobs at a time, each finished one kept, grew the
+    database shared by every tenant without end."""
     limit = settings().max_tenant_job_bytes
+    adding = job_storage_bytes(net, training)
     held = session.scalar(select(func.coalesce(func.sum(Job.storage_bytes), 0)).where(Job.tenant == tenant))
     if held + adding > limit:
         raise ApiError(409, "job_storage_full",
                        f"this job may store {adding} bytes (weights and epoch history) and the tenant's jobs "
                        f"already may hold {held}; the limit is {limit} (BACKPROP_MAX_TENANT_JOB_BYTES): delete "
                        "finished jobs to make room")
+    return adding
 
 
 def _rate_key() -> str:

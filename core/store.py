@@ -70,7 +70,7 @@ EPOCH_ROW_BYTES = 512  # an epoch row: loss, lr, duration, the metrics as JSON, 
 NORM_ENTRY_BYTES = 32  # per layer, in each of an epoch's two norm maps, beside its name: a float as text
 
 
-def job_storage_bytes(net: Network, model_spec: dict[str, Any], training_spec: dict[str, Any]) -> int:
+def job_storage_bytes(net: Network, training_spec: dict[str, Any]) -> int:
     """What a job of `net` (shapes only will do) stores at most: its row, its weights (trainable
     ones and buffers, in the model's dtype) and an epoch row per epoch, names counted as JSON
     text (a non-ASCII letter is a 6-byte escape). A bound taken from the spec at submission, so
@@ -78,7 +78,7 @@ def job_storage_bytes(net: Network, model_spec: dict[str, Any], training_spec: d
     arrays = {**net.params(), **net.buffers()}
     weights = sum(a.size * net.dtype.itemsize + WEIGHT_ROW_BYTES + len(json.dumps(name)) for name, a in arrays.items())
     per_epoch = EPOCH_ROW_BYTES + 2 * sum(len(json.dumps(layer.name)) + NORM_ENTRY_BYTES for layer in net.layers)
-    specs = len(json.dumps(model_spec)) + len(json.dumps(training_spec))
+    specs = len(json.dumps(net.spec)) + len(json.dumps(training_spec))
     return int(JOB_ROW_BYTES + specs + weights + training_spec["epochs"] * per_epoch)
 
 

@@ -249,7 +249,7 @@ def _storage_bound(job: Job) -> int | None:
     """What the job may store (core.store.job_storage_bytes); None for a spec that no longer
     builds, which the attempt then fails on, naming why."""
     try:
-        return job_storage_bytes(shapes_only(job.model_spec), job.model_spec, job.training_spec)
+        return job_storage_bytes(shapes_only(job.model_spec), job.training_spec)
     except (SpecError, ValueError, KeyError):
         return None
 

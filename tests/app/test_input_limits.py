@@ -394,7 +394,7 @@ def test_a_tenants_jobs_stay_within_their_storage_limit(limited):
            "training": {"epochs": 3, "batch_size": 1},
            "dataset": {"features": [[0.0] * 1000], "targets": [[0.0] * 1000]}}
     net = shapes_only(big["model"])
-    one = job_storage_bytes(net, net.spec, check_training_spec(big["training"]))
+    one = job_storage_bytes(net, check_training_spec(big["training"]))
     assert one > (1000 * 1000 + 1000) * 8  # the weights, and the rest
     application = limited(max_tenant_job_bytes=2 * one + 10)
     client, sessions = application.test_client(), application.extensions["backprop"]["sessions"]
